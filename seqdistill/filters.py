@@ -1,0 +1,151 @@
+"""The filter chain: every sample of a problem is kept or dropped with one reason.
+
+Order (one reason per sample, the first that applies):
+  truncated -> unbalanced_think, no_answer -> too_short, too_long -> repetitive -> wrong_answer
+  -> duplicate, near_duplicate (within a problem) -> over_limit (at most k kept per problem).
+The funnel counts the samples that survive each stage.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from seqdistill.verify import AnswerConfig, extract_answer, is_equivalent
+
+# funnel stage -> the drop reasons that end a sample at that stage
+STAGES = {
+    "finished": ["truncated"],
+    "formatted": ["unbalanced_think", "no_answer", "too_short", "too_long", "repetitive"],
+    "correct": ["wrong_answer"],
+    "deduplicated": ["duplicate", "near_duplicate"],
+    "kept": ["over_limit"],
+}
+REASONS = [r for reasons in STAGES.values() for r in reasons]
+
+
+@dataclass
+class FilterConfig:
+    require_think: bool | None = None  # balanced <think>...</think>; None: when the prefill opens one
+    min_tokens: int = 1  # completion length bounds, in tokens
+    max_tokens: int | None = None
+    repetition_ngram: int = 6  # word n-grams for the degenerate-repetition check
+    max_repeat_fraction: float = 0.5  # drop when more than this share of n-grams repeat earlier ones
+    near_duplicate: float = 0.9  # Jaccard similarity of word 3-gram sets that counts as a near-duplicate
+    max_per_problem: int | None = 4  # None: keep every correct, distinct sample
+    # eval sets whose questions must not appear in the problems: preset names (gsm8k), local files
+    # with a question field, or preset=path (mawps=../shared/benchmarks/mawps/test.jsonl)
+    decontaminate: list[str] = field(default_factory=list)
+    decontaminate_ngram: int = 8
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.max_tokens < self.min_tokens):
+            errors.append(f"need 0 <= min_tokens <= max_tokens, got {self.min_tokens} and {self.max_tokens}")
+        if self.repetition_ngram < 1 or not 0 < self.max_repeat_fraction <= 1:
+            errors.append("repetition_ngram must be >= 1 and max_repeat_fraction in (0, 1]")
+        if not 0 < self.near_duplicate <= 1:
+            errors.append(f"near_duplicate must be in (0, 1], got {self.near_duplicate}")
+        if self.max_per_problem is not None and self.max_per_problem < 1:
+            errors.append(f"max_per_problem must be at least 1 (or null for no limit), got {self.max_per_problem}")
+        return errors
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def repeat_fraction(text: str, n: int) -> float:
+    """Share of word n-grams that already appeared earlier in the text (0 for a loop-free text)."""
+    grams = ngrams(words(text), n)
+    if not grams:
+        return 0.0
+    return sum(c - 1 for c in Counter(grams).values()) / len(grams)
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def check_sample(sample: dict, gold: str, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool) -> tuple[str | None, str | None]:
+    """(answer, drop reason or None) for one sample, before the per-problem stages."""
+    text = sample["completion"]
+    answer = extract_answer(text, answer_cfg)
+    if sample["finish_reason"] != "stop":
+        return answer, "truncated"
+    if think:
+        tag = answer_cfg.think_tag
+        if text.count(f"<{tag}>") != 1 or text.count(f"</{tag}>") != 1 or text.find(f"<{tag}>") > text.find(f"</{tag}>"):
+            return answer, "unbalanced_think"
+    if answer is None:
+        return answer, "no_answer"
+    if sample["completion_tokens"] < cfg.min_tokens:
+        return answer, "too_short"
+    if cfg.max_tokens is not None and sample["completion_tokens"] > cfg.max_tokens:
+        return answer, "too_long"
+    if repeat_fraction(text, cfg.repetition_ngram) > cfg.max_repeat_fraction:
+        return answer, "repetitive"
+    if not is_equivalent(answer, gold):
+        return answer, "wrong_answer"
+    return answer, None
+
+
+def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool) -> list[dict]:
+    """Tag each sample of one problem (in sample order) with answer, correct, keep, drop_reason."""
+    kept_texts: list[str] = []
+    kept_shingles: list[set] = []
+    out = []
+    for sample in samples:
+        answer, reason = check_sample(sample, gold, cfg, answer_cfg, think)
+        correct = reason is None
+        if reason is None:
+            normalized = " ".join(sample["completion"].split())
+            shingles = set(ngrams(words(normalized), 3))
+            if normalized in kept_texts:
+                reason = "duplicate"
+            elif any(jaccard(shingles, other) >= cfg.near_duplicate for other in kept_shingles):
+                reason = "near_duplicate"
+            elif cfg.max_per_problem is not None and len(kept_texts) >= cfg.max_per_problem:
+                reason = "over_limit"
+            else:
+                kept_texts.append(normalized)
+                kept_shingles.append(shingles)
+        out.append({**sample, "answer": answer, "correct": correct, "keep": reason is None, "drop_reason": reason})
+    return out
+
+
+def funnel(reasons: list[str | None]) -> dict[str, int]:
+    """Samples left after each stage: generated -> finished -> formatted -> correct -> deduplicated -> kept."""
+    counts = Counter(reasons)
+    left = len(reasons)
+    out = {"generated": left}
+    for stage, stage_reasons in STAGES.items():
+        left -= sum(counts[r] for r in stage_reasons)
+        out[stage] = left
+    return out
+
+
+def contamination_index(sources: list[str], n: int) -> set[tuple]:
+    """Word n-grams of the questions of named eval sets (presets or local files)."""
+    from seqdistill.problems import PRESETS, ProblemsConfig, load
+
+    grams: set[tuple] = set()
+    for src in sources:
+        if "=" in src:
+            preset, path = src.split("=", 1)
+        elif src in PRESETS:
+            preset, path = src, ""
+        else:
+            preset, path = None, src
+        for row in load(ProblemsConfig(source=path, preset=preset)):
+            grams.update(ngrams(words(row["question"]), n))
+    return grams
+
+
+def is_contaminated(question: str, index: set[tuple], n: int) -> bool:
+    return any(g in index for g in ngrams(words(question), n))

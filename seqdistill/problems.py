@@ -1,0 +1,159 @@
+"""Problem sources: the embedded arithmetic set, a local JSONL/JSON/Parquet/CSV file, or a hub dataset.
+
+Every source becomes the same rows: `id`, `question`, `answer` (the gold answer as a string), plus
+the source's own fields for prompt templates. Field mapping is configurable; presets name the
+mapping (and hub dataset) of common benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqdistill import arithmetic
+from seqdistill.config import ConfigError
+
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class Preset:
+    hub: str  # hub dataset name, for users with a hub
+    subset: str | None
+    split: str
+    question_fields: list[str]
+    answer_field: str
+    answer_format: str = "plain"
+
+
+# Field mappings of common benchmarks; point `source` at a local copy to use one offline.
+PRESETS: dict[str, Preset] = {
+    "gsm8k": Preset("openai/gsm8k", "main", "test", ["question"], "answer", "gsm8k"),
+    "svamp": Preset("ChilleD/SVAMP", None, "test", ["Body", "Question"], "Answer"),
+    "mawps": Preset("MU-NLPC/Calc-mawps", None, "test", ["input"], "target"),
+    "aime24": Preset("HuggingFaceH4/aime_2024", None, "train", ["problem"], "answer"),
+    "aime25": Preset("yentinglin/aime_2025", None, "train", ["problem"], "answer"),
+    "amc23": Preset("knoveleng/AMC-23", None, "train", ["question"], "answer"),
+    "math-500": Preset("HuggingFaceH4/MATH-500", None, "test", ["problem"], "answer"),
+}
+
+
+@dataclass
+class ProblemsConfig:
+    # "embedded" (the arithmetic set shipped here), a local file (.jsonl/.json/.parquet/.csv),
+    # or a hub dataset name. Empty with a preset: the preset's hub dataset.
+    source: str = "embedded"
+    preset: str | None = None
+    subset: str | None = None  # hub dataset config name
+    split: str | None = None  # hub split; embedded: train | heldout (default train)
+    question_fields: list[str] | None = None  # joined with a space (SVAMP: Body + Question)
+    answer_field: str | None = None
+    answer_format: str | None = None  # plain | gsm8k ("... #### 18") | boxed (last \boxed{})
+    id_field: str | None = None
+    num_problems: int | None = None  # first N problems; None: all (embedded: 500)
+    # embedded set only: the difficulty knob
+    seed: int = 0
+    min_steps: int = 1
+    max_steps: int = 2
+    max_operand: int = 20
+    operations: str = "+-"  # any of + - * /
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.preset is not None and self.preset not in PRESETS:
+            errors.append(f"preset {self.preset!r} is unknown; known presets: {', '.join(PRESETS)}")
+        if self.answer_format not in (None, "plain", "gsm8k", "boxed"):
+            errors.append(f"answer_format must be plain, gsm8k or boxed, got {self.answer_format!r}")
+        if self.num_problems is not None and self.num_problems < 1:
+            errors.append(f"num_problems must be at least 1, got {self.num_problems}")
+        if not 1 <= self.min_steps <= self.max_steps:
+            errors.append(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
+        if self.max_operand < 2:
+            errors.append(f"max_operand must be at least 2, got {self.max_operand}")
+        if set(self.operations) - set("+-*/"):
+            errors.append(f"operations must use only + - * /, got {self.operations!r}")
+        if self.source == "embedded" and self.split not in (None, "train", "heldout"):
+            errors.append(f"the embedded set has splits train and heldout, got {self.split!r}")
+        if self.source != "embedded" and self.is_local_like() and not Path(self.source).exists():
+            errors.append(f"problem file {self.source} does not exist")
+        return errors
+
+    def is_local_like(self) -> bool:
+        return Path(self.source).suffix in LOCAL_FORMATS or self.source.startswith((".", "/", "~"))
+
+    def resolved(self) -> "ProblemsConfig":
+        """Fill unset mapping fields from the preset, or from plain defaults."""
+        preset = PRESETS.get(self.preset) if self.preset else None
+        out = dataclasses.replace(self)
+        if preset and out.source in ("", None):
+            out.source, out.subset = preset.hub, out.subset or preset.subset
+        if out.source == "embedded":
+            out.split = out.split or "train"
+            out.num_problems = out.num_problems or 500
+            out.question_fields, out.answer_field, out.answer_format = ["question"], "answer", "plain"
+            return out
+        out.split = out.split or (preset.split if preset else "train")
+        out.question_fields = out.question_fields or (preset.question_fields if preset else ["question"])
+        out.answer_field = out.answer_field or (preset.answer_field if preset else "answer")
+        out.answer_format = out.answer_format or (preset.answer_format if preset else "plain")
+        return out
+
+
+def load(cfg: ProblemsConfig) -> list[dict]:
+    """Rows with id, question and gold answer (plus the source's own fields), in a fixed order."""
+    cfg = cfg.resolved()
+    if cfg.source == "embedded":
+        return arithmetic.generate(cfg.num_problems, cfg.split, cfg.seed, cfg.min_steps, cfg.max_steps,
+                                   cfg.max_operand, cfg.operations)
+    table = _load_table(cfg)
+    missing = [f for f in [*cfg.question_fields, cfg.answer_field, cfg.id_field] if f and f not in table.column_names]
+    if missing:
+        raise ConfigError(
+            f"{cfg.source}: field(s) {', '.join(missing)} not found; it has {', '.join(table.column_names)} "
+            "(set problems.question_fields / answer_field / id_field, or a preset)"
+        )
+    if cfg.num_problems is not None:
+        table = table.select(range(min(cfg.num_problems, len(table))))
+    stem = Path(cfg.source).stem if cfg.is_local_like() else cfg.source.replace("/", "_")
+    rows = []
+    for i, row in enumerate(table):
+        gold = extract_gold(row[cfg.answer_field], cfg.answer_format)
+        question = " ".join(str(row[f]).strip() for f in cfg.question_fields)
+        pid = str(row[cfg.id_field]) if cfg.id_field else f"{stem}-{i}"
+        rows.append({**row, "id": pid, "question": question, "answer": gold})
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{cfg.source}: id_field {cfg.id_field!r} has repeated values; pick a unique field or none")
+    return rows
+
+
+def _load_table(cfg: ProblemsConfig):
+    import datasets
+
+    if cfg.is_local_like():
+        path = Path(cfg.source).expanduser()
+        fmt = LOCAL_FORMATS.get(path.suffix)
+        if fmt is None:
+            raise ConfigError(f"problem file {path} must end in {', '.join(LOCAL_FORMATS)}")
+        return datasets.load_dataset(fmt, data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split)
+    except Exception as e:  # the hub or the name may be wrong; say which dataset failed
+        raise ConfigError(f"could not load hub dataset {cfg.source!r} (subset {cfg.subset}, split {cfg.split}): "
+                          f"{str(e).splitlines()[0]}; for a local file give its path as problems.source") from None
+
+
+def extract_gold(value, answer_format: str) -> str:
+    """The gold answer as a clean string: GSM8K's `#### 18`, a last \\boxed{}, or the value itself."""
+    from seqdistill.verify import last_boxed
+
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    if answer_format == "gsm8k":
+        text = text.rsplit("####", 1)[-1].strip()
+    elif answer_format == "boxed":
+        text = last_boxed(text) or text
+    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)

@@ -1,0 +1,80 @@
+"""Prompt templates: Jinja files in `prompts/`, rendered in a sandbox, wrapped in the model's chat template.
+
+A template sees every field of a problem (`question`, `answer` is hidden from it, plus the
+source's own columns). R1 advice is no system prompt; reasoning teachers may need an assistant
+prefill such as "<think>\\n" so they don't skip thinking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqdistill.config import ConfigError
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+
+@dataclass
+class PromptConfig:
+    template: str = "r1"  # a name in prompts/ (r1 -> prompts/r1.jinja) or a path to a .jinja file
+    system: str | None = None  # None: no system message (R1 advice); the model's template may add its own
+    prefill: str = ""  # text the assistant turn starts with, e.g. "<think>\n"
+
+    def validate(self) -> list[str]:
+        try:
+            template_path(self.template)
+        except ConfigError as e:
+            return e.problems
+        return []
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROMPTS_DIR.glob("*.jinja"))
+
+
+def template_path(name: str) -> Path:
+    candidates = [Path(name).expanduser(), Path("prompts") / f"{name}.jinja", PROMPTS_DIR / f"{name}.jinja"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(f"prompt template {name!r} not found; give a path to a .jinja file or one of: "
+                      f"{', '.join(available())}")
+
+
+def load_template(name: str):
+    from jinja2 import StrictUndefined, TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    path = template_path(name)
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
+    try:
+        return env.from_string(path.read_text())
+    except TemplateSyntaxError as e:
+        raise ConfigError(f"prompt template {path} line {e.lineno}: {e.message}") from None
+
+
+def render(template, problem: dict) -> str:
+    """The user message for one problem; the gold answer is never shown to the model."""
+    from jinja2 import UndefinedError
+
+    fields = {k: v for k, v in problem.items() if k != "answer"}
+    try:
+        return template.render(**fields).strip()
+    except UndefinedError as e:
+        raise ConfigError(f"prompt template uses a field the problems don't have ({e.message}); "
+                          f"fields: {', '.join(sorted(fields))}") from None
+
+
+def messages(user: str, cfg: PromptConfig) -> list[dict]:
+    system = [{"role": "system", "content": cfg.system}] if cfg.system is not None else []
+    return [*system, {"role": "user", "content": user}]
+
+
+def chat_prompt(tokenizer, msgs: list[dict], prefill: str = "") -> str:
+    """The exact text sent to the engine: the model's chat template, generation prompt, then prefill."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"model {tokenizer.name_or_path} has no chat template; use an instruct/chat model "
+                          "or one whose tokenizer_config carries a chat_template")
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return text + prefill

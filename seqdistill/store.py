@@ -1,0 +1,76 @@
+"""Where a stage keeps its files: a run's config beside its outputs, and atomic Parquet parts.
+
+A stage writes its work in parts; each part appears whole (written to a temporary name, then
+renamed) or not at all, so a crash or Ctrl-C never leaves a half-written part, and a rerun of the
+same command skips the parts that exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from seqdistill import config as configlib
+from seqdistill.config import ConfigError
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "seqdistill_config.yaml"
+
+
+def prepare(out: Path, cfg, ignore: tuple[str, ...], overwrite: bool, owned: list[str]) -> None:
+    """Refuse an output directory that holds a different run; with overwrite, clear our files first.
+
+    `ignore` names config keys that don't change results (shard index, overwrite flag);
+    `owned` the files and folders this stage writes, the only ones overwrite removes.
+    """
+    saved = out / CONFIG_FILE
+    new = configlib.fingerprint(cfg, ignore)
+    if saved.is_file():
+        old = yaml.safe_load(saved.read_text()).get("config", {})
+        for key in ignore:
+            old.pop(key, None)
+        changes = configlib.diff(old, new)
+        if changes and not overwrite:
+            raise ConfigError(
+                f"output directory {out} holds a different run ({'; '.join(changes[:3])}"
+                f"{' ...' if len(changes) > 3 else ''}); use another output_dir, or pass --overwrite to replace it"
+            )
+        if changes:
+            log.warning("overwriting the run in %s", out)
+            for name in owned + [CONFIG_FILE]:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run; "
+                          "pick an empty or new output_dir, or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    configlib.save(cfg, saved)
+
+
+def write_parquet(rows_or_dataset, path: Path) -> None:
+    """Write a table atomically: a reader sees the whole file or none."""
+    import datasets
+
+    data = rows_or_dataset if isinstance(rows_or_dataset, datasets.Dataset) else datasets.Dataset.from_list(rows_or_dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    data.to_parquet(str(tmp))
+    tmp.replace(path)
+
+
+def read_parquet(paths: list[Path]):
+    import datasets
+
+    return datasets.concatenate_datasets(
+        [datasets.Dataset.from_parquet(str(p), keep_in_memory=True) for p in paths]
+    )
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

