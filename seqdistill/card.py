@@ -57,9 +57,10 @@ def funnel_table(funnel: dict) -> str:
 
 def dataset_card(cfg, st: dict) -> str:
     header = {
+        # an empty split is left out: `datasets` refuses to load an empty Parquet file
         "configs": [{"config_name": "default", "data_files": [
-            {"split": "train", "path": "data/train.parquet"},
-            {"split": "dropped", "path": "data/dropped.parquet"},
+            {"split": split, "path": f"data/{split}.parquet"}
+            for split, n in (("train", st["funnel"]["kept"]), ("dropped", st["samples"] - st["funnel"]["kept"])) if n
         ]}],
         "tags": ["seqdistill", "distillation", "synthetic", "reasoning"],
     }

@@ -96,7 +96,7 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
             tagged += filters.apply(samples, rows[i]["answer"], cfg.filters, cfg.answer, think)
         tokens = sum(s["completion_tokens"] for s in tagged)
         store.write_text(shard_dir / f"chunk-{k:05d}.json", json.dumps({"seconds": seconds, "tokens": tokens}))
-        store.write_parquet(tagged, shard_dir / f"chunk-{k:05d}.parquet")
+        store.write_parquet(tagged, shard_dir / f"chunk-{k:05d}.parquet", features=sample_features())
         log.info("chunk %d/%d: %d samples, %d kept, %.0f generated tok/s",
                  k + 1, len(chunks), len(tagged), sum(s["keep"] for s in tagged), tokens / seconds)
     store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(chunks), "problems": len(rows)}))
@@ -155,6 +155,19 @@ def build_samples(cfg: GenerateConfig, row: dict, user: str, output, prompt_toke
             "teacher": cfg.model,
         })
     return samples
+
+
+def sample_features():
+    """The schema of every sample row (explicit, so a chunk whose answers are all None still matches)."""
+    from datasets import Features, List, Value
+
+    text, integer = Value("string"), Value("int64")
+    return Features({
+        "messages": List({"role": text, "content": text}), "problem_id": text, "problem_index": integer,
+        "sample_index": integer, "question": text, "gold": text, "completion": text, "finish_reason": text,
+        "prompt_tokens": integer, "completion_tokens": integer, "teacher": text, "answer": text,
+        "correct": Value("bool"), "keep": Value("bool"), "drop_reason": text,
+    })
 
 
 def assemble(cfg: GenerateConfig, out: Path) -> dict:

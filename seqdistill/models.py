@@ -127,6 +127,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
     seed: int = 0
+    # Run vLLM's engine core in this process. None: yes on CPU, where it measured 1.8x faster on
+    # 2 cores (the engine core no longer competes with the worker) and makes sampling reproducible
+    # chunk by chunk; vLLM's default (a separate process) on GPU.
+    in_process: bool | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> list[str]:
@@ -170,6 +174,9 @@ def load_vllm(path: str, cfg: EngineConfig, max_model_len: int | None = None, **
         args["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
     elif cfg.gpu_memory_utilization is None and current_platform.is_cpu():
         args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    in_process = cfg.in_process if cfg.in_process is not None else current_platform.is_cpu()
+    if in_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     args.update(kwargs)
     args.update(cfg.extra)
     log.info("starting vLLM: %s", {k: v for k, v in args.items() if v is not None})

@@ -51,11 +51,13 @@ def prepare(out: Path, cfg, ignore: tuple[str, ...], overwrite: bool, owned: lis
     configlib.save(cfg, saved)
 
 
-def write_parquet(rows_or_dataset, path: Path) -> None:
+def write_parquet(rows_or_dataset, path: Path, features=None) -> None:
     """Write a table atomically: a reader sees the whole file or none."""
     import datasets
 
-    data = rows_or_dataset if isinstance(rows_or_dataset, datasets.Dataset) else datasets.Dataset.from_list(rows_or_dataset)
+    data = rows_or_dataset
+    if not isinstance(data, datasets.Dataset):
+        data = datasets.Dataset.from_list(rows_or_dataset, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     data.to_parquet(str(tmp))
@@ -63,14 +65,16 @@ def write_parquet(rows_or_dataset, path: Path) -> None:
 
 
 def read_parquet(paths: list[Path]):
+    """One in-memory dataset from Parquet files (empty files included, which `datasets` can't load)."""
     import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    return datasets.concatenate_datasets(
-        [datasets.Dataset.from_parquet(str(p), keep_in_memory=True) for p in paths]
-    )
+    return datasets.Dataset(pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive"))
 
 
 def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)

