@@ -115,15 +115,17 @@ def no_engine(monkeypatch):
     (["prompt.template=nope"], "prompt template 'nope' not found; .* one of: marker, number, r1"),
     (["sampling.n=0"], "sampling.n must be at least 1"),
     (["sampling.max_tokens=5000"], r"longest prompt \(\d+ tokens\) \+ sampling.max_tokens \(5000\) exceeds the context length 1024"),
-    (["problems.question_fields=[Body]"], "field"),
 ])
-def test_bad_input_fails_before_the_engine(no_engine, tiny_llama, tmp_path, overrides, message, benchmarks_dir):
-    if overrides == ["problems.question_fields=[Body]"]:
-        overrides = [f"problems.source={benchmarks_dir}/mawps/test.jsonl", *overrides]
-        message = r"field\(s\) Body, answer not found; it has input, target, type, idx"
+def test_bad_input_fails_before_the_engine(no_engine, tiny_llama, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         generate.run(make_cfg(tiny_llama, tmp_path / "gen", *overrides))
     assert not (tmp_path / "gen" / "samples").exists()
+
+
+def test_fields_not_in_dataset_listed(no_engine, tiny_llama, tmp_path, benchmarks_dir):
+    with pytest.raises(ConfigError, match=r"field\(s\) Body, answer not found; it has input, target, type, idx"):
+        generate.run(make_cfg(tiny_llama, tmp_path / "gen", f"problems.source={benchmarks_dir}/mawps/test.jsonl",
+                              "problems.question_fields=[Body]"))
 
 
 def test_unknown_yaml_key(tmp_path):
