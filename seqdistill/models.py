@@ -212,11 +212,10 @@ class SamplingConfig:
             errors.append(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         return errors
 
-    def params(self, **kwargs):
+    def params(self, **overrides):
+        """vLLM SamplingParams from these settings; `overrides` replace any of them (n, temperature, ...)."""
         from vllm import SamplingParams
 
-        return SamplingParams(
-            n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
-            max_tokens=self.max_tokens, stop=self.stop or None, repetition_penalty=self.repetition_penalty,
-            **kwargs,
-        )
+        settings = dict(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                        max_tokens=self.max_tokens, stop=self.stop or None, repetition_penalty=self.repetition_penalty)
+        return SamplingParams(**(settings | overrides))

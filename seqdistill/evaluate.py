@@ -1,0 +1,249 @@
+"""`seqdistill eval`: score teachers and students on reasoning benchmarks with vLLM, side by side.
+
+    seqdistill eval --config pipelines/eval-quickstart.yaml
+    seqdistill eval --set 'models=[{model: Qwen/Qwen2.5-1.5B-Instruct}]' 'benchmarks=[{name: gsm8k}, {name: math-500}]'
+
+For every model and benchmark: k samples per problem in one vLLM call, answers extracted and
+checked with math-verify, and pass@1 (mean over the k samples, with its standard error), unbiased
+pass@k, maj@k (equivalent answers vote together), the share of responses cut at max_tokens and the
+mean response length. Writes OUTPUT_DIR/MODEL/BENCHMARK/{samples.parquet,results.json},
+OUTPUT_DIR/results.json and OUTPUT_DIR/results.md (a side-by-side table). A rerun skips the
+(model, benchmark) pairs already scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqdistill import metrics, models, problems as problemslib, prompts, store
+from seqdistill import config as configlib
+from seqdistill.config import ConfigError
+from seqdistill.models import EngineConfig, SamplingConfig
+from seqdistill.problems import PRESETS, ProblemsConfig
+from seqdistill.prompts import PromptConfig
+from seqdistill.verify import AnswerConfig, extract_answer, is_equivalent
+
+log = logging.getLogger(__name__)
+EMBEDDED_HELDOUT = "embedded-heldout"
+
+
+@dataclass
+class ModelEntry:
+    model: str  # hub id, local dir, .gguf, or embedded:NAME
+    name: str | None = None  # label in the table; default: the last part of the model (or adapter) path
+    adapter: str | None = None  # a LoRA adapter directory, served through vLLM's LoRA support
+
+    def label(self) -> str:
+        return self.name or Path(self.adapter or self.model).name.replace("embedded:", "")
+
+
+@dataclass
+class BenchmarkConfig(ProblemsConfig):
+    """A benchmark: a preset name (gsm8k, math-500, aime24, ...), embedded-heldout, or any problem source."""
+
+    name: str = ""
+    source: str = ""  # empty: the preset's hub dataset (or the embedded held-out set)
+    samples: int | None = None  # k samples per problem; None: the preset's default, else sampling.n
+
+    def validate(self) -> list[str]:
+        known = [*PRESETS, EMBEDDED_HELDOUT]
+        if not self.name:
+            return ["every benchmark needs a name"]
+        if self.name not in known and not self.source:
+            return [f"unknown benchmark {self.name!r}: known ones are {', '.join(known)}; "
+                    "or give a source file with its field mapping"]
+        return super().validate()
+
+    def problems_config(self) -> ProblemsConfig:
+        import dataclasses
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ProblemsConfig)}
+        if self.name == EMBEDDED_HELDOUT:
+            fields.update(source="embedded", split="heldout")
+        elif self.name in PRESETS and self.preset is None:
+            fields["preset"] = self.name
+        return ProblemsConfig(**fields)
+
+
+@dataclass
+class EvalConfig:
+    models: list[ModelEntry] = field(default_factory=lambda: [ModelEntry(models.DEFAULT_MODEL)])
+    benchmarks: list[BenchmarkConfig] = field(default_factory=lambda: [BenchmarkConfig(name=EMBEDDED_HELDOUT, num_problems=100)])
+    output_dir: str = "outputs/eval"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4))  # R1: temperature 0.6, top_p 0.95
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
+    pass_k: list[int] = field(default_factory=lambda: [1])  # pass@k and maj@k for each k (k <= samples); n always added
+    greedy: bool = False  # temperature 0 and one sample per problem
+    overwrite: bool = False
+
+    def validate(self) -> list[str]:
+        errors = []
+        for m in self.models:
+            errors += [f"models[{m.label()}]: {p}" for p in models.check(m.model)]
+            if m.adapter and not (Path(m.adapter) / "adapter_config.json").is_file():
+                errors.append(f"models[{m.label()}]: adapter {m.adapter} has no adapter_config.json")
+        labels = [m.label() for m in self.models]
+        if len(set(labels)) != len(labels):
+            errors.append(f"model names must be unique, got {labels}; set name: for each")
+        if not self.models or not self.benchmarks:
+            errors.append("give at least one model and one benchmark")
+        for b in self.benchmarks:
+            n = 1 if self.greedy else self.samples(b)
+            errors += [f"benchmarks[{b.name}]: pass@{k} needs k <= samples per problem ({n}); "
+                       "raise samples or lower pass_k" for k in self.pass_k if k > n]
+        return errors
+
+    def samples(self, b: BenchmarkConfig) -> int:
+        if self.greedy:
+            return 1
+        return b.samples or (PRESETS[b.name].samples if b.name in PRESETS else self.sampling.n)
+
+
+def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
+    """Score every model on every benchmark; `llms` maps a model reference to a running engine (tests)."""
+    out = Path(cfg.output_dir)
+    # ---- check everything before any engine starts ----
+    benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
+    resolved = {m.model: models.resolve(m.model) for m in cfg.models}
+    for m in cfg.models:
+        check_adapter(m, resolved[m.model])
+    template = prompts.load_template(cfg.prompt.template)
+    store.prepare(out, cfg, ignore=("overwrite",), overwrite=cfg.overwrite, owned=[m.label() for m in cfg.models] + ["results.json", "results.md"])
+
+    for base in dict.fromkeys(m.model for m in cfg.models):  # one engine per base model
+        entries = [m for m in cfg.models if m.model == base]
+        todo = [(m, b) for m in entries for b in cfg.benchmarks if not (out / m.label() / b.name / "results.json").is_file()]
+        tokenizer = models.load_tokenizer(resolved[base])
+        batches = {b.name: [tokenize(tokenizer, cfg, template, row) for row in benchmarks[b.name]] for b in cfg.benchmarks}
+        check_lengths(cfg, resolved[base], batches)
+        llm = (llms or {}).get(base)
+        if todo and llm is None:
+            lora = [m for m in entries if m.adapter]
+            extra = {"enable_lora": True, "max_lora_rank": max(adapter_rank(m.adapter) for m in lora)} if lora else {}
+            llm = models.load_vllm(resolved[base], cfg.engine, max_model_len=cfg.engine.max_model_len, **extra)
+        for m, b in todo:
+            evaluate(cfg, llm, m, b, entries.index(m), benchmarks[b.name], batches[b.name], out)
+    return collect(cfg, out)
+
+
+def load_benchmark(b: BenchmarkConfig) -> list[dict]:
+    rows = problemslib.load(b.problems_config())
+    if not rows:
+        raise ConfigError(f"benchmark {b.name} has no problems")
+    return rows
+
+
+def check_adapter(m: ModelEntry, base_path: str) -> None:
+    """An adapter must have been trained on the model it is paired with."""
+    if not m.adapter:
+        return
+    trained_on = json.loads((Path(m.adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    same = trained_on in (m.model, base_path) or (trained_on and Path(trained_on).exists() and Path(base_path).exists()
+                                                  and Path(trained_on).resolve() == Path(base_path).resolve())
+    if trained_on and not same:
+        raise ConfigError(f"adapter {m.adapter} was trained on {trained_on}, not {m.model}; "
+                          f"pair it with its own base model")
+
+
+def adapter_rank(path: str) -> int:
+    return int(json.loads((Path(path) / "adapter_config.json").read_text()).get("r", 16))
+
+
+def tokenize(tokenizer, cfg: EvalConfig, template, row: dict) -> list[int]:
+    text = prompts.chat_prompt(tokenizer, prompts.messages(prompts.render(template, row), cfg.prompt), cfg.prompt.prefill)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def check_lengths(cfg: EvalConfig, model_path: str, batches: dict) -> None:
+    """Refuse a run whose prompts plus max_tokens don't fit: silently truncated prompts skew scores."""
+    context = cfg.engine.max_model_len or models.context_length(model_path)
+    for name, ids in batches.items():
+        longest = max(len(t) for t in ids)
+        if context and longest + cfg.sampling.max_tokens > context:
+            raise ConfigError(f"benchmark {name}: longest prompt ({longest} tokens) + sampling.max_tokens "
+                              f"({cfg.sampling.max_tokens}) exceeds max_model_len {context}; lower max_tokens or "
+                              "raise engine.max_model_len")
+
+
+def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, token_ids, out: Path) -> dict:
+    n = cfg.samples(b)
+    params = cfg.sampling.params(n=n, **({"temperature": 0.0} if cfg.greedy else {}))
+    lora = None
+    if m.adapter:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest(m.label(), lora_id + 1, m.adapter)
+    llm.reset_prefix_cache()
+    llm.collective_rpc("reseed", args=(cfg.engine.seed,))
+    start = time.perf_counter()
+    outputs = llm.generate([{"prompt_token_ids": t} for t in token_ids], params, lora_request=lora, use_tqdm=True)
+    seconds = time.perf_counter() - start
+    records, per_problem = [], []
+    for row, output in zip(rows, outputs):
+        problem = {"gold": row["answer"], "answers": [], "correct": [], "truncated": [], "lengths": []}
+        for j, completion in enumerate(output.outputs):
+            text = cfg.prompt.prefill + completion.text
+            answer = extract_answer(text, cfg.answer)
+            ok = is_equivalent(answer, row["answer"])
+            for key, value in (("answers", answer), ("correct", ok), ("truncated", completion.finish_reason == "length"),
+                               ("lengths", len(completion.token_ids))):
+                problem[key].append(value)
+            records.append({"problem_id": row["id"], "sample_index": j, "question": row["question"], "gold": row["answer"],
+                            "response": text, "answer": answer, "correct": ok, "finish_reason": str(completion.finish_reason),
+                            "response_tokens": len(completion.token_ids)})
+        per_problem.append(problem)
+    ks = sorted(set(cfg.pass_k) | {n})
+    result = metrics.score(per_problem, ks)
+    tokens = sum(r["response_tokens"] for r in records)
+    result.update({
+        "model": m.model, "adapter": m.adapter, "benchmark": b.name, "seconds": round(seconds, 1),
+        "generated_tokens_per_second": round(tokens / seconds, 1), "problems_per_second": round(len(rows) / seconds, 3),
+        "settings": {"sampling": configlib.to_dict(cfg.sampling) | {"n": n, "greedy": cfg.greedy},
+                     "engine": configlib.to_dict(cfg.engine), "prompt": configlib.to_dict(cfg.prompt),
+                     "answer": configlib.to_dict(cfg.answer), "problems": configlib.to_dict(b.problems_config().resolved())},
+        "run": configlib.run_info(),
+    })
+    if result["truncated_share"] > 0.05:
+        log.warning("%s on %s: %.0f%% of responses hit max_tokens=%d; scores are biased low, raise sampling.max_tokens",
+                    m.label(), b.name, 100 * result["truncated_share"], cfg.sampling.max_tokens)
+    where = out / m.label() / b.name
+    store.write_parquet(records, where / "samples.parquet")
+    store.write_text(where / "results.json", json.dumps(result, indent=2))  # written last: marks the pair done
+    log.info("%s on %s: pass@1 %.3f ± %.3f", m.label(), b.name, result["pass@1"], result["pass@1_stderr"])
+    return result
+
+
+def collect(cfg: EvalConfig, out: Path) -> dict:
+    """All results, as JSON and as a Markdown table with one row per model and one column group per benchmark."""
+    results = {m.label(): {b.name: json.loads((out / m.label() / b.name / "results.json").read_text())
+                           for b in cfg.benchmarks} for m in cfg.models}
+    store.write_text(out / "results.json", json.dumps(results, indent=2))
+    store.write_text(out / "results.md", table(results))
+    return results
+
+
+def table(results: dict) -> str:
+    benches = list(next(iter(results.values())))
+    header = ["model"]
+    for b in benches:
+        r = next(iter(results.values()))[b]
+        k = r["samples_per_problem"]
+        header += [f"{b} pass@1", f"{b} pass@{k}", f"{b} maj@{k}", f"{b} trunc"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for model, per_bench in results.items():
+        cells = [model]
+        for b in benches:
+            r = per_bench[b]
+            k = r["samples_per_problem"]
+            cells += [f"{r['pass@1']:.3f} ± {r['pass@1_stderr']:.3f}", f"{r[f'pass@{k}']:.3f}", f"{r[f'maj@{k}']:.3f}",
+                      f"{r['truncated_share']:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = next(iter(next(iter(results.values())).values()))
+    return "\n".join(lines) + f"\n\n{first['problems']} problems per benchmark (first); k samples at " \
+                               f"temperature {first['settings']['sampling']['temperature']}.\n"

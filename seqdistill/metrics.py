@@ -1,0 +1,63 @@
+"""Benchmark metrics over k samples per problem: pass@1 with its standard error, unbiased pass@k,
+and majority vote with answers grouped by mathematical equivalence (math-verify), not by string."""
+
+from __future__ import annotations
+
+import math
+
+from seqdistill.verify import is_equivalent
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimator of pass@k from n samples with c correct (Chen et al. 2021, the Codex paper)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    """Mean over problems and its standard error (sample std / sqrt(N); 0 for a single problem)."""
+    n = len(values)
+    if n == 0:
+        return 0.0, 0.0
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most common answer, equivalent answers voting together (1/2 with 0.5); ties: the earliest."""
+    groups: list[list[str]] = []
+    for answer in answers:
+        if answer is None:
+            continue
+        for group in groups:
+            if answer == group[0] or is_equivalent(answer, group[0]):
+                group.append(answer)
+                break
+        else:
+            groups.append([answer])
+    if not groups:
+        return None
+    return max(groups, key=len)[0]  # max keeps the first of equal-size groups
+
+
+def score(per_problem: list[dict], ks: list[int]) -> dict:
+    """Metrics from one record per problem: {"gold", "answers", "correct", "truncated", "lengths"}."""
+    n = min(len(p["correct"]) for p in per_problem)
+    p1, se = mean_and_stderr([sum(p["correct"]) / len(p["correct"]) for p in per_problem])
+    out = {"problems": len(per_problem), "samples_per_problem": n, "pass@1": p1, "pass@1_stderr": se}
+    for k in ks:
+        if k > n:
+            raise ValueError(f"pass@{k} needs k <= n={n} samples per problem")
+        out[f"pass@{k}"] = sum(pass_at_k(len(p["correct"]), sum(p["correct"]), k) for p in per_problem) / len(per_problem)
+        votes = [majority(p["answers"][:k]) for p in per_problem]
+        out[f"maj@{k}"] = sum(v is not None and is_equivalent(v, p["gold"]) for v, p in zip(votes, per_problem)) / len(per_problem)
+    lengths = [x for p in per_problem for x in p["lengths"]]
+    out["truncated_share"] = sum(sum(p["truncated"]) for p in per_problem) / max(1, len(lengths))
+    out["mean_response_tokens"] = sum(lengths) / max(1, len(lengths))
+    return out

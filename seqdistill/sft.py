@@ -1,0 +1,259 @@
+"""`seqdistill sft`: fine-tune a student on distilled traces with TRL's SFTTrainer (LoRA, full or QLoRA).
+
+    seqdistill sft --config pipelines/sft-quickstart.yaml
+    seqdistill sft --set student=Qwen/Qwen2.5-1.5B-Instruct dataset=outputs/gsm8k-r1 output_dir=outputs/sft-qwen
+    accelerate launch --config_file accelerate/zero3.yaml -m seqdistill sft --config my.yaml   # multi-GPU
+
+Reads the `messages` dataset that `generate` writes (or any dataset in TRL's conversational or
+prompt/completion format) and writes OUTPUT_DIR/model (the LoRA adapter or full model, tokenizer,
+chat template, model card), OUTPUT_DIR/merged with --merge, OUTPUT_DIR/checkpoints (for --resume),
+metrics.json (loss curve, tokens/s, peak memory) and the resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqdistill import card, models, store
+from seqdistill import config as configlib
+from seqdistill.config import ConfigError
+from seqdistill.data import TrainingData
+
+log = logging.getLogger(__name__)
+OWNED = ["model", "merged", "checkpoints", "metrics.json"]
+IGNORE = ("resume", "overwrite", "report_to")  # settings that don't change the trained model
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class SFTStageConfig:
+    student: str = models.DEFAULT_MODEL  # hub id, local dir, .gguf, or embedded:NAME
+    dataset: str = "outputs/generate-quickstart"  # a generate output dir, a .parquet/.jsonl file, or a hub dataset
+    dataset_split: str = "train"
+    eval_dataset: str | None = None  # a separate validation set ...
+    eval_fraction: float = 0.0  # ... or this share of the problems held out (split by problem_id)
+    output_dir: str = "outputs/sft"
+    method: str = "lora"  # lora | full | qlora (4-bit base, needs CUDA and bitsandbytes)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    assistant_only_loss: bool = True  # False: the prompt is trained on too
+    chat_template: str | None = None  # for students without one; None: prompts/chat/plain.jinja
+    max_length: int = 2048
+    max_truncated_fraction: float = 0.01  # more examples cut at max_length than this is an error
+    packing: bool | None = None  # padding-free packing; None: on with flash attention, off otherwise
+    attn_implementation: str | None = None  # e.g. flash_attention_2 on GPUs
+    dtype: str = "auto"  # auto: bfloat16 on GPUs that have it, float32 otherwise | bfloat16 | float16 | float32
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 2.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    gradient_checkpointing: bool = False
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    eval_steps: int | None = None  # None: every logging_steps * 4 when there is a validation set
+    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, none
+    merge: bool = False  # also save the LoRA merged into the base model (OUTPUT_DIR/merged)
+    resume: bool = False  # continue from the last checkpoint in OUTPUT_DIR/checkpoints
+    overwrite: bool = False
+    trl: dict = field(default_factory=dict)  # any other trl.SFTConfig keyword
+
+    def validate(self) -> list[str]:
+        errors = [f"student: {p}" for p in models.check(self.student)]
+        if self.method not in ("lora", "full", "qlora"):
+            errors.append(f"method must be lora, full or qlora, got {self.method!r}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            errors.append(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if not 0 <= self.eval_fraction < 1:
+            errors.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0 <= self.max_truncated_fraction <= 1:
+            errors.append(f"max_truncated_fraction must be in [0, 1], got {self.max_truncated_fraction}")
+        if self.max_length < 16:
+            errors.append(f"max_length must be at least 16, got {self.max_length}")
+        if self.lora.r < 1:
+            errors.append(f"lora.r must be at least 1, got {self.lora.r}")
+        return errors
+
+
+@dataclass
+class SFTResult:
+    metrics: dict
+    trainer: object | None = None  # the TRL trainer (None when the run was already done)
+
+
+def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
+    """Train the student; `callbacks` are extra transformers TrainerCallbacks."""
+    out = Path(cfg.output_dir)
+    # ---- everything that can fail is checked before the model loads ----
+    student = models.resolve(cfg.student)
+    device, dtype = pick_precision(cfg)
+    tokenizer = models.load_tokenizer(student)
+    data = TrainingData.load(cfg, tokenizer)
+    check_lora_targets(cfg, student)
+    if (out / "metrics.json").is_file() and not cfg.overwrite and store.changes(out, cfg, IGNORE) == []:
+        log.info("%s already holds this finished run; nothing to do", out)
+        return SFTResult(json.loads((out / "metrics.json").read_text()))
+    store.prepare(out, cfg, ignore=IGNORE, overwrite=cfg.overwrite, owned=OWNED)  # refuses a different run
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if checkpoints and not cfg.resume:
+        raise ConfigError(f"{out} holds checkpoints of an unfinished run; pass --resume to continue it "
+                          "or --overwrite to start over")
+
+    # ---- train with TRL ----
+    trainer = build_trainer(cfg, student, tokenizer, data, device, dtype, out, callbacks)
+    cut = data.check_eos(trainer.train_dataset, tokenizer, cfg.max_length)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if cfg.resume and checkpoints else None)
+    seconds = time.perf_counter() - start
+
+    # ---- save the student, its card and the metrics ----
+    trainer.save_model(str(out / "model"))
+    tokenizer.save_pretrained(out / "model")
+    if cfg.merge:
+        save_merged(cfg, trainer, tokenizer, out / "merged")
+    metrics = {
+        "train_loss": result.training_loss,
+        "train_seconds": round(seconds, 1),
+        "train_tokens": data.train_tokens(trainer.state.global_step, cfg),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "global_step": trainer.state.global_step,
+        "device": device, "dtype": dtype, "packing": trainer.args.packing,
+        "lengths": data.lengths, "end_of_turn": data.end_of_turn, "truncated_examples": cut,
+        "log_history": trainer.state.log_history,
+    }
+    metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / seconds, 1)
+    store.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    store.write_text(out / "model" / "README.md", model_card(cfg, data, metrics))
+    return SFTResult(metrics, trainer)
+
+
+def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cfg.method == "qlora":
+        import importlib.util
+
+        if not cuda or importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("method qlora needs a CUDA GPU and `pip install bitsandbytes`; use method lora here")
+    if cfg.dtype == "auto":
+        return ("cuda", "bfloat16") if cuda and torch.cuda.is_bf16_supported() else ("cuda" if cuda else "cpu", "float32")
+    if cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("dtype bfloat16 asked but this GPU has no bfloat16 support; use dtype float16 or float32")
+    if cfg.dtype == "float16" and not cuda:
+        raise ConfigError("dtype float16 training needs a GPU; use dtype float32 (or bfloat16) on CPU")
+    return ("cuda" if cuda else "cpu"), cfg.dtype
+
+
+def check_lora_targets(cfg: SFTStageConfig, student: str) -> None:
+    """LoRA target modules must match some module: checked on an empty (meta) model, before loading weights."""
+    if cfg.method == "full" or cfg.lora.target_modules == ["all-linear"]:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(student))
+    names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    missing = [t for t in cfg.lora.target_modules if t not in names]
+    if missing:
+        raise ConfigError(f"lora.target_modules {missing} match no module of {cfg.student}; "
+                          f"its linear modules are: {', '.join(names)} (or use all-linear)")
+
+
+def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: str, dtype: str, out: Path,
+                  callbacks=None):
+    from trl import SFTConfig, SFTTrainer
+
+    attn = cfg.attn_implementation
+    packing = cfg.packing if cfg.packing is not None else bool(attn and "flash" in attn)
+    model_kwargs = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
+    peft_config = None
+    if cfg.method in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        targets = cfg.lora.target_modules
+        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                 target_modules=targets[0] if targets == ["all-linear"] else targets,
+                                 task_type="CAUSAL_LM")
+    if cfg.method == "qlora":
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    has_eval = data.eval is not None
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),  # TensorBoard logs land in checkpoints/runs/
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
+        eval_steps=(cfg.eval_steps or cfg.logging_steps * 4) if has_eval else None,
+        seed=cfg.seed, bf16=dtype == "bfloat16", fp16=dtype == "float16", report_to=cfg.report_to,
+        max_length=cfg.max_length, packing=packing, padding_free=packing,
+        completion_only_loss=cfg.assistant_only_loss, eos_token=data.end_of_turn,
+        model_init_kwargs=model_kwargs, use_cpu=device == "cpu",
+        **cfg.trl,
+    )
+    return SFTTrainer(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+
+
+def save_merged(cfg: SFTStageConfig, trainer, tokenizer, path: Path) -> None:
+    model = trainer.model
+    if cfg.method != "full":
+        model = model.merge_and_unload()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def model_card(cfg: SFTStageConfig, data, metrics: dict) -> str:
+    funnel = card.funnel_table(data.source_stats["funnel"]) if data.source_stats else "(not a seqdistill dataset)"
+    teacher = data.teacher or "unknown"
+    return f"""---
+base_model: {cfg.student}
+library_name: {'peft' if cfg.method != 'full' else 'transformers'}
+tags: [seqdistill, distillation, sft, trl]
+---
+
+# {Path(cfg.output_dir).name}: `{cfg.student}` distilled from `{teacher}`
+
+Fine-tuned by `seqdistill sft` ({cfg.method}{f', r={cfg.lora.r}, alpha={cfg.lora.alpha}' if cfg.method != 'full' else ''})
+on `{cfg.dataset}` (split `{cfg.dataset_split}`, {data.n_train} examples), loss on
+{'the assistant turn only' if cfg.assistant_only_loss else 'the whole sequence'}, each example ending with the
+end-of-turn token `{data.end_of_turn}`.
+
+## Teacher dataset funnel
+
+{funnel}
+
+## Training
+
+- final train loss: {metrics['train_loss']:.4f} after {metrics['global_step']} steps, {metrics['train_seconds']} s
+- {metrics['train_tokens_per_second']} training tokens/s, peak RSS {metrics['peak_rss_mb']} MB ({metrics['device']}, {metrics['dtype']})
+- token lengths: {json.dumps(data.lengths)}
+
+## Resolved config
+
+```yaml
+{configlib.dump(cfg)}```
+"""

@@ -1,0 +1,101 @@
+"""`seqdistill eval` on the real vLLM engine: tiny random model (shared engine), LoRA adapters, SmolLM2 on MAWPS."""
+
+import json
+
+import pytest
+
+from seqdistill import config as configlib
+from seqdistill import evaluate, models, sft, store
+from seqdistill.config import ConfigError
+from seqdistill.evaluate import EvalConfig
+
+
+def make_cfg(out, model_entries, benchmarks, *overrides):
+    return configlib.load(EvalConfig, None, [
+        f"output_dir={out}", f"models={json.dumps(model_entries)}", f"benchmarks={json.dumps(benchmarks)}",
+        "sampling.n=4", "sampling.max_tokens=8", "prompt.template=number", "answer.extraction=last_number",
+        "pass_k=[1,2]", *overrides,
+    ])
+
+
+def test_eval_end_to_end_and_resume(tiny_llm, tiny_llama, benchmarks_dir, tmp_path, monkeypatch):
+    benches = [{"name": "embedded-heldout", "num_problems": 6},
+               {"name": "mawps", "source": f"{benchmarks_dir}/mawps/test.jsonl", "num_problems": 5}]
+    cfg = make_cfg(tmp_path / "eval", [{"model": tiny_llama, "name": "tiny"}], benches)
+    results = evaluate.run(cfg, llms={tiny_llama: tiny_llm})
+    for bench, problems in (("embedded-heldout", 6), ("mawps", 5)):
+        r = results["tiny"][bench]
+        assert r["problems"] == problems and r["samples_per_problem"] == 4
+        for key in ("pass@1", "pass@1_stderr", "pass@2", "maj@2", "pass@4", "maj@4", "truncated_share", "mean_response_tokens"):
+            assert key in r
+        assert 0 < r["mean_response_tokens"] <= 8
+        assert r["settings"]["sampling"]["temperature"] == 0.6 and r["run"]["versions"]["vllm"]
+        samples = store.read_parquet([tmp_path / "eval" / "tiny" / bench / "samples.parquet"])
+        assert len(samples) == problems * 4
+        assert set(samples.column_names) >= {"problem_id", "response", "answer", "correct", "finish_reason"}
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "| tiny |" in table and "embedded-heldout pass@1" in table and "mawps maj@4" in table
+
+    # a rerun finds every pair scored and starts no engine
+    monkeypatch.setattr(models, "load_vllm", lambda *a, **k: pytest.fail("engine started for a finished eval"))
+    done = (tmp_path / "eval" / "tiny" / "mawps" / "results.json").stat().st_mtime
+    assert evaluate.run(cfg) == results
+    assert (tmp_path / "eval" / "tiny" / "mawps" / "results.json").stat().st_mtime == done
+
+
+def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
+    """Base and base + LoRA adapter in one engine (vLLM's LoRA support); the adapter changes the outputs."""
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("\n".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": f"{i + 1}"}]}) for i in range(8)))
+    sft.run(configlib.load(sft.SFTStageConfig, None, [
+        f"student={tiny_llama}", f"dataset={traces}", f"output_dir={tmp_path / 'sft'}", "max_steps=2",
+        "learning_rate=5e-2", "report_to=[none]", "lora.r=8"]))
+    adapter = str(tmp_path / "sft" / "model")
+    cfg = make_cfg(tmp_path / "eval", [{"model": tiny_llama, "name": "base"},
+                                       {"model": tiny_llama, "name": "student", "adapter": adapter}],
+                   [{"name": "embedded-heldout", "num_problems": 4}], "greedy=true", "pass_k=[1]",
+                   "engine.kv_cache_memory_bytes=134217728", "engine.max_model_len=512")
+    results = evaluate.run(cfg)
+    assert set(results) == {"base", "student"}
+    base = store.read_parquet([tmp_path / "eval" / "base" / "embedded-heldout" / "samples.parquet"])["response"]
+    student = store.read_parquet([tmp_path / "eval" / "student" / "embedded-heldout" / "samples.parquet"])["response"]
+    assert len(base) == len(student) == 4 and base != student
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    monkeypatch.setattr(models, "load_vllm", lambda *a, **k: pytest.fail("engine started for a run that must be refused"))
+
+
+def test_bad_input(no_engine, tiny_llama, benchmarks_dir, tmp_path):
+    model = [{"model": tiny_llama}]
+    with pytest.raises(ConfigError, match="unknown benchmark 'gsm9k': known ones are gsm8k, svamp, mawps"):
+        make_cfg(tmp_path, model, [{"name": "gsm9k"}])
+    with pytest.raises(ConfigError, match="pass@8 needs k <= samples per problem"):
+        make_cfg(tmp_path, model, [{"name": "embedded-heldout"}], "pass_k=[8]")
+    with pytest.raises(ConfigError, match=r"field\(s\) question, answer not found; it has input, target"):
+        evaluate.run(make_cfg(tmp_path / "e", model, [{"name": "mine", "source": f"{benchmarks_dir}/mawps/test.jsonl"}]))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-1.5B-Instruct", "r": 8}))
+    with pytest.raises(ConfigError, match="was trained on Qwen/Qwen2.5-1.5B-Instruct, not"):
+        evaluate.run(make_cfg(tmp_path / "e2", [{"model": tiny_llama, "adapter": str(adapter)}], [{"name": "embedded-heldout"}]))
+    with pytest.raises(ConfigError, match=r"longest prompt \(\d+ tokens\) \+ sampling.max_tokens \(5000\) exceeds"):
+        evaluate.run(make_cfg(tmp_path / "e3", model, [{"name": "embedded-heldout"}], "sampling.max_tokens=5000"))
+
+
+@pytest.mark.slow
+def test_smollm2_on_mawps(smollm2_llm, smollm2_path, benchmarks_dir, tmp_path):
+    cfg = configlib.load(EvalConfig, None, [
+        f"output_dir={tmp_path / 'eval'}", f"models=[{{model: '{models.DEFAULT_MODEL}', name: smollm2}}]",
+        f"benchmarks=[{{name: mawps, source: '{benchmarks_dir}/mawps/test.jsonl', num_problems: 50}}]",
+        "sampling.n=4", "sampling.max_tokens=128", "prompt.template=number", "answer.extraction=last_number",
+        "engine.max_model_len=2048",
+    ])
+    results = evaluate.run(cfg, llms={models.DEFAULT_MODEL: smollm2_llm})
+    r = results["smollm2"]["mawps"]
+    assert r["problems"] == 50 and r["samples_per_problem"] == 4
+    assert 0 <= r["pass@1"] <= r["pass@4"] <= 1 and r["pass@1"] > 0
+    assert len(store.read_parquet([tmp_path / "eval" / "smollm2" / "mawps" / "samples.parquet"])) == 200
+    assert "| smollm2 |" in (tmp_path / "eval" / "results.md").read_text()

@@ -1,0 +1,151 @@
+"""`seqdistill sft` with real TRL training on tiny random-weight Qwen2 (R1 tokenizer) and Llama students."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from seqdistill import config as configlib
+from seqdistill import problems, sft
+from seqdistill.config import ConfigError
+from seqdistill.sft import SFTStageConfig
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    """A small traces file in TRL's conversational format, with R1-style think blocks."""
+    rows = []
+    for p in problems.load(problems.ProblemsConfig(num_problems=12, max_operand=9)):
+        for j in range(2):
+            rows.append({"problem_id": p["id"], "messages": [
+                {"role": "user", "content": p["question"] + "\nAnswer with the number at the end."},
+                {"role": "assistant", "content": f"<think>\nStep {j}: work it out.\n</think>\nThe answer is {p['answer']}."},
+            ]})
+    path = tmp_path_factory.mktemp("traces") / "traces.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def make_cfg(student, dataset, out, *overrides):
+    return configlib.load(SFTStageConfig, None, [
+        f"student={student}", f"dataset={dataset}", f"output_dir={out}", "max_steps=3", "learning_rate=1e-2",
+        "per_device_train_batch_size=4", "logging_steps=1", "save_steps=2", "report_to=[none]", "max_length=256",
+        *overrides,
+    ])
+
+
+def test_lora_trains_adapter_leaves_base(tiny_qwen2, traces, tmp_path):
+    result = sft.run(make_cfg(tiny_qwen2, traces, tmp_path / "out"))
+    model = result.trainer.model
+    original = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).state_dict()
+    lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # lora_B starts at zero
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(param.detach().cpu(), original[key]), f"base weight {key} changed"
+    assert (tmp_path / "out" / "model" / "adapter_model.safetensors").is_file()
+    assert "distilled from" in (tmp_path / "out" / "model" / "README.md").read_text()
+
+
+def test_loss_mask_is_the_trace_and_eos(tiny_qwen2, traces, tmp_path):
+    """Token by token: the prompt is masked, the whole trace (think block included) and the EOS are trained."""
+    result = sft.run(make_cfg(tiny_qwen2, traces, tmp_path / "out", "max_steps=1"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+    row = result.trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    messages = [json.loads(line) for line in open(traces)][0]["messages"]
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert all(label == -100 for label in labels[:n_prompt])
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert tokenizer.decode(ids[n_prompt:]) == messages[1]["content"] + "<｜end▁of▁sentence｜>"
+    assert "<think>" in tokenizer.decode(ids[n_prompt:])  # R1's template would have stripped it
+    # every example ends with the unmasked end-of-turn token
+    eos = tokenizer.convert_tokens_to_ids("<｜end▁of▁sentence｜>")
+    for r in result.trainer.train_dataset:
+        assert r["input_ids"][-1] == eos and r["labels"][-1] == eos
+    assert result.metrics["end_of_turn"] == "<｜end▁of▁sentence｜>"
+
+
+def test_llama_chatml_end_of_turn_and_full_loss_switch(tiny_llama, traces, tmp_path):
+    result = sft.run(make_cfg(tiny_llama, traces, tmp_path / "out", "max_steps=1", "assistant_only_loss=false"))
+    assert result.metrics["end_of_turn"] == "<|im_end|>"
+    row = result.trainer.train_dataset[0]
+    assert row["labels"] == row["input_ids"]  # the prompt is trained on too
+
+
+class InterruptAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+class FirstStep(TrainerCallback):
+    seen = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seen = self.seen or state.global_step
+
+
+def test_resume_continues_from_saved_step(tiny_llama, traces, tmp_path):
+    out = tmp_path / "out"
+    cfg = make_cfg(tiny_llama, traces, out, "max_steps=4", "save_steps=2")
+    with pytest.raises(KeyboardInterrupt):
+        sft.run(cfg, callbacks=[InterruptAt(3)])
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "model").exists()
+    with pytest.raises(ConfigError, match="unfinished run; pass --resume"):
+        sft.run(cfg)
+    first = FirstStep()
+    result = sft.run(make_cfg(tiny_llama, traces, out, "max_steps=4", "save_steps=2", "resume=true"), callbacks=[first])
+    assert first.seen == 3 and result.metrics["global_step"] == 4
+
+
+def test_full_finetune_and_merge_load_in_vllm(tiny_llama, traces, tmp_path):
+    from vllm import LLM, SamplingParams
+
+    sft.run(make_cfg(tiny_llama, traces, tmp_path / "full", "method=full", "max_steps=1"))
+    sft.run(make_cfg(tiny_llama, traces, tmp_path / "lora", "max_steps=1", "merge=true"))
+    for path in (tmp_path / "full" / "model", tmp_path / "lora" / "merged"):
+        llm = LLM(str(path), max_model_len=256, kv_cache_memory_bytes=64 << 20, enforce_eager=True)
+        out = llm.generate(["Tom has 3 apples."], SamplingParams(max_tokens=4, temperature=0))
+        assert len(out[0].outputs[0].token_ids) >= 1
+        del llm
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["student=/no/such/student"], "student: model path /no/such/student does not exist"),
+    (["lora.target_modules=[qkv_proj]"], r"lora.target_modules \['qkv_proj'\] match no module .* its linear modules are: .*q_proj"),
+    (["dtype=float16"], "float16 training needs a GPU"),
+    (["max_length=16"], r"examples .* are longer than max_length=16 tokens .* raise max_length"),
+    (["method=qlora"], "qlora needs a CUDA GPU"),
+])
+def test_bad_input(tiny_llama, traces, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        sft.run(make_cfg(tiny_llama, traces, tmp_path / "out", *overrides))
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_dataset_without_messages_and_empty(tiny_llama, tmp_path):
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"question": "q", "answer": "1"}\n')
+    with pytest.raises(ConfigError, match="has no `messages` column .* it has: question, answer"):
+        sft.run(make_cfg(tiny_llama, wrong, tmp_path / "out"))
+    empty = tmp_path / "gen" / "data"
+    empty.mkdir(parents=True)
+    import datasets
+
+    datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "q"}]}]).select([]).to_parquet(str(empty / "train.parquet"))
+    with pytest.raises(ConfigError, match="has no examples .* funnel kept none"):
+        sft.run(make_cfg(tiny_llama, tmp_path / "gen", tmp_path / "out"))
+
+
+def test_output_dir_with_another_run(tiny_llama, traces, tmp_path):
+    sft.run(make_cfg(tiny_llama, traces, tmp_path / "out", "max_steps=1"))
+    with pytest.raises(ConfigError, match=r"holds a different run \(learning_rate: 0.01 -> 0.001\)"):
+        sft.run(make_cfg(tiny_llama, traces, tmp_path / "out", "max_steps=1", "learning_rate=1e-3"))
