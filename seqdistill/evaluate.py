@@ -122,13 +122,18 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
         tokenizer = models.load_tokenizer(resolved[base])
         batches = {b.name: [tokenize(tokenizer, cfg, template, row) for row in benchmarks[b.name]] for b in cfg.benchmarks}
         check_lengths(cfg, resolved[base], batches)
+        if not todo:
+            continue
         llm = (llms or {}).get(base)
-        if todo and llm is None:
+        if llm is None:
             lora = [m for m in entries if m.adapter]
             extra = {"enable_lora": True, "max_lora_rank": max(adapter_rank(m.adapter) for m in lora)} if lora else {}
-            llm = models.load_vllm(resolved[base], cfg.engine, max_model_len=cfg.engine.max_model_len, **extra)
+            engine = models.load_vllm(resolved[base], cfg.engine, max_model_len=cfg.engine.max_model_len, **extra)
         for m, b in todo:
-            evaluate(cfg, llm, m, b, entries.index(m), benchmarks[b.name], batches[b.name], out)
+            evaluate(cfg, llm or engine, m, b, entries.index(m), benchmarks[b.name], batches[b.name], out)
+        if llm is None:
+            models.release_vllm(engine)  # before the next model's engine starts
+            del engine
     return collect(cfg, out)
 
 

@@ -175,12 +175,26 @@ def load_vllm(path: str, cfg: EngineConfig, max_model_len: int | None = None, **
     elif cfg.gpu_memory_utilization is None and current_platform.is_cpu():
         args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     in_process = cfg.in_process if cfg.in_process is not None else current_platform.is_cpu()
-    if in_process:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     args.update(kwargs)
     args.update(cfg.extra)
-    log.info("starting vLLM: %s", {k: v for k, v in args.items() if v is not None})
-    return LLM(**{k: v for k, v in args.items() if v is not None})
+    log.info("starting vLLM (%s): %s", "in-process" if in_process else "engine process",
+             {k: v for k, v in args.items() if v is not None})
+    key, previous = "VLLM_ENABLE_V1_MULTIPROCESSING", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ[key] = "0" if in_process else "1"  # read once, when the engine is built
+    try:
+        return LLM(**{k: v for k, v in args.items() if v is not None})
+    finally:
+        os.environ.pop(key) if previous is None else os.environ.__setitem__(key, previous)
+
+
+def release_vllm(llm) -> None:
+    """Shut an engine down before starting another: an in-process engine's shutdown tears down
+    vLLM's process-wide parallel state, so two of them must never overlap."""
+    import gc
+
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """`seqdistill eval` on the real vLLM engine: tiny random model (shared engine), LoRA adapters, SmolLM2 on MAWPS."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from seqdistill import config as configlib
 from seqdistill import evaluate, models, sft, store
@@ -52,11 +55,19 @@ def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
         f"student={tiny_llama}", f"dataset={traces}", f"output_dir={tmp_path / 'sft'}", "max_steps=2",
         "learning_rate=5e-2", "report_to=[none]", "lora.r=8"]))
     adapter = str(tmp_path / "sft" / "model")
-    cfg = make_cfg(tmp_path / "eval", [{"model": tiny_llama, "name": "base"},
-                                       {"model": tiny_llama, "name": "student", "adapter": adapter}],
-                   [{"name": "embedded-heldout", "num_problems": 4}], "greedy=true", "pass_k=[1]",
-                   "engine.kv_cache_memory_bytes=134217728", "engine.max_model_len=512")
-    results = evaluate.run(cfg)
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": [{"model": tiny_llama, "name": "base"}, {"model": tiny_llama, "name": "student", "adapter": adapter}],
+        "benchmarks": [{"name": "embedded-heldout", "num_problems": 4}], "output_dir": str(tmp_path / "eval"),
+        "greedy": True, "sampling": {"max_tokens": 8}, "prompt": {"template": "number"},
+        "engine": {"kv_cache_memory_bytes": 128 << 20, "max_model_len": 512},
+    }))
+    # through the real CLI, in a process of its own (vLLM engines in one process must not overlap)
+    proc = subprocess.run([sys.executable, "-m", "seqdistill", "eval", "--config", str(config)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| student |" in proc.stdout and "| base |" in proc.stdout
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results) == {"base", "student"}
     base = store.read_parquet([tmp_path / "eval" / "base" / "embedded-heldout" / "samples.parquet"])["response"]
     student = store.read_parquet([tmp_path / "eval" / "student" / "embedded-heldout" / "samples.parquet"])["response"]

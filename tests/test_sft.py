@@ -106,16 +106,30 @@ def test_resume_continues_from_saved_step(tiny_llama, traces, tmp_path):
     assert first.seen == 3 and result.metrics["global_step"] == 4
 
 
+LOAD_IN_VLLM = """
+import sys
+from vllm import SamplingParams
+from seqdistill import models
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        llm = models.load_vllm(path, models.EngineConfig(kv_cache_memory_bytes=64 << 20, enforce_eager=True), max_model_len=256)
+        out = llm.generate(["Tom has 3 apples."], SamplingParams(max_tokens=4, temperature=0))
+        print("generated", len(out[0].outputs[0].token_ids), "tokens from", path)
+        models.release_vllm(llm)
+"""
+
+
 def test_full_finetune_and_merge_load_in_vllm(tiny_llama, traces, tmp_path):
-    from vllm import LLM, SamplingParams
+    import subprocess
+    import sys
 
     sft.run(make_cfg(tiny_llama, traces, tmp_path / "full", "method=full", "max_steps=1"))
     sft.run(make_cfg(tiny_llama, traces, tmp_path / "lora", "max_steps=1", "merge=true"))
-    for path in (tmp_path / "full" / "model", tmp_path / "lora" / "merged"):
-        llm = LLM(str(path), max_model_len=256, kv_cache_memory_bytes=64 << 20, enforce_eager=True)
-        out = llm.generate(["Tom has 3 apples."], SamplingParams(max_tokens=4, temperature=0))
-        assert len(out[0].outputs[0].token_ids) >= 1
-        del llm
+    paths = [str(tmp_path / "full" / "model"), str(tmp_path / "lora" / "merged")]
+    # a process of its own: vLLM engines in one process must not overlap the session's engines
+    proc = subprocess.run([sys.executable, "-c", LOAD_IN_VLLM, *paths], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split(" from ")[1] for line in proc.stdout.splitlines() if line.startswith("generated")] == paths
 
 
 @pytest.mark.parametrize("overrides,message", [
