@@ -36,10 +36,9 @@ def main() -> None:
     tokenizer = models.load_tokenizer(path)
     rows = generate.select_problems(cfg)
     template = prompts.load_template(cfg.prompt.template)
-    token_ids = [tokenizer(prompts.chat_prompt(tokenizer, prompts.messages(prompts.render(template, r), cfg.prompt)),
-                           add_special_tokens=False)["input_ids"] for r in rows]
+    token_ids = [prompts.encode(tokenizer, prompts.render(template, r), cfg.prompt) for r in rows]
     start = time.perf_counter()
-    llm = models.load_vllm(path, cfg.engine, max_model_len=cfg.engine.max_model_len)
+    llm = models.load_vllm(path, cfg.engine)
     startup = time.perf_counter() - start
 
     runs = []

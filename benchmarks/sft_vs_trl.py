@@ -37,6 +37,7 @@ def synthetic_traces(path: Path, n: int) -> None:
 def run_plain_trl(dataset: str, out: str) -> dict:
     """What a user would write with TRL alone."""
     import datasets
+    import torch
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -46,7 +47,8 @@ def run_plain_trl(dataset: str, out: str) -> dict:
     data = datasets.load_dataset("json", data_files=dataset, split="train")
     trainer = SFTTrainer(model=student, train_dataset=data, peft_config=LoraConfig(**LORA),
                          args=SFTConfig(output_dir=out, per_device_train_batch_size=BATCH, learning_rate=LR,
-                                        num_train_epochs=1, report_to="none", save_strategy="no"))
+                                        num_train_epochs=1, report_to="none", save_strategy="no",
+                                        use_cpu=not torch.cuda.is_available()))  # TRL refuses CPU without it
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     start = time.perf_counter()
     trainer.train()

@@ -18,7 +18,6 @@ import sys
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 
-NOT_YET = {"run": "issue: seqdistill run"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,8 +37,15 @@ def parser() -> argparse.ArgumentParser:
                        description="pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks.")
     add_config_args(e)
     e.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
-    r = sub.add_parser("run", help="run a whole pipeline from pipelines/NAME.yaml [not implemented yet]")
-    r.add_argument("pipeline", nargs="?")
+    r = sub.add_parser("run", help="run the whole chain (generate -> sft -> eval) from a pipeline recipe",
+                       description="Run a pipeline recipe; finished stages with the same config are skipped.")
+    r.add_argument("pipeline", help="pipelines/NAME.yaml")
+    r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set sft.learning_rate=1e-4 generate.sampling.n=4")
+    r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (generate, sft, eval)")
+    r.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
+    rep = sub.add_parser("report", help="rebuild RUN_DIR/report.md and its figures from a run's artifacts")
+    rep.add_argument("run_dir")
     return p
 
 
@@ -53,9 +59,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    if args.command in NOT_YET:
-        print(f"seqdistill {args.command}: not implemented yet ({NOT_YET[args.command]})", file=sys.stderr)
-        sys.exit(2)
     try:
         if args.command == "generate":
             from seqdistill import generate
@@ -73,6 +76,16 @@ def main(argv: list[str] | None = None) -> None:
             results = evaluate.run(cfg)
             print("\n" + evaluate.table(results))
             print(f"results: {cfg.output_dir}/results.md, per-sample records under {cfg.output_dir}/MODEL/BENCHMARK/")
+        elif args.command == "run":
+            from seqdistill import pipeline
+
+            cfg = pipeline.load(args.pipeline, args.overrides)
+            print("# resolved pipeline\n" + configlib.dump(cfg), flush=True)
+            pipeline.run(cfg, only=args.only, start=args.start)
+        elif args.command == "report":
+            from seqdistill import report
+
+            print(f"report: {report.write(args.run_dir)}")
         elif args.command == "sft":
             from seqdistill import sft
 

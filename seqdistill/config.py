@@ -104,6 +104,8 @@ def _coerce(tp: Any, value: Any, key: str, errors: list[str]):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:  # X | None: X's own errors say more than "must be X or null"
+            return _coerce(inner[0], value, key, errors)
         for candidate in inner:  # first type that takes the value without complaint
             trial: list[str] = []
             out = _coerce(candidate, value, key, trial)

@@ -182,10 +182,10 @@ def split_by_problem(pairs, fraction: float, seed: int):
     """Hold out whole problems (all samples of a problem on one side), so eval loss isn't on seen problems."""
     import random
 
-    problems = sorted({p for p in pairs["problem_id"] if p is not None}) or list(range(len(pairs)))
-    rng = random.Random(seed)
-    held = set(rng.sample(problems, max(1, int(len(problems) * fraction))))
-    keys = pairs["problem_id"] if pairs["problem_id"][0] is not None else list(range(len(pairs)))
+    has_ids = "problem_id" in pairs.column_names and pairs[0]["problem_id"] is not None
+    keys = pairs["problem_id"] if has_ids else list(range(len(pairs)))
+    problems = sorted(set(keys))
+    held = set(random.Random(seed).sample(problems, max(1, int(len(problems) * fraction))))
     train = pairs.select([i for i, k in enumerate(keys) if k not in held])
     evaluation = pairs.select([i for i, k in enumerate(keys) if k in held])
     return train, evaluation

@@ -29,6 +29,7 @@ from seqdistill.verify import AnswerConfig, extract_answer, is_equivalent
 
 log = logging.getLogger(__name__)
 EMBEDDED_HELDOUT = "embedded-heldout"
+IGNORE = ("overwrite",)
 
 
 @dataclass
@@ -114,21 +115,22 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
     for m in cfg.models:
         check_adapter(m, resolved[m.model])
     template = prompts.load_template(cfg.prompt.template)
-    store.prepare(out, cfg, ignore=("overwrite",), overwrite=cfg.overwrite, owned=[m.label() for m in cfg.models] + ["results.json", "results.md"])
+    store.prepare(out, cfg, ignore=IGNORE, overwrite=cfg.overwrite, owned=[m.label() for m in cfg.models] + ["results.json", "results.md"])
 
     for base in dict.fromkeys(m.model for m in cfg.models):  # one engine per base model
         entries = [m for m in cfg.models if m.model == base]
         todo = [(m, b) for m in entries for b in cfg.benchmarks if not (out / m.label() / b.name / "results.json").is_file()]
         tokenizer = models.load_tokenizer(resolved[base])
-        batches = {b.name: [tokenize(tokenizer, cfg, template, row) for row in benchmarks[b.name]] for b in cfg.benchmarks}
-        check_lengths(cfg, resolved[base], batches)
+        batches = {b.name: [prompts.encode(tokenizer, prompts.render(template, row), cfg.prompt) for row in benchmarks[b.name]]
+                   for b in cfg.benchmarks}
+        models.check_context(resolved[base], cfg.engine, cfg.sampling.max_tokens, batches)
         if not todo:
             continue
         llm = (llms or {}).get(base)
         if llm is None:
             lora = [m for m in entries if m.adapter]
             extra = {"enable_lora": True, "max_lora_rank": max(adapter_rank(m.adapter) for m in lora)} if lora else {}
-            engine = models.load_vllm(resolved[base], cfg.engine, max_model_len=cfg.engine.max_model_len, **extra)
+            engine = models.load_vllm(resolved[base], cfg.engine, **extra)
         for m, b in todo:
             evaluate(cfg, llm or engine, m, b, entries.index(m), benchmarks[b.name], batches[b.name], out)
         if llm is None:
@@ -158,22 +160,6 @@ def check_adapter(m: ModelEntry, base_path: str) -> None:
 
 def adapter_rank(path: str) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text()).get("r", 16))
-
-
-def tokenize(tokenizer, cfg: EvalConfig, template, row: dict) -> list[int]:
-    text = prompts.chat_prompt(tokenizer, prompts.messages(prompts.render(template, row), cfg.prompt), cfg.prompt.prefill)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def check_lengths(cfg: EvalConfig, model_path: str, batches: dict) -> None:
-    """Refuse a run whose prompts plus max_tokens don't fit: silently truncated prompts skew scores."""
-    context = cfg.engine.max_model_len or models.context_length(model_path)
-    for name, ids in batches.items():
-        longest = max(len(t) for t in ids)
-        if context and longest + cfg.sampling.max_tokens > context:
-            raise ConfigError(f"benchmark {name}: longest prompt ({longest} tokens) + sampling.max_tokens "
-                              f"({cfg.sampling.max_tokens}) exceeds max_model_len {context}; lower max_tokens or "
-                              "raise engine.max_model_len")
 
 
 def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, token_ids, out: Path) -> dict:

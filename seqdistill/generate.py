@@ -31,6 +31,7 @@ from seqdistill.verify import AnswerConfig
 log = logging.getLogger(__name__)
 # Files this stage owns in its output directory (what --overwrite clears).
 OWNED = ["samples", "data", "README.md", "stats.json"]
+IGNORE = ("overwrite", "shard_index", "push_to_hub")  # settings that don't change the dataset
 
 
 @dataclass
@@ -67,19 +68,19 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
     rows = select_problems(cfg)
     template = prompts.load_template(cfg.prompt.template)
     users = [prompts.render(template, row) for row in rows]
-    token_ids = [tokenizer(prompts.chat_prompt(tokenizer, prompts.messages(u, cfg.prompt), cfg.prompt.prefill),
-                           add_special_tokens=False)["input_ids"] for u in users]
-    max_model_len = check_lengths(cfg, model_path, token_ids)
+    token_ids = [prompts.encode(tokenizer, u, cfg.prompt) for u in users]
+    models.check_context(model_path, cfg.engine, cfg.sampling.max_tokens, {"problems": token_ids})
     think = cfg.filters.require_think if cfg.filters.require_think is not None else f"<{cfg.answer.think_tag}>" in cfg.prompt.prefill
-    store.prepare(out, cfg, ignore=("overwrite", "shard_index", "push_to_hub"), overwrite=cfg.overwrite, owned=OWNED)
+    store.prepare(out, cfg, ignore=IGNORE, overwrite=cfg.overwrite, owned=OWNED)
 
     # ---- sample chunk by chunk; each finished chunk is one atomic file ----
     shard_dir = out / "samples" / f"shard-{cfg.shard_index:05d}-of-{cfg.num_shards:05d}"
     chunks = [range(i, min(i + cfg.chunk_size, len(rows))) for i in range(0, len(rows), cfg.chunk_size)]
     todo = [k for k in range(len(chunks)) if not (shard_dir / f"chunk-{k:05d}.parquet").exists()]
     log.info("%d problems in %d chunks, %d to sample (%d done)", len(rows), len(chunks), len(todo), len(chunks) - len(todo))
-    if todo and llm is None:
-        llm = models.load_vllm(model_path, cfg.engine, max_model_len=max_model_len)
+    own_engine = bool(todo) and llm is None
+    if own_engine:
+        llm = models.load_vllm(model_path, cfg.engine)
     params = cfg.sampling.params()
     for k in todo:
         idx = chunks[k]
@@ -99,6 +100,8 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
         store.write_parquet(tagged, shard_dir / f"chunk-{k:05d}.parquet", features=sample_features())
         log.info("chunk %d/%d: %d samples, %d kept, %.0f generated tok/s",
                  k + 1, len(chunks), len(tagged), sum(s["keep"] for s in tagged), tokens / seconds)
+    if own_engine:
+        models.release_vllm(llm)  # before a later stage starts its own engine
     store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(chunks), "problems": len(rows)}))
     return assemble(cfg, out)
 
@@ -117,18 +120,6 @@ def select_problems(cfg: GenerateConfig) -> list[dict]:
     if not rows:
         raise ConfigError(f"no problems left for shard {cfg.shard_index} of {cfg.num_shards}; use fewer shards")
     return rows
-
-
-def check_lengths(cfg: GenerateConfig, model_path: str, token_ids: list[list[int]]) -> int | None:
-    """Refuse a run whose longest prompt plus max_tokens can't fit the context (vLLM would fail later)."""
-    longest = max(len(t) for t in token_ids)
-    context = cfg.engine.max_model_len or models.context_length(model_path)
-    if context is not None and longest + cfg.sampling.max_tokens > context:
-        raise ConfigError(
-            f"longest prompt ({longest} tokens) + sampling.max_tokens ({cfg.sampling.max_tokens}) exceeds the "
-            f"context length {context}; lower sampling.max_tokens or raise engine.max_model_len"
-        )
-    return cfg.engine.max_model_len
 
 
 def chunk_seed(cfg: GenerateConfig, chunk: int) -> int:

@@ -97,6 +97,16 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
+def check_context(path: str, engine: "EngineConfig", max_tokens: int, prompt_ids: dict[str, list[list[int]]]) -> None:
+    """Refuse prompts that can't fit the context with max_tokens: vLLM would fail late, or truncate silently."""
+    context = engine.max_model_len or context_length(path)
+    for name, ids in prompt_ids.items():
+        longest = max(len(t) for t in ids)
+        if context is not None and longest + max_tokens > context:
+            raise ConfigError(f"{name}: longest prompt ({longest} tokens) + sampling.max_tokens ({max_tokens}) exceeds "
+                              f"the context length {context}; lower sampling.max_tokens or raise engine.max_model_len")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -154,7 +164,7 @@ class SeedExtension:
         return seed
 
 
-def load_vllm(path: str, cfg: EngineConfig, max_model_len: int | None = None, **kwargs):
+def load_vllm(path: str, cfg: EngineConfig, **kwargs):
     """One `vllm.LLM` for the whole run, built from the user's engine settings."""
     try:
         from vllm import LLM
@@ -163,7 +173,7 @@ def load_vllm(path: str, cfg: EngineConfig, max_model_len: int | None = None, **
         raise ConfigError("vLLM is not installed: `pip install -e .[cpu]` on CPU machines, "
                           "`pip install -e .[cuda]` on CUDA machines") from None
     args = dict(
-        model=path, dtype=cfg.dtype, max_model_len=max_model_len or cfg.max_model_len,
+        model=path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
         tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
         enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager, seed=cfg.seed,
         worker_extension_cls="seqdistill.models.SeedExtension",

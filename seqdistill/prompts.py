@@ -78,3 +78,8 @@ def chat_prompt(tokenizer, msgs: list[dict], prefill: str = "") -> str:
                           "or one whose tokenizer_config carries a chat_template")
     text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     return text + prefill
+
+
+def encode(tokenizer, user: str, cfg: PromptConfig) -> list[int]:
+    """Token ids of the whole prompt the engine sees for one user message (no second BOS)."""
+    return tokenizer(chat_prompt(tokenizer, messages(user, cfg), cfg.prefill), add_special_tokens=False)["input_ids"]

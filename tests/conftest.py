@@ -57,7 +57,7 @@ def tiny_llm(tiny_llama):
     """One vLLM engine on the tiny model for every test that needs one."""
     from seqdistill import models
 
-    llm = models.load_vllm(tiny_llama, models.EngineConfig(kv_cache_memory_bytes=256 << 20), max_model_len=1024)
+    llm = models.load_vllm(tiny_llama, models.EngineConfig(kv_cache_memory_bytes=256 << 20, max_model_len=1024))
     yield llm
     del llm
 
@@ -66,7 +66,7 @@ def tiny_llm(tiny_llama):
 def smollm2_llm(smollm2_path):
     from seqdistill import models
 
-    llm = models.load_vllm(smollm2_path, models.EngineConfig(kv_cache_memory_bytes=1 << 30), max_model_len=2048)
+    llm = models.load_vllm(smollm2_path, models.EngineConfig(kv_cache_memory_bytes=1 << 30, max_model_len=2048))
     yield llm
     del llm
 

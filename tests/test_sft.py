@@ -2,6 +2,7 @@
 
 import json
 
+import datasets
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from seqdistill import config as configlib
 from seqdistill import problems, sft
 from seqdistill.config import ConfigError
+from seqdistill.data import split_by_problem
 from seqdistill.sft import SFTStageConfig
 
 
@@ -112,7 +114,7 @@ from vllm import SamplingParams
 from seqdistill import models
 if __name__ == "__main__":
     for path in sys.argv[1:]:
-        llm = models.load_vllm(path, models.EngineConfig(kv_cache_memory_bytes=64 << 20, enforce_eager=True), max_model_len=256)
+        llm = models.load_vllm(path, models.EngineConfig(kv_cache_memory_bytes=64 << 20, enforce_eager=True, max_model_len=256))
         out = llm.generate(["Tom has 3 apples."], SamplingParams(max_tokens=4, temperature=0))
         print("generated", len(out[0].outputs[0].token_ids), "tokens from", path)
         models.release_vllm(llm)
@@ -152,8 +154,6 @@ def test_dataset_without_messages_and_empty(tiny_llama, tmp_path):
         sft.run(make_cfg(tiny_llama, wrong, tmp_path / "out"))
     empty = tmp_path / "gen" / "data"
     empty.mkdir(parents=True)
-    import datasets
-
     datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "q"}]}]).select([]).to_parquet(str(empty / "train.parquet"))
     with pytest.raises(ConfigError, match="has no examples .* funnel kept none"):
         sft.run(make_cfg(tiny_llama, tmp_path / "gen", tmp_path / "out"))
@@ -163,3 +163,12 @@ def test_output_dir_with_another_run(tiny_llama, traces, tmp_path):
     sft.run(make_cfg(tiny_llama, traces, tmp_path / "out", "max_steps=1"))
     with pytest.raises(ConfigError, match=r"holds a different run \(learning_rate: 0.01 -> 0.001\)"):
         sft.run(make_cfg(tiny_llama, traces, tmp_path / "out", "max_steps=1", "learning_rate=1e-3"))
+
+
+def test_validation_split_holds_out_whole_problems_and_logs_eval_loss(tiny_llama, traces, tmp_path):
+    result = sft.run(make_cfg(tiny_llama, traces, tmp_path / "out", "eval_fraction=0.25", "max_steps=2", "eval_steps=1"))
+    assert any("eval_loss" in h for h in result.metrics["log_history"])
+
+    pairs = datasets.Dataset.from_list([{"prompt": "p", "completion": "c", "problem_id": f"q{i // 2}"} for i in range(20)])
+    train, held = split_by_problem(pairs, 0.3, seed=0)
+    assert len(held) == 6 and not set(train["problem_id"]) & set(held["problem_id"])

@@ -1,0 +1,124 @@
+"""`seqdistill run`: the whole chain (generate -> sft -> eval) from one recipe.
+
+    seqdistill run pipelines/quickstart.yaml
+    seqdistill run pipelines/quickstart.yaml --from sft --set sft.learning_rate=1e-4
+    seqdistill run pipelines/quickstart.yaml --only eval
+
+Every stage writes under RUN_DIR/STAGE, and each stage's output feeds the next: sft trains on
+RUN_DIR/generate, eval scores the teacher, the untouched student and the distilled student
+(unless the recipe lists its own models). A stage whose outputs exist for the same resolved
+config is skipped with a line saying so; a changed stage and every stage after it rerun; an
+interrupted stage resumes (each stage's own resume). RUN_DIR also holds the resolved pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from seqdistill import config as configlib
+from seqdistill import store
+from seqdistill.config import ConfigError
+from seqdistill.evaluate import EvalConfig, ModelEntry
+from seqdistill.generate import GenerateConfig
+from seqdistill.sft import SFTStageConfig
+
+log = logging.getLogger(__name__)
+STAGES = ["generate", "sft", "eval"]
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/quickstart"
+    generate: GenerateConfig | None = None
+    sft: SFTStageConfig | None = None
+    eval: EvalConfig | None = None
+
+
+def load(path: str, overrides: list[str]) -> PipelineConfig:
+    """The recipe with overrides, its stages wired together under run_dir."""
+    cfg = configlib.load(PipelineConfig, path, overrides)
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        configlib.apply_override(raw, item)
+    run = Path(cfg.run_dir)
+    if cfg.generate:
+        cfg.generate.output_dir = str(run / "generate")
+    if cfg.sft:
+        cfg.sft.output_dir = str(run / "sft")
+        if cfg.generate:
+            cfg.sft.dataset = cfg.generate.output_dir
+        else:  # the dataset must exist now: nothing in this pipeline will write it
+            from seqdistill.data import load_table
+
+            try:
+                load_table(cfg.sft.dataset, cfg.sft.dataset_split)
+            except ConfigError as e:
+                raise ConfigError(f"sft.dataset: {e} (the pipeline has no generate stage to write it)") from None
+    if cfg.eval:
+        cfg.eval.output_dir = str(run / "eval")
+        if "models" not in (raw.get("eval") or {}):
+            cfg.eval.models = default_models(cfg)
+    if not any(getattr(cfg, s) for s in STAGES):
+        raise ConfigError(f"pipeline {path} has none of the stages {', '.join(STAGES)}")
+    return cfg
+
+
+def default_models(cfg: PipelineConfig) -> list[ModelEntry]:
+    """Teacher, untouched student and distilled student (merged model, else the adapter)."""
+    entries = []
+    if cfg.generate:
+        entries.append(ModelEntry(cfg.generate.model, name="teacher"))
+    if cfg.sft:
+        if cfg.generate is None or cfg.sft.student != cfg.generate.model:
+            entries.append(ModelEntry(cfg.sft.student, name="student-before"))
+        else:
+            entries[0].name = "teacher=student-before"
+        out = Path(cfg.sft.output_dir)
+        if cfg.sft.merge or cfg.sft.method == "full":
+            entries.append(ModelEntry(str(out / ("merged" if cfg.sft.merge else "model")), name="student-after"))
+        else:
+            entries.append(ModelEntry(cfg.sft.student, name="student-after", adapter=str(out / "model")))
+    return entries
+
+
+def modules() -> dict:
+    from seqdistill import evaluate, generate, sft
+
+    return {"generate": generate, "sft": sft, "eval": evaluate}
+
+
+def done(stage: str, cfg) -> bool:
+    """The stage's outputs exist for this very config."""
+    marker = {"generate": "stats.json", "sft": "metrics.json", "eval": "results.json"}[stage]
+    out = Path(cfg.output_dir)
+    return (out / marker).is_file() and store.changes(out, cfg, modules()[stage].IGNORE) == []
+
+
+def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = None) -> dict:
+    from seqdistill import report
+
+    for name in (only or []) + ([start] if start else []):
+        if name not in STAGES:
+            raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    present = [s for s in STAGES if getattr(cfg, s) is not None]
+    selected = [s for s in present if (not only or s in only) and (not start or STAGES.index(s) >= STAGES.index(start))]
+    configlib.save(cfg, Path(cfg.run_dir) / "pipeline.yaml")
+    results, dirty = {}, False
+    for stage in selected:
+        stage_cfg, module = getattr(cfg, stage), modules()[stage]
+        if done(stage, stage_cfg) and not dirty:
+            print(f"[{stage}] outputs in {stage_cfg.output_dir} match this config; skipped", flush=True)
+            continue
+        if dirty or store.changes(Path(stage_cfg.output_dir), stage_cfg, module.IGNORE):
+            stage_cfg.overwrite = True  # a changed stage, or one after a stage that ran, starts over
+        elif stage == "sft":
+            stage_cfg.resume = True  # an interrupted training continues from its last checkpoint
+        print(f"[{stage}] running -> {stage_cfg.output_dir}", flush=True)
+        results[stage] = module.run(stage_cfg)
+        dirty = True  # every later stage must see this stage's new outputs
+    print(f"report: {report.write(cfg.run_dir)}", flush=True)
+    return results
