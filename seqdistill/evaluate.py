@@ -225,16 +225,18 @@ def table(results: dict) -> str:
     for b in benches:
         r = next(iter(results.values()))[b]
         k = r["samples_per_problem"]
-        header += [f"{b} pass@1", f"{b} pass@{k}", f"{b} maj@{k}", f"{b} trunc"]
+        header += [f"{b} pass@1"] + ([f"{b} pass@{k}", f"{b} maj@{k}"] if k > 1 else []) + [f"{b} trunc"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for model, per_bench in results.items():
         cells = [model]
         for b in benches:
             r = per_bench[b]
             k = r["samples_per_problem"]
-            cells += [f"{r['pass@1']:.3f} ± {r['pass@1_stderr']:.3f}", f"{r[f'pass@{k}']:.3f}", f"{r[f'maj@{k}']:.3f}",
-                      f"{r['truncated_share']:.1%}"]
+            cells += [f"{r['pass@1']:.3f} ± {r['pass@1_stderr']:.3f}"]
+            cells += [f"{r[f'pass@{k}']:.3f}", f"{r[f'maj@{k}']:.3f}"] if k > 1 else []
+            cells += [f"{r['truncated_share']:.1%}"]
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(next(iter(results.values())).values()))
-    return "\n".join(lines) + f"\n\n{first['problems']} problems per benchmark (first); k samples at " \
-                               f"temperature {first['settings']['sampling']['temperature']}.\n"
+    sampling = first["settings"]["sampling"]
+    how = "greedy" if sampling["greedy"] else f"temperature {sampling['temperature']}, top_p {sampling['top_p']}"
+    return "\n".join(lines) + f"\n\npass@1 is the mean over k samples per problem ± its standard error; {how}.\n"

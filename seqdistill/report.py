@@ -78,7 +78,8 @@ def loss_figure(metrics: dict, run: Path) -> str:
             ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.set_title("Student training loss")
     return save(fig, run / "loss.png")
 
@@ -96,6 +97,8 @@ def pass_figure(results: dict, run: Path) -> str:
         errs = [results[model][b]["pass@1_stderr"] for b in benches]
         bars = ax.bar(xs, ys, width, yerr=errs, capsize=4, label=model)
         ax.bar_label(bars, fmt="%.2f", padding=2)
+    top = max(r[b]["pass@1"] + r[b]["pass@1_stderr"] for r in results.values() for b in benches)
+    ax.set_ylim(0, min(1.05, top * 1.2 + 0.02))
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(benches))], benches)
     ax.set_ylabel("pass@1 (± s.e.)")
     ax.legend()
