@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from seqdistill import card, store
+from seqdistill.config import ConfigError
 
 
 def write(run_dir: str | Path) -> Path:
@@ -18,8 +19,10 @@ def write(run_dir: str | Path) -> Path:
 
     matplotlib.use("Agg")
     run = Path(run_dir)
-    parts = [f"# seqdistill run: `{run}`\n"]
     gen, sft, ev = run / "generate", run / "sft", run / "eval"
+    if not any(p.is_dir() for p in (gen, sft, ev)):
+        raise ConfigError(f"{run} holds no pipeline run (no generate/, sft/ or eval/); give the run_dir of `seqdistill run`")
+    parts = [f"# seqdistill run: `{run}`\n"]
     if (ev / "results.json").is_file():
         results = json.loads((ev / "results.json").read_text())
         parts += ["## Results\n", (ev / "results.md").read_text(), f"![pass@1]({pass_figure(results, run)})\n"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from seqdistill import pipeline
+from seqdistill import pipeline, report
 from seqdistill.config import ConfigError
 
 RECIPE = {
@@ -71,5 +71,7 @@ def test_bad_pipelines_fail_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="unknown stage 'train'; stages are generate, sft, eval"):
         pipeline.run(pipeline.load(str(recipe), []), only=["train"])
     assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="holds no pipeline run"):
+        report.write(tmp_path / "nothing")
     out = seqdistill("run", str(recipe), "--only", "train")
     assert out.returncode == 2 and out.stderr.strip() == "error: unknown stage 'train'; stages are generate, sft, eval"
