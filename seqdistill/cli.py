@@ -26,17 +26,14 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample teacher traces with vLLM into a verified, filtered dataset",
                        description="Sample teacher traces with vLLM, verify and filter them, write a dataset.")
     add_config_args(g)
-    g.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
     s = sub.add_parser("sft", help="fine-tune a student on the traces with TRL (LoRA, full or QLoRA)",
                        description="Fine-tune a student on a traces dataset with TRL's SFTTrainer.")
     add_config_args(s)
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     s.add_argument("--merge", action="store_true", help="also save the LoRA merged into the base model")
-    s.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
     e = sub.add_parser("eval", help="score teacher and students on benchmarks with vLLM",
                        description="pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks.")
     add_config_args(e)
-    e.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
     r = sub.add_parser("run", help="run the whole chain (generate -> sft -> eval) from a pipeline recipe",
                        description="Run a pipeline recipe; finished stages with the same config are skipped.")
     r.add_argument("pipeline", help="pipelines/NAME.yaml")
@@ -53,17 +50,20 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML file of settings (defaults: the embedded model and problems)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set sampling.n=4 problems.num_problems=50")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    # flags are settings too: --resume is resume=true
+    overrides = getattr(args, "overrides", []) + [
+        f"{k}=true" for k in ("overwrite", "resume", "merge") if getattr(args, k, False)]
     try:
         if args.command == "generate":
             from seqdistill import generate
 
-            overrides = args.overrides + (["overwrite=true"] if args.overwrite else [])
             cfg = configlib.load(generate.GenerateConfig, args.config, overrides)
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             stats = generate.run(cfg)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "eval":
             from seqdistill import evaluate
 
-            cfg = configlib.load(evaluate.EvalConfig, args.config, args.overrides + (["overwrite=true"] if args.overwrite else []))
+            cfg = configlib.load(evaluate.EvalConfig, args.config, overrides)
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             results = evaluate.run(cfg)
             print("\n" + evaluate.table(results))
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "sft":
             from seqdistill import sft
 
-            flags = [f"{k}=true" for k in ("resume", "merge", "overwrite") if getattr(args, k)]
-            cfg = configlib.load(sft.SFTStageConfig, args.config, args.overrides + flags)
+            cfg = configlib.load(sft.SFTStageConfig, args.config, overrides)
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             metrics = sft.run(cfg).metrics
             print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
