@@ -51,7 +51,7 @@ def apply_override(data: dict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like key.sub=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = yaml.safe_load(raw) if raw.strip() else ""  # key= is the empty string; key=null is None
     node = data
     *parents, leaf = key.strip().split(".")
     for part in parents:

@@ -43,3 +43,9 @@ def test_missing_config_file_and_bad_override():
 
 def test_diff_names_changed_keys():
     assert configlib.diff({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == ["a.c: 2 -> 3"]
+
+
+def test_empty_override_is_empty_string():
+    cfg = configlib.load(GenerateConfig, None, ["problems.source=", "problems.preset=gsm8k", "push_to_hub=null"])
+    assert cfg.problems.source == "" and cfg.push_to_hub is None
+    assert cfg.problems.resolved().source == "openai/gsm8k"
