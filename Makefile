@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md):
-#   make quickstart   set up .venv (CPU build of vLLM) and run the main job on the embedded default
+#   make quickstart   set up .venv (CPU build of vLLM) and run pipelines/quickstart.yaml (a whole distillation)
 #   make test         set up .venv and run the test suite (what CI runs)
 # On a CUDA machine: make quickstart VLLM=cuda
 
@@ -26,7 +26,7 @@ $(VENV)/.installed-$(VLLM): pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(BIN)/seqdistill generate --config pipelines/generate-quickstart.yaml
+	$(BIN)/seqdistill run pipelines/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest

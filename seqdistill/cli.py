@@ -31,6 +31,10 @@ def parser() -> argparse.ArgumentParser:
     add_config_args(s)
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     s.add_argument("--merge", action="store_true", help="also save the LoRA merged into the base model")
+    sc = sub.add_parser("score", help="add a teacher's top-k log-probs to an existing traces dataset (logit KD)",
+                        description="One vLLM prompt-log-probs pass over each trace; writes a dataset sft can use "
+                                    "with kd.mode offline.")
+    add_config_args(sc)
     e = sub.add_parser("eval", help="score teacher and students on benchmarks with vLLM",
                        description="pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks.")
     add_config_args(e)
@@ -68,6 +72,14 @@ def main(argv: list[str] | None = None) -> None:
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             stats = generate.run(cfg)
             print_generate_summary(cfg, stats)
+        elif args.command == "score":
+            from seqdistill import score
+
+            cfg = configlib.load(score.ScoreConfig, args.config, overrides)
+            print("# resolved config\n" + configlib.dump(cfg), flush=True)
+            stats = score.run(cfg)
+            print(f"scored {stats['examples']} traces, {stats['teacher_logprobs']['bytes_per_token']} bytes/token; "
+                  f"dataset: {cfg.output_dir}/data/train.parquet")
         elif args.command == "eval":
             from seqdistill import evaluate
 

@@ -42,15 +42,18 @@ class TrainingData:
         table, stats = load_table(cfg.dataset, cfg.dataset_split)
         ensure_chat_template(tokenizer, cfg.chat_template)
         eot = end_of_turn(tokenizer)
-        pairs = to_prompt_completion(table, tokenizer, eot, cfg.dataset)
+        teacher = table["teacher"][0] if "teacher" in table.column_names else None
+        if cfg.kd.mode != "none":
+            check_kd(cfg, table, tokenizer, teacher)
+        convert = to_kd_rows if cfg.kd.mode == "offline" else to_prompt_completion
+        pairs = convert(table, tokenizer, eot, cfg.dataset)
         train, evaluation = pairs, None
         if cfg.eval_dataset:
             eval_table, _ = load_table(cfg.eval_dataset, "train" if Path(cfg.eval_dataset).is_file() else cfg.dataset_split)
-            evaluation = to_prompt_completion(eval_table, tokenizer, eot, cfg.eval_dataset)
+            evaluation = convert(eval_table, tokenizer, eot, cfg.eval_dataset)
         elif cfg.eval_fraction > 0:
             train, evaluation = split_by_problem(pairs, cfg.eval_fraction, cfg.seed)
-        lengths = check_lengths(train, tokenizer, cfg.max_length, cfg.max_truncated_fraction)
-        teacher = table["teacher"][0] if "teacher" in table.column_names else None
+        lengths = check_lengths(token_lengths(train, tokenizer), cfg.max_length, cfg.max_truncated_fraction)
         return cls(train, evaluation, eot, lengths, stats, teacher)
 
     def check_eos(self, tokenized, tokenizer, max_length: int) -> int:
@@ -178,6 +181,59 @@ def to_prompt_completion(table, tokenizer, eot: str, source: str):
     return datasets.Dataset.from_list(rows)
 
 
+def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
+    """Logit KD needs teacher log-probs (offline) or a teacher (online), and the teacher's tokenizer."""
+    from seqdistill import kd, models
+
+    if cfg.kd.mode == "offline":
+        if "teacher_topk" not in table.column_names or not all(table["teacher_topk"]):
+            raise ConfigError(f"kd.mode offline but dataset {cfg.dataset} has no teacher log-probs (column teacher_topk); "
+                              "generate it with teacher_logprobs: true, add them with `seqdistill score`, "
+                              "or use kd.mode online with kd.teacher")
+        if "messages" not in table.column_names:
+            raise ConfigError(f"kd.mode offline needs a `messages` dataset; {cfg.dataset} has {', '.join(table.column_names)}")
+        n_vocab = models.vocab_size(models.resolve(cfg.student))
+        top = max(int(kd.decode(b)[0].max()) for b in table["teacher_topk"][:cfg.kd.check_samples])
+        if top >= n_vocab:
+            raise ConfigError(f"teacher log-probs hold token id {top}, outside student {cfg.student}'s vocabulary "
+                              f"({n_vocab} tokens); logit KD needs a shared tokenizer")
+    name = cfg.kd.teacher if cfg.kd.mode == "online" else teacher
+    if name is None:
+        log.warning("dataset %s does not name its teacher; tokenizer agreement not checked", cfg.dataset)
+        return
+    teacher_tokenizer = models.load_tokenizer(models.resolve(name))
+    texts = [m[-1]["content"] for m in table["messages"][:cfg.kd.check_samples]] if "messages" in table.column_names else []
+    kd.check_tokenizers(tokenizer, teacher_tokenizer, texts + ["The answer is 12,345.67 <think>x</think>"],
+                        cfg.student, name)
+
+
+def to_kd_rows(table, tokenizer, eot: str, source: str):
+    """Tokenized rows whose completion is the teacher's own sampled token ids, with their top-k log-probs.
+
+    input_ids = student prompt + prefill + teacher ids (+ end-of-turn when the teacher stopped otherwise);
+    kd_offset = where the teacher's ids start, so the collator lays the log-probs on exactly those tokens.
+    """
+    import datasets
+
+    from seqdistill import kd
+
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    rows = []
+    prefills = table["prefill"] if "prefill" in table.column_names else [""] * len(table)
+    for msgs, blob, prefill, pid in zip(table["messages"], table["teacher_topk"], prefills,
+                                        table["problem_id"] if "problem_id" in table.column_names else [None] * len(table)):
+        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        head = tokenizer(prompt + prefill, add_special_tokens=False)["input_ids"]
+        sampled = kd.decode(blob)[2].tolist()
+        ids = head + sampled + ([] if sampled and sampled[-1] == eot_id else [eot_id])
+        rows.append({"input_ids": ids, "completion_mask": [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids)),
+                     "teacher_topk": blob, "kd_offset": len(head), "problem_id": pid})
+    if not rows:
+        raise ConfigError(f"dataset {source} has no examples")
+    return datasets.Dataset.from_list(rows)
+
+
 def split_by_problem(pairs, fraction: float, seed: int):
     """Hold out whole problems (all samples of a problem on one side), so eval loss isn't on seen problems."""
     import random
@@ -191,10 +247,15 @@ def split_by_problem(pairs, fraction: float, seed: int):
     return train, evaluation
 
 
-def check_lengths(pairs, tokenizer, max_length: int, max_fraction: float) -> dict:
+def token_lengths(rows, tokenizer) -> list[int]:
+    if "input_ids" in rows.column_names:
+        return [len(ids) for ids in rows["input_ids"]]
+    texts = [p + c for p, c in zip(rows["prompt"], rows["completion"])]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def check_lengths(lengths: list[int], max_length: int, max_fraction: float) -> dict:
     """Token-length quantiles; refuse when more than max_fraction of examples would be cut at max_length."""
-    texts = [p + c for p, c in zip(pairs["prompt"], pairs["completion"])]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     over = sum(n > max_length for n in lengths)
     report = {**card.quantiles(lengths), "truncated": over, "tokens_per_epoch": sum(min(n, max_length) for n in lengths)}
     log.info("example lengths (tokens): %s", report)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, filters, models, problems as problemslib, prompts, store
+from seqdistill import card, filters, kd, models, problems as problemslib, prompts, store
 from seqdistill.config import ConfigError
 from seqdistill.filters import FilterConfig
 from seqdistill.models import EngineConfig, SamplingConfig
@@ -44,6 +44,8 @@ class GenerateConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    teacher_logprobs: bool = False  # also store the teacher's top-k log-probs per token, for logit KD in sft
+    logprobs_k: int = 20  # k of those top-k log-probs
     chunk_size: int = 256  # problems per part file: the unit of resume
     num_shards: int = 1  # split the problems into N disjoint parts (one job each) ...
     shard_index: int = 0  # ... and run this one
@@ -54,6 +56,10 @@ class GenerateConfig:
         errors = [f"model: {p}" for p in models.check(self.model)]
         if self.chunk_size < 1:
             errors.append(f"chunk_size must be at least 1, got {self.chunk_size}")
+        max_logprobs = self.engine.extra.get("max_logprobs", max(20, self.logprobs_k))
+        if self.teacher_logprobs and not 1 <= self.logprobs_k <= max_logprobs:
+            errors.append(f"logprobs_k must be in [1, engine max_logprobs={max_logprobs}], got {self.logprobs_k}; "
+                          "lower it or raise engine.extra.max_logprobs")
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
         return errors
@@ -80,8 +86,9 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
     log.info("%d problems in %d chunks, %d to sample (%d done)", len(rows), len(chunks), len(todo), len(chunks) - len(todo))
     own_engine = bool(todo) and llm is None
     if own_engine:
-        llm = models.load_vllm(model_path, cfg.engine)
-    params = cfg.sampling.params()
+        llm = models.load_vllm(model_path, cfg.engine, max_logprobs=max(20, cfg.logprobs_k))
+    params = cfg.sampling.params(**({"logprobs": cfg.logprobs_k, "flat_logprobs": True} if cfg.teacher_logprobs else {}))
+    vocab = models.vocab_size(model_path) if cfg.teacher_logprobs else 0
     for k in todo:
         idx = chunks[k]
         # Same chunk, same seed, same empty cache: an interrupted run resumes with the samples
@@ -93,7 +100,7 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
         seconds = time.perf_counter() - start
         tagged = []
         for i, output in zip(idx, outputs):
-            samples = build_samples(cfg, rows[i], users[i], output, len(token_ids[i]))
+            samples = build_samples(cfg, rows[i], users[i], output, len(token_ids[i]), vocab)
             tagged += filters.apply(samples, rows[i]["answer"], cfg.filters, cfg.answer, think)
         tokens = sum(s["completion_tokens"] for s in tagged)
         store.write_text(shard_dir / f"chunk-{k:05d}.json", json.dumps({"seconds": seconds, "tokens": tokens}))
@@ -127,7 +134,7 @@ def chunk_seed(cfg: GenerateConfig, chunk: int) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
 
 
-def build_samples(cfg: GenerateConfig, row: dict, user: str, output, prompt_tokens: int) -> list[dict]:
+def build_samples(cfg: GenerateConfig, row: dict, user: str, output, prompt_tokens: int, vocab: int) -> list[dict]:
     msgs = prompts.messages(user, cfg.prompt)
     samples = []
     for j, completion in enumerate(output.outputs):
@@ -144,6 +151,9 @@ def build_samples(cfg: GenerateConfig, row: dict, user: str, output, prompt_toke
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(completion.token_ids),
             "teacher": cfg.model,
+            "prefill": cfg.prompt.prefill,
+            "teacher_topk": (kd.encode(*kd.from_vllm(completion.logprobs, completion.token_ids, cfg.logprobs_k), vocab)
+                             if cfg.teacher_logprobs else None),
         })
     return samples
 
@@ -156,7 +166,8 @@ def sample_features():
     return Features({
         "messages": List({"role": text, "content": text}), "problem_id": text, "problem_index": integer,
         "sample_index": integer, "question": text, "gold": text, "completion": text, "finish_reason": text,
-        "prompt_tokens": integer, "completion_tokens": integer, "teacher": text, "answer": text,
+        "prompt_tokens": integer, "completion_tokens": integer, "teacher": text, "prefill": text,
+        "teacher_topk": Value("binary"), "answer": text,
         "correct": Value("bool"), "keep": Value("bool"), "drop_reason": text,
     })
 
@@ -172,10 +183,12 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     samples = store.read_parquet(parts).sort(["problem_index", "sample_index"])
     timings = [json.loads(p.with_suffix(".json").read_text()) for p in parts if p.with_suffix(".json").exists()]
     train = samples.filter(lambda keep: keep, input_columns="keep")
-    dropped = samples.filter(lambda keep: not keep, input_columns="keep")
+    dropped = samples.filter(lambda keep: not keep, input_columns="keep").remove_columns("teacher_topk")
     store.write_parquet(train, out / "data" / "train.parquet")
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
+    if cfg.teacher_logprobs:
+        stats["teacher_logprobs"] = kd.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(cfg.model)))
     store.write_text(out / "stats.json", json.dumps(stats, indent=2))
     store.write_text(out / "README.md", card.dataset_card(cfg, stats))
     if cfg.push_to_hub:

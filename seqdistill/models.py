@@ -164,6 +164,14 @@ class SeedExtension:
         return seed
 
 
+def vocab_size(path: str) -> int:
+    """Rows of the model's output layer (can exceed the tokenizer's length: 151936 vs 151665 for Qwen2.5)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return config.get_text_config().vocab_size
+
+
 def load_vllm(path: str, cfg: EngineConfig, **kwargs):
     """One `vllm.LLM` for the whole run, built from the user's engine settings."""
     try:

@@ -51,6 +51,9 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
         cfg.sft.output_dir = str(run / "sft")
         if cfg.generate:
             cfg.sft.dataset = cfg.generate.output_dir
+            if cfg.sft.kd.mode == "offline" and not cfg.generate.teacher_logprobs:
+                raise ConfigError("sft.kd.mode offline trains on the teacher's top-k log-probs: "
+                                  "set generate.teacher_logprobs: true")
         else:  # the dataset must exist now: nothing in this pipeline will write it
             from seqdistill.data import load_table
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, models, store
+from seqdistill import card, kd, models, store
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 from seqdistill.data import TrainingData
@@ -72,6 +72,7 @@ class SFTStageConfig:
     merge: bool = False  # also save the LoRA merged into the base model (OUTPUT_DIR/merged)
     resume: bool = False  # continue from the last checkpoint in OUTPUT_DIR/checkpoints
     overwrite: bool = False
+    kd: kd.KDConfig = field(default_factory=kd.KDConfig)  # logit distillation on top of SFT (off by default)
     trl: dict = field(default_factory=dict)  # any other trl.SFTConfig keyword
 
     def validate(self) -> list[str]:
@@ -88,6 +89,12 @@ class SFTStageConfig:
             errors.append(f"max_length must be at least 16, got {self.max_length}")
         if self.lora.r < 1:
             errors.append(f"lora.r must be at least 1, got {self.lora.r}")
+        errors += self.kd.validate()
+        if self.kd.mode == "online" and self.kd.teacher:
+            errors += [f"kd.teacher: {p}" for p in models.check(self.kd.teacher)]
+        if self.kd.mode != "none" and self.packing:
+            errors.append("packing cannot be combined with logit KD (teacher log-probs are laid out per example); "
+                          "set packing: false")
         return errors
 
 
@@ -182,7 +189,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
     from trl import SFTConfig, SFTTrainer
 
     attn = cfg.attn_implementation
-    packing = cfg.packing if cfg.packing is not None else bool(attn and "flash" in attn)
+    packing = cfg.packing if cfg.packing is not None else bool(attn and "flash" in attn) and cfg.kd.mode == "none"
     model_kwargs = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
     peft_config = None
     if cfg.method in ("lora", "qlora"):
@@ -214,8 +221,18 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
         model_init_kwargs=model_kwargs, use_cpu=device == "cpu",
         **cfg.trl,
     )
-    return SFTTrainer(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    common = dict(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
+                  processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    if cfg.kd.mode == "none":
+        return SFTTrainer(**common)
+    from seqdistill.kd_trainer import KDTrainer
+
+    teacher = None
+    if cfg.kd.mode == "online":
+        from transformers import AutoModelForCausalLM
+
+        teacher = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.kd.teacher), dtype=dtype)
+    return KDTrainer(**common, kd_config=cfg.kd, teacher_model=teacher)
 
 
 def save_merged(cfg: SFTStageConfig, trainer, tokenizer, path: Path) -> None:
@@ -227,7 +244,8 @@ def save_merged(cfg: SFTStageConfig, trainer, tokenizer, path: Path) -> None:
 
 
 def model_card(cfg: SFTStageConfig, data, metrics: dict) -> str:
-    funnel = card.funnel_table(data.source_stats["funnel"]) if data.source_stats else "(not a seqdistill dataset)"
+    funnel = (card.funnel_table(data.source_stats["funnel"]) if data.source_stats and "funnel" in data.source_stats
+              else "(not a seqdistill generate dataset)")
     teacher = data.teacher or "unknown"
     return f"""---
 base_model: {cfg.student}

@@ -68,6 +68,8 @@ def test_bad_pipelines_fail_before_anything_runs(tmp_path):
     recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), **RECIPE}))
     with pytest.raises(ConfigError, match=r"unknown setting sft.learning_rat \(did you mean sft.learning_rate\?\)"):
         pipeline.load(str(recipe), ["sft.learning_rat=1e-4"])
+    with pytest.raises(ConfigError, match="sft.kd.mode offline .* set generate.teacher_logprobs: true"):
+        pipeline.load(str(recipe), ["sft.kd.mode=offline"])
     with pytest.raises(ConfigError, match="unknown stage 'train'; stages are generate, sft, eval"):
         pipeline.run(pipeline.load(str(recipe), []), only=["train"])
     assert not (tmp_path / "run").exists()
