@@ -30,6 +30,8 @@ SIZES = {
                     scale_n=[4], filter_samples=5000, sft_examples=[32, 64], repeats=1),
     "full": dict(problems=200, n=8, max_tokens=1024, hf_problems=16, eval_problems=500, eval_n=4,
                  scale_problems=[50, 800], scale_n=[4, 16], filter_samples=50000, sft_examples=[250, 1000], repeats=2),
+    "smoke": dict(problems=4, n=2, max_tokens=16, hf_problems=1, eval_problems=4, eval_n=2, scale_problems=[2],
+                  scale_n=[1], filter_samples=100, sft_examples=[8], repeats=1),  # checks the script, measures nothing
 }
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 BATCH, LR = 8, 5e-4
@@ -38,6 +40,11 @@ TARGETS = {"generate_over_bare_vllm": ">= 0.95", "filter_share_of_generate": "< 
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a
+    child started by the (large) vLLM parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -355,6 +362,7 @@ def machine() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full", action="store_true", help="GPU sizes")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", default="embedded:SmolLM2-135M-Instruct", help="teacher for the generation side")
     p.add_argument("--benchmarks-dir", default="../shared/benchmarks", help="where mawps/test.jsonl is (eval side)")
     p.add_argument("--out", default="benchmarks/results/RESULTS")
@@ -370,7 +378,7 @@ def main() -> None:
 
     from seqdistill import config as configlib
 
-    size_name = "full" if args.full else "default"
+    size_name = "full" if args.full else "smoke" if args.smoke else "default"
     size = SIZES[size_name]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
