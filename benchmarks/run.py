@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 
 SIZES = {
-    "default": dict(problems=32, n=8, max_tokens=64, hf_problems=4, eval_problems=32, eval_n=4, scale_problems=[16, 64],
-                    scale_n=[4], filter_samples=5000, sft_examples=[32, 64], repeats=1),
+    "default": dict(problems=24, n=8, max_tokens=64, hf_problems=4, eval_problems=24, eval_n=4, scale_problems=[12, 48],
+                    scale_n=[4], filter_samples=5000, train_examples=48, sft_examples=[24, 96], repeats=1),
     "full": dict(problems=200, n=8, max_tokens=1024, hf_problems=16, eval_problems=500, eval_n=4,
-                 scale_problems=[50, 800], scale_n=[4, 16], filter_samples=50000, sft_examples=[250, 1000], repeats=2),
+                 scale_problems=[50, 800], scale_n=[4, 16], filter_samples=50000, train_examples=1000,
+                 sft_examples=[250, 4000], repeats=2),
     "smoke": dict(problems=4, n=2, max_tokens=16, hf_problems=1, eval_problems=4, eval_n=2, scale_problems=[2],
-                  scale_n=[1], filter_samples=100, sft_examples=[8], repeats=1),  # checks the script, measures nothing
+                  scale_n=[1], filter_samples=100, train_examples=8, sft_examples=[4], repeats=1),  # checks the script
 }
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 BATCH, LR = 8, 5e-4
@@ -111,8 +112,8 @@ def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) 
     from seqdistill import kd
 
     out["logprobs"]["storage_all_samples"] = kd.storage_stats(kd_samples, 20, models.vocab_size(path))
-    kd_samples.select_columns(["messages", "problem_id", "teacher", "prefill", "teacher_topk"]).to_parquet(
-        str(tmp / "traces.parquet"))
+    train = kd_samples.select([i % len(kd_samples) for i in range(size["train_examples"])])
+    train.select_columns(["messages", "problem_id", "teacher", "prefill", "teacher_topk"]).to_parquet(str(tmp / "traces.parquet"))
     log([out["logprobs"]])
 
     out["eval"] = eval_side(model, size, tmp, llm, benchmarks_dir)
@@ -255,7 +256,7 @@ def training_side(dataset: Path, size: dict, tmp: Path) -> dict:
         part = tmp / f"traces-{n}.parquet"
         full.select([i % len(full) for i in range(n)]).to_parquet(str(part))
         scaling.append({"examples": n, **child("seqdistill", "lora", data=part)})
-    return {"examples": None, "runs": runs, "scaling": scaling}
+    return {"examples": len(full), "runs": runs, "scaling": scaling}
 
 
 # ---------------------------------------------------------------- report
@@ -338,7 +339,9 @@ def markdown(result: dict) -> str:
     points = [{"problems": result["sizes"]["problems"], "n": result["sizes"]["n"], **base}] + gen["scaling"]
     lines += [f"| generate | {p['problems']} | {p['n']} | {p['seconds']} | {p['tokens']} |"
               for p in sorted(points, key=lambda p: (p["n"], p["problems"]))]
-    lines += [f"| sft | {p['examples']} | | {p['seconds']} | {p['tokens']} |" for p in train["scaling"]]
+    main = next(r for r in train["runs"] if r["tool"] == "seqdistill" and r["method"] == "lora" and not r["settings"])
+    sft_points = sorted([{"examples": train["examples"], **main}] + train["scaling"], key=lambda p: p["examples"])
+    lines += [f"| sft | {p['examples']} | | {p['seconds']} | {p['tokens']} |" for p in sft_points]
     lines += ["", f"Engine start-up: {gen['engine_startup_seconds']} s (not in any figure above). "
               f"Eval: {gen['eval']['benchmark']}, {gen['eval']['problems']} problems x {gen['eval']['n']}.", ""]
     return "\n".join(lines)

@@ -149,7 +149,8 @@ def _coerce(tp: Any, value: Any, key: str, errors: list[str]):
         return value
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            errors.append(f"{key} must be a string, got {value!r}")
+            hint = " (YAML reads off/no/on/yes unquoted as true/false: quote the word)" if isinstance(value, bool) else ""
+            errors.append(f"{key} must be a string, got {value!r}{hint}")
             return None
         return str(value)
     return value

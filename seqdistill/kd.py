@@ -48,17 +48,17 @@ class KDConfig:
     def validate(self) -> list[str]:
         errors = []
         if self.mode not in MODES:
-            errors.append(f"kd.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            errors.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0 <= self.alpha <= 1:
-            errors.append(f"kd.alpha must be in [0, 1], got {self.alpha}")
+            errors.append(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
-            errors.append(f"kd.temperature must be > 0, got {self.temperature}")
+            errors.append(f"temperature must be > 0, got {self.temperature}")
         if self.divergence not in DIVERGENCES:
-            errors.append(f"kd.divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+            errors.append(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
         if not 0 < self.beta < 1:
-            errors.append(f"kd.beta must be in (0, 1), got {self.beta}")
+            errors.append(f"beta must be in (0, 1), got {self.beta}")
         if self.mode == "online" and not self.teacher:
-            errors.append("kd.mode online needs kd.teacher (the teacher model to load beside the student)")
+            errors.append("mode online needs kd.teacher (the teacher model to load beside the student)")
         return errors
 
 

@@ -89,7 +89,6 @@ class SFTStageConfig:
             errors.append(f"max_length must be at least 16, got {self.max_length}")
         if self.lora.r < 1:
             errors.append(f"lora.r must be at least 1, got {self.lora.r}")
-        errors += self.kd.validate()
         if self.kd.mode == "online" and self.kd.teacher:
             errors += [f"kd.teacher: {p}" for p in models.check(self.kd.teacher)]
         if self.kd.mode != "none" and self.packing:
@@ -243,6 +242,15 @@ def save_merged(cfg: SFTStageConfig, trainer, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
+def kd_line(cfg: SFTStageConfig) -> str:
+    k = cfg.kd
+    if k.mode == "none":
+        return ""
+    teacher = f" from `{k.teacher}`" if k.mode == "online" else " from the teacher's stored top-k log-probs"
+    return (f"\nLogit distillation ({k.mode}{teacher}): loss = {k.alpha} * CE + {1 - k.alpha:g} * T^2 * "
+            f"{k.divergence}{f' (beta {k.beta})' if k.divergence == 'jsd' else ''}, T = {k.temperature}.")
+
+
 def model_card(cfg: SFTStageConfig, data, metrics: dict) -> str:
     funnel = (card.funnel_table(data.source_stats["funnel"]) if data.source_stats and "funnel" in data.source_stats
               else "(not a seqdistill generate dataset)")
@@ -258,7 +266,7 @@ tags: [seqdistill, distillation, sft, trl]
 Fine-tuned by `seqdistill sft` ({cfg.method}{f', r={cfg.lora.r}, alpha={cfg.lora.alpha}' if cfg.method != 'full' else ''})
 on `{cfg.dataset}` (split `{cfg.dataset_split}`, {data.n_train} examples), loss on
 {'the assistant turn only' if cfg.assistant_only_loss else 'the whole sequence'}, each example ending with the
-end-of-turn token `{data.end_of_turn}`.
+end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)}
 
 ## Teacher dataset funnel
 
