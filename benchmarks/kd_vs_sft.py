@@ -42,7 +42,8 @@ def kl_on_teacher_responses(teacher_path: str, student_path: str, samples: Path,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default="runs/quickstart")
+    p.add_argument("--run", default="runs/quickstart", help="the run directory of ...")
+    p.add_argument("--recipe", default="pipelines/quickstart.yaml", help="... this recipe")
     p.add_argument("--set", dest="overrides", nargs="*", default=["kd.alpha=0.5"], help="kd settings for the KD student")
     p.add_argument("--kl-samples", type=int, default=200)
     p.add_argument("--out", default="benchmarks/results/kd_vs_sft")
@@ -52,7 +53,7 @@ def main() -> None:
     from seqdistill import evaluate, models, pipeline, score, sft
 
     run = Path(args.run)
-    cfg = pipeline.load(str(run / "pipeline.yaml"), [])
+    cfg = pipeline.load(args.recipe, [f"run_dir={run}"])
     work = run / "kd"
     scored = score.run(configlib.load(score.ScoreConfig, None, [
         f"model={cfg.generate.model}", f"dataset={cfg.generate.output_dir}", f"output_dir={work / 'scored'}",
