@@ -17,20 +17,21 @@ import json
 from pathlib import Path
 
 
-def kl_on_teacher_responses(teacher_path: str, student_path: str, samples: Path, limit: int) -> float:
+def kl_on_teacher_responses(teacher_path: str, student_path: str, samples: Path, limit: int, prompt_cfg) -> float:
     """Mean KL(teacher || student) per response token, full vocabulary, on the teacher's held-out responses."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from seqdistill import kd, store
+    from seqdistill import kd, prompts, store
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    template = prompts.load_template(prompt_cfg.template)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
     rows = store.read_parquet([samples]).select(range(limit))
     total, count = 0.0, 0
     for row in rows:
-        head = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        head = prompts.encode(tokenizer, prompts.render(template, row), prompt_cfg)  # the prompt eval gave
         ids = torch.tensor([head + tokenizer(row["response"], add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             t, s = kd.full_distributions(student(ids).logits[0, len(head) - 1 : -1],
@@ -82,11 +83,11 @@ def main() -> None:
         "students": {
             "sft": {"pass@1": base_results["student-after"][bench]["pass@1"],
                     "pass@1_stderr": base_results["student-after"][bench]["pass@1_stderr"],
-                    "kl_to_teacher": kl_on_teacher_responses(teacher, str(run / "sft" / "merged"), teacher_samples, args.kl_samples),
+                    "kl_to_teacher": kl_on_teacher_responses(teacher, str(run / "sft" / "merged"), teacher_samples, args.kl_samples, cfg.eval.prompt),
                     "train_tokens_per_second": sft_metrics["train_tokens_per_second"], "train_seconds": sft_metrics["train_seconds"]},
             "sft+kd": {"pass@1": kd_results["student-after-kd"][bench]["pass@1"],
                        "pass@1_stderr": kd_results["student-after-kd"][bench]["pass@1_stderr"],
-                       "kl_to_teacher": kl_on_teacher_responses(teacher, str(work / "sft" / "merged"), teacher_samples, args.kl_samples),
+                       "kl_to_teacher": kl_on_teacher_responses(teacher, str(work / "sft" / "merged"), teacher_samples, args.kl_samples, cfg.eval.prompt),
                        "train_tokens_per_second": kd_metrics["train_tokens_per_second"], "train_seconds": kd_metrics["train_seconds"]},
         },
         "untouched": {"pass@1": base_results[teacher_name][bench]["pass@1"],

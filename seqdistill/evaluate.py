@@ -176,7 +176,9 @@ def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, to
     outputs = llm.generate([{"prompt_token_ids": t} for t in token_ids], params, lora_request=lora, use_tqdm=True)
     seconds = time.perf_counter() - start
     records, per_problem = [], []
-    for row, output in zip(rows, outputs):
+    tokenizer = llm.get_tokenizer()
+    for row, output, ids in zip(rows, outputs, token_ids):
+        prompt = tokenizer.decode(ids)  # exactly what the model read, chat template included
         problem = {"gold": row["answer"], "answers": [], "correct": [], "truncated": [], "lengths": []}
         for j, completion in enumerate(output.outputs):
             text = cfg.prompt.prefill + completion.text
@@ -185,7 +187,8 @@ def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, to
             for key, value in (("answers", answer), ("correct", ok), ("truncated", completion.finish_reason == "length"),
                                ("lengths", len(completion.token_ids))):
                 problem[key].append(value)
-            records.append({"problem_id": row["id"], "sample_index": j, "question": row["question"], "gold": row["answer"],
+            records.append({"problem_id": row["id"], "sample_index": j, "question": row["question"], "prompt": prompt,
+                            "gold": row["answer"],
                             "response": text, "answer": answer, "correct": ok, "finish_reason": str(completion.finish_reason),
                             "response_tokens": len(completion.token_ids)})
         per_problem.append(problem)

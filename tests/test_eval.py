@@ -35,7 +35,8 @@ def test_eval_end_to_end_and_resume(tiny_llm, tiny_llama, benchmarks_dir, tmp_pa
         assert r["settings"]["sampling"]["temperature"] == 0.6 and r["run"]["versions"]["vllm"]
         samples = store.read_parquet([tmp_path / "eval" / "tiny" / bench / "samples.parquet"])
         assert len(samples) == problems * 4
-        assert set(samples.column_names) >= {"problem_id", "response", "answer", "correct", "finish_reason"}
+        assert set(samples.column_names) >= {"problem_id", "prompt", "response", "answer", "correct", "finish_reason"}
+        assert samples[0]["question"][:20] in samples[0]["prompt"]  # the prompt as the model read it
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| tiny |" in table and "embedded-heldout pass@1" in table and "mawps maj@4" in table
 
