@@ -62,7 +62,7 @@ class SFTStageConfig:
     lr_scheduler_type: str = "cosine"
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    gradient_checkpointing: bool | None = None  # None: on with CUDA (TRL's default: memory), off on CPU (speed)
+    gradient_checkpointing: bool = True  # as TRL: recompute activations (here 40% less memory for 3% speed)
     logging_steps: int = 5
     save_steps: int = 50
     save_total_limit: int = 2
@@ -210,7 +210,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, gradient_checkpointing=cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device == "cuda",
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
         eval_steps=(cfg.eval_steps or cfg.logging_steps * 4) if has_eval else None,
