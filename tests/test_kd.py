@@ -208,16 +208,16 @@ def test_score_adds_the_same_logprobs_as_generate(teacher_samples, smollm2_llm, 
     (["kd.alpha=1.5"], r"kd.alpha must be in \[0, 1\]"),
     (["kd.temperature=0"], "kd.temperature must be > 0"),
     (["kd.mode=online"], "kd.mode online needs kd.teacher"),
-    (["kd.mode=online", "kd.teacher=__R1_QWEN__"], "tokenize differently"),
+    (["kd.mode=online", "kd.teacher=__QWEN2__"], "tokenize differently"),
 ])
-def test_bad_kd_input(overrides, message, teacher_samples, tiny_llama, r1_qwen_tokenizer, tmp_path):
+def test_bad_kd_input(overrides, message, teacher_samples, tiny_llama, tiny_qwen2, tmp_path):
     _, _, samples = teacher_samples
     plain = tmp_path / "plain.parquet"
     samples.select(range(4)).remove_columns(["teacher_topk"]).to_parquet(str(plain))
     with pytest.raises(ConfigError, match=message):
         cfg = configlib.load(SFTStageConfig, None, [
             f"student={tiny_llama}", f"dataset={plain}", f"output_dir={tmp_path / 'out'}",
-            *[o.replace("__R1_QWEN__", r1_qwen_tokenizer) for o in overrides]])
+            *[o.replace("__QWEN2__", tiny_qwen2) for o in overrides]])  # R1-Distill-Qwen's tokenizer
         sft.run(cfg)
     assert not (tmp_path / "out" / "model").exists()
 
