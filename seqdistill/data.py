@@ -201,7 +201,10 @@ def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
     if name is None:
         log.warning("dataset %s does not name its teacher; tokenizer agreement not checked", cfg.dataset)
         return
-    teacher_tokenizer = models.load_tokenizer(models.resolve(name))
+    try:
+        teacher_tokenizer = models.load_tokenizer(models.resolve(name))
+    except ConfigError as e:
+        raise ConfigError(f"teacher {name} (whose tokenizer logit KD checks against the student's): {e}") from None
     texts = [m[-1]["content"] for m in table["messages"][:cfg.kd.check_samples]] if "messages" in table.column_names else []
     kd.check_tokenizers(tokenizer, teacher_tokenizer, texts + ["The answer is 12,345.67 <think>x</think>"],
                         cfg.student, name)
