@@ -246,10 +246,8 @@ def training_side(dataset: Path, size: dict, tmp: Path) -> dict:
     for _ in range(size["repeats"]):
         for method in ("lora", "full"):
             runs += [child("trl", method), child("seqdistill", method)]
-        runs.append(child("seqdistill", "lora", "dtype=bfloat16"))  # TRL's precision, seqdistill's pipeline
-        # TRL turns gradient checkpointing on by default; seqdistill only with CUDA (on CPU, speed over RAM)
-        runs.append(child("seqdistill", "lora", "dtype=bfloat16", "gradient_checkpointing=true"))
-        runs.append(child("seqdistill", "lora", "gradient_checkpointing=true"))
+        runs.append(child("seqdistill", "lora", "dtype=bfloat16"))  # TRL's defaults: bf16 + gradient checkpointing
+        runs.append(child("seqdistill", "lora", "gradient_checkpointing=false"))  # what checkpointing saves
         runs.append(child("seqdistill", "lora", "kd.mode=offline"))
     import datasets
 
@@ -290,9 +288,8 @@ def summarize(result: dict) -> dict:
     for method in ("lora", "full"):
         s[f"sft_speed_over_trl_{method}"] = rate(train["runs"], "seqdistill", method=method, settings=[]) / rate(train["runs"], "trl", method=method)
         s[f"sft_memory_over_trl_{method}"] = rss("seqdistill", method) / rss("trl", method)
-    for tag, settings in (("gc", ["gradient_checkpointing=true"]), ("bf16_gc", ["dtype=bfloat16", "gradient_checkpointing=true"])):
-        s[f"sft_{tag}_speed_over_trl_lora"] = rate(train["runs"], "seqdistill", method="lora", settings=settings) / rate(train["runs"], "trl", method="lora")
-        s[f"sft_{tag}_memory_over_trl_lora"] = rss("seqdistill", "lora", settings) / rss("trl", "lora")
+    s["sft_no_gc_speed_over_trl_lora"] = rate(train["runs"], "seqdistill", method="lora", settings=["gradient_checkpointing=false"]) / rate(train["runs"], "trl", method="lora")
+    s["sft_no_gc_memory_over_trl_lora"] = rss("seqdistill", "lora", ["gradient_checkpointing=false"]) / rss("trl", "lora")
     s["sft_bf16_speed_over_trl_lora"] = rate(train["runs"], "seqdistill", method="lora", settings=["dtype=bfloat16"]) / rate(train["runs"], "trl", method="lora")
     s["sft_bf16_memory_over_trl_lora"] = rss("seqdistill", "lora", ["dtype=bfloat16"]) / rss("trl", "lora")
     return {k: round(v, 4) for k, v in s.items()}
@@ -328,18 +325,14 @@ def markdown(result: dict) -> str:
         rows.append((f"sft {method}: peak RSS", mb("seqdistill", method), "TRL " + mb("trl", method),
                      s[f"sft_memory_over_trl_{method}"], TARGETS["sft_memory_over_trl"]))
     rows += [
-        ("sft lora, dtype=bfloat16 (TRL's precision): tokens/s", tps(train["runs"], "seqdistill", method="lora", settings=["dtype=bfloat16"]),
+        ("sft lora, dtype=bfloat16 (TRL's defaults: bf16 + checkpointing): tokens/s", tps(train["runs"], "seqdistill", method="lora", settings=["dtype=bfloat16"]),
          "TRL " + tps(train["runs"], "trl", method="lora"), s["sft_bf16_speed_over_trl_lora"], ""),
         ("sft lora, dtype=bfloat16: peak RSS", mb("seqdistill", "lora", ["dtype=bfloat16"]), "TRL " + mb("trl", "lora"),
          s["sft_bf16_memory_over_trl_lora"], ""),
-        ("sft lora, gradient_checkpointing=true (TRL's default): tokens/s, peak RSS",
-         tps(train["runs"], "seqdistill", method="lora", settings=["gradient_checkpointing=true"]) + ", "
-         + mb("seqdistill", "lora", ["gradient_checkpointing=true"]), "TRL " + tps(train["runs"], "trl", method="lora") + ", "
-         + mb("trl", "lora"), f"{s['sft_gc_speed_over_trl_lora']} speed, {s['sft_gc_memory_over_trl_lora']} memory", ""),
-        ("sft lora, bfloat16 + gradient checkpointing (TRL's defaults): tokens/s, peak RSS",
-         tps(train["runs"], "seqdistill", method="lora", settings=["dtype=bfloat16", "gradient_checkpointing=true"]) + ", "
-         + mb("seqdistill", "lora", ["dtype=bfloat16", "gradient_checkpointing=true"]), "TRL " + tps(train["runs"], "trl", method="lora")
-         + ", " + mb("trl", "lora"), f"{s['sft_bf16_gc_speed_over_trl_lora']} speed, {s['sft_bf16_gc_memory_over_trl_lora']} memory", ""),
+        ("sft lora, gradient_checkpointing=false: tokens/s, peak RSS",
+         tps(train["runs"], "seqdistill", method="lora", settings=["gradient_checkpointing=false"]) + ", "
+         + mb("seqdistill", "lora", ["gradient_checkpointing=false"]), "TRL " + tps(train["runs"], "trl", method="lora") + ", "
+         + mb("trl", "lora"), f"{s['sft_no_gc_speed_over_trl_lora']} speed, {s['sft_no_gc_memory_over_trl_lora']} memory", ""),
         ("logit KD (offline, lora): training tokens/s", tps(train["runs"], "seqdistill", method="lora", settings=["kd.mode=offline"]),
          "plain sft " + tps(train["runs"], "seqdistill", method="lora", settings=[]), s["kd_speed_over_sft"], ""),
         ("logit KD: bytes/token stored (k=20)", f"{s['kd_bytes_per_token']}", "DistillKit 114-300", "", TARGETS["kd_bytes_per_token"]),
