@@ -56,10 +56,8 @@ class GenerateConfig:
         errors = [f"model: {p}" for p in models.check(self.model)]
         if self.chunk_size < 1:
             errors.append(f"chunk_size must be at least 1, got {self.chunk_size}")
-        max_logprobs = self.engine.extra.get("max_logprobs", max(20, self.logprobs_k))
-        if self.teacher_logprobs and not 1 <= self.logprobs_k <= max_logprobs:
-            errors.append(f"logprobs_k must be in [1, engine max_logprobs={max_logprobs}], got {self.logprobs_k}; "
-                          "lower it or raise engine.extra.max_logprobs")
+        if self.teacher_logprobs:
+            errors += kd.check_logprobs_k(self.logprobs_k, self.engine)
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
         return errors

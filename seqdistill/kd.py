@@ -65,6 +65,15 @@ class KDConfig:
 # ---------------------------------------------------------------- storage
 
 
+def check_logprobs_k(k: int, engine) -> list[str]:
+    """vLLM refuses more log-probs than its max_logprobs (raised to k by default, unless the user set it)."""
+    max_logprobs = engine.extra.get("max_logprobs", max(20, k))
+    if not 1 <= k <= max_logprobs:
+        return [f"logprobs_k must be in [1, engine max_logprobs={max_logprobs}], got {k}; "
+                "lower it or raise engine.extra.max_logprobs"]
+    return []
+
+
 def id_bits(vocab_size: int) -> int:
     return max(1, (vocab_size - 1).bit_length())
 

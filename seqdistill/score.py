@@ -39,9 +39,7 @@ class ScoreConfig:
 
     def validate(self) -> list[str]:
         errors = [f"model: {p}" for p in models.check(self.model)]
-        max_logprobs = self.engine.extra.get("max_logprobs", max(20, self.logprobs_k))
-        if not 1 <= self.logprobs_k <= max_logprobs:
-            errors.append(f"logprobs_k must be in [1, engine max_logprobs={max_logprobs}], got {self.logprobs_k}")
+        errors += kd.check_logprobs_k(self.logprobs_k, self.engine)
         if self.batch_size < 1:
             errors.append(f"batch_size must be at least 1, got {self.batch_size}")
         return errors
