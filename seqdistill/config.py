@@ -31,6 +31,11 @@ class ConfigError(ValueError):
 
 def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
     """Build `cls` from an optional YAML file and `key.sub=value` overrides (values parsed as YAML)."""
+    return build(cls, read(path, overrides))
+
+
+def read(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """The settings of an optional YAML file with `key.sub=value` overrides applied, not yet checked."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -44,7 +49,7 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
             raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     for item in overrides or []:
         apply_override(data, item)
-    return build(cls, data)
+    return data
 
 
 def apply_override(data: dict, item: str) -> None:

