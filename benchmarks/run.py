@@ -75,8 +75,7 @@ def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) 
     out = {"engine_startup_seconds": round(time.perf_counter() - start, 1), "generate": [], "scaling": []}
 
     for rep in range(size["repeats"]):  # alternating: bare, then seqdistill, same seed
-        llm.reset_prefix_cache()
-        llm.collective_rpc("reseed", args=(generate.chunk_seed(cfg, 0),))
+        models.start_chunk(llm, cfg.engine.seed, cfg.shard_index, cfg.num_shards, 0)  # what generate's chunk 0 uses
         start = time.perf_counter()
         outputs = llm.generate([{"prompt_token_ids": t} for t in token_ids], cfg.sampling.params(), use_tqdm=False)
         seconds = time.perf_counter() - start

@@ -3,12 +3,14 @@
     seqdistill eval --config pipelines/eval-quickstart.yaml
     seqdistill eval --set 'models=[{model: Qwen/Qwen2.5-1.5B-Instruct}]' 'benchmarks=[{name: gsm8k}, {name: math-500}]'
 
-For every model and benchmark: k samples per problem in one vLLM call, answers extracted and
+For every model and benchmark: k samples per problem from vLLM, answers extracted and
 checked with math-verify, and pass@1 (mean over the k samples, with its standard error), unbiased
 pass@k, maj@k (equivalent answers vote together), the share of responses cut at max_tokens and the
 mean response length. Writes OUTPUT_DIR/MODEL/BENCHMARK/{samples.parquet,results.json},
-OUTPUT_DIR/results.json and OUTPUT_DIR/results.md (a side-by-side table). A rerun skips the
-(model, benchmark) pairs already scored.
+OUTPUT_DIR/results.json and OUTPUT_DIR/results.md (a side-by-side table). Problems are sampled in
+chunks of `chunk_size`, each written whole to MODEL/BENCHMARK/chunks/ and seeded on its own: a
+rerun skips the pairs already scored and the chunks already sampled, and draws what an
+uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class EvalConfig:
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     pass_k: list[int] = field(default_factory=lambda: [1])  # pass@k and maj@k for each k (k <= samples); n always added
     greedy: bool = False  # temperature 0 and one sample per problem
+    chunk_size: int = 256  # problems per part file: the unit of resume (each chunk is seeded on its own)
     overwrite: bool = False
 
     def validate(self) -> list[str]:
@@ -92,6 +95,8 @@ class EvalConfig:
         labels = [m.label() for m in self.models]
         if len(set(labels)) != len(labels):
             errors.append(f"model names must be unique, got {labels}; set name: for each")
+        if self.chunk_size < 1:
+            errors.append(f"chunk_size must be at least 1, got {self.chunk_size}")
         if not self.models or not self.benchmarks:
             errors.append("give at least one model and one benchmark")
         for b in self.benchmarks:
@@ -163,6 +168,7 @@ def adapter_rank(path: str) -> int:
 
 
 def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, token_ids, out: Path) -> dict:
+    """Sample chunk by chunk (each chunk one atomic file: the unit of resume), then score all samples."""
     n = cfg.samples(b)
     params = cfg.sampling.params(n=n, **({"temperature": 0.0} if cfg.greedy else {}))
     lora = None
@@ -170,35 +176,39 @@ def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, to
         from vllm.lora.request import LoRARequest
 
         lora = LoRARequest(m.label(), lora_id + 1, m.adapter)
-    llm.reset_prefix_cache()
-    llm.collective_rpc("reseed", args=(cfg.engine.seed,))
-    start = time.perf_counter()
-    outputs = llm.generate([{"prompt_token_ids": t} for t in token_ids], params, lora_request=lora, use_tqdm=True)
-    seconds = time.perf_counter() - start
-    records, per_problem = [], []
+    where = out / m.label() / b.name
+    chunks = [range(i, min(i + cfg.chunk_size, len(rows))) for i in range(0, len(rows), cfg.chunk_size)]
+    parts = [where / "chunks" / f"chunk-{k:05d}.parquet" for k in range(len(chunks))]
     tokenizer = llm.get_tokenizer()
-    for row, output, ids in zip(rows, outputs, token_ids):
-        prompt = tokenizer.decode(ids)  # exactly what the model read, chat template included
-        problem = {"gold": row["answer"], "answers": [], "correct": [], "truncated": [], "lengths": []}
-        for j, completion in enumerate(output.outputs):
-            text = cfg.prompt.prefill + completion.text
-            answer = extract_answer(text, cfg.answer)
-            ok = is_equivalent(answer, row["answer"])
-            for key, value in (("answers", answer), ("correct", ok), ("truncated", completion.finish_reason == "length"),
-                               ("lengths", len(completion.token_ids))):
-                problem[key].append(value)
-            records.append({"problem_id": row["id"], "sample_index": j, "question": row["question"], "prompt": prompt,
-                            "gold": row["answer"],
-                            "response": text, "answer": answer, "correct": ok, "finish_reason": str(completion.finish_reason),
-                            "response_tokens": len(completion.token_ids)})
-        per_problem.append(problem)
-    ks = sorted(set(cfg.pass_k) | {n})
-    result = metrics.score(per_problem, ks)
-    tokens = sum(r["response_tokens"] for r in records)
+    for k, idx in enumerate(chunks):
+        if parts[k].exists():
+            continue
+        models.start_chunk(llm, cfg.engine.seed, k)  # every model sees the same seeds; a resume draws the same
+        start = time.perf_counter()
+        outputs = llm.generate([{"prompt_token_ids": token_ids[i]} for i in idx], params, lora_request=lora, use_tqdm=True)
+        seconds = time.perf_counter() - start
+        records = []
+        for i, output in zip(idx, outputs):
+            prompt = tokenizer.decode(token_ids[i])  # exactly what the model read, chat template included
+            records += [record(cfg, rows[i], prompt, j, c) for j, c in enumerate(output.outputs)]
+        store.write_text(parts[k].with_suffix(".json"), json.dumps({"seconds": seconds}))
+        store.write_parquet(records, parts[k])
+        if len(chunks) > 1:
+            log.info("%s on %s: chunk %d/%d done", m.label(), b.name, k + 1, len(chunks))
+    samples = store.read_parquet(parts).to_list()
+    per_problem = {}
+    for r in samples:
+        p = per_problem.setdefault(r["problem_id"], {"gold": r["gold"], "answers": [], "correct": [], "truncated": [], "lengths": []})
+        for key, value in (("answers", r["answer"]), ("correct", r["correct"]), ("truncated", r["finish_reason"] == "length"),
+                           ("lengths", r["response_tokens"])):
+            p[key].append(value)
+    result = metrics.score(list(per_problem.values()), sorted(set(cfg.pass_k) | {n}))
+    seconds = sum(json.loads(part.with_suffix(".json").read_text())["seconds"] for part in parts)
+    tokens = sum(r["response_tokens"] for r in samples)
     result.update({
         "model": m.model, "adapter": m.adapter, "benchmark": b.name, "seconds": round(seconds, 1),
         "generated_tokens_per_second": round(tokens / seconds, 1), "problems_per_second": round(len(rows) / seconds, 3),
-        "settings": {"sampling": configlib.to_dict(cfg.sampling) | {"n": n, "greedy": cfg.greedy},
+        "settings": {"sampling": configlib.to_dict(cfg.sampling) | {"n": n, "greedy": cfg.greedy}, "chunk_size": cfg.chunk_size,
                      "engine": configlib.to_dict(cfg.engine), "prompt": configlib.to_dict(cfg.prompt),
                      "answer": configlib.to_dict(cfg.answer), "problems": configlib.to_dict(b.problems_config().resolved())},
         "run": configlib.run_info(),
@@ -206,11 +216,19 @@ def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, to
     if result["truncated_share"] > 0.05:
         log.warning("%s on %s: %.0f%% of responses hit max_tokens=%d; scores are biased low, raise sampling.max_tokens",
                     m.label(), b.name, 100 * result["truncated_share"], cfg.sampling.max_tokens)
-    where = out / m.label() / b.name
-    store.write_parquet(records, where / "samples.parquet")
+    store.write_parquet(samples, where / "samples.parquet")
     store.write_text(where / "results.json", json.dumps(result, indent=2))  # written last: marks the pair done
     log.info("%s on %s: pass@1 %.3f ± %.3f", m.label(), b.name, result["pass@1"], result["pass@1_stderr"])
     return result
+
+
+def record(cfg, row: dict, prompt: str, j: int, completion) -> dict:
+    """One sample: its prompt, response, extracted answer and verdict."""
+    text = cfg.prompt.prefill + completion.text
+    answer = extract_answer(text, cfg.answer)
+    return {"problem_id": row["id"], "sample_index": j, "question": row["question"], "prompt": prompt, "gold": row["answer"],
+            "response": text, "answer": answer, "correct": is_equivalent(answer, row["answer"]),
+            "finish_reason": str(completion.finish_reason), "response_tokens": len(completion.token_ids)}
 
 
 def collect(cfg: EvalConfig, out: Path) -> dict:

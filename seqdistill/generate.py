@@ -13,7 +13,6 @@ resumes. `num_shards`/`shard_index` split a run into disjoint parts for N jobs o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -89,10 +88,7 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
     vocab = models.vocab_size(model_path) if cfg.teacher_logprobs else 0
     for k in todo:
         idx = chunks[k]
-        # Same chunk, same seed, same empty cache: an interrupted run resumes with the samples
-        # an uninterrupted run would have drawn (exactly so when vLLM runs in-process).
-        llm.reset_prefix_cache()
-        llm.collective_rpc("reseed", args=(chunk_seed(cfg, k),))
+        models.start_chunk(llm, cfg.engine.seed, cfg.shard_index, cfg.num_shards, k)  # resumes draw the same samples
         start = time.perf_counter()
         outputs = llm.generate([{"prompt_token_ids": token_ids[i]} for i in idx], params, use_tqdm=True)
         seconds = time.perf_counter() - start
@@ -125,11 +121,6 @@ def select_problems(cfg: GenerateConfig) -> list[dict]:
     if not rows:
         raise ConfigError(f"no problems left for shard {cfg.shard_index} of {cfg.num_shards}; use fewer shards")
     return rows
-
-
-def chunk_seed(cfg: GenerateConfig, chunk: int) -> int:
-    key = f"{cfg.engine.seed}-{cfg.shard_index}-{cfg.num_shards}-{chunk}"
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
 
 
 def build_samples(cfg: GenerateConfig, row: dict, user: str, output, prompt_tokens: int, vocab: int) -> list[dict]:

@@ -172,6 +172,17 @@ class EngineConfig:
         return errors
 
 
+def start_chunk(llm, *key) -> None:
+    """Empty the prefix cache and reseed from `key` (seed, ..., chunk index): the same chunk then draws
+    the same samples whether a run went straight through or resumed (exactly so with vLLM in-process)."""
+    llm.reset_prefix_cache()
+    llm.collective_rpc("reseed", args=(chunk_seed(*key),))
+
+
+def chunk_seed(*key) -> int:
+    return int(hashlib.sha1("-".join(map(str, key)).encode()).hexdigest()[:8], 16)
+
+
 class SeedExtension:
     """Mixed into vLLM workers so a run can reseed sampling at each chunk (see `generate`)."""
 

@@ -24,7 +24,7 @@ def make_cfg(out, model_entries, benchmarks, *overrides):
 def test_eval_end_to_end_and_resume(tiny_llm, tiny_llama, benchmarks_dir, tmp_path, monkeypatch):
     benches = [{"name": "embedded-heldout", "num_problems": 6},
                {"name": "mawps", "source": f"{benchmarks_dir}/mawps/test.jsonl", "num_problems": 5}]
-    cfg = make_cfg(tmp_path / "eval", [{"model": tiny_llama, "name": "tiny"}], benches)
+    cfg = make_cfg(tmp_path / "eval", [{"model": tiny_llama, "name": "tiny"}], benches, "chunk_size=2")
     results = evaluate.run(cfg, llms={tiny_llama: tiny_llm})
     for bench, problems in (("embedded-heldout", 6), ("mawps", 5)):
         r = results["tiny"][bench]
@@ -40,11 +40,24 @@ def test_eval_end_to_end_and_resume(tiny_llm, tiny_llama, benchmarks_dir, tmp_pa
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| tiny |" in table and "embedded-heldout pass@1" in table and "mawps maj@4" in table
 
+    # interrupted inside mawps (3 chunks of 2, 2, 1 problems; the middle one lost): the rerun samples only
+    # that chunk, and draws what the uninterrupted run drew
+    mawps = tmp_path / "eval" / "tiny" / "mawps"
+    whole = store.read_parquet([mawps / "samples.parquet"])["response"]
+    for path in ("results.json", "samples.parquet", "chunks/chunk-00001.parquet"):
+        (mawps / path).unlink()
+    first_chunk = (mawps / "chunks" / "chunk-00000.parquet").stat().st_mtime
+    resumed = evaluate.run(cfg, llms={tiny_llama: tiny_llm})
+    assert (mawps / "chunks" / "chunk-00000.parquet").stat().st_mtime == first_chunk
+    assert store.read_parquet([mawps / "samples.parquet"])["response"] == whole
+    scores = ("pass@1", "pass@1_stderr", "pass@4", "maj@4", "truncated_share", "mean_response_tokens")
+    assert [resumed["tiny"]["mawps"][k] for k in scores] == [results["tiny"]["mawps"][k] for k in scores]
+
     # a rerun finds every pair scored and starts no engine
     monkeypatch.setattr(models, "load_vllm", lambda *a, **k: pytest.fail("engine started for a finished eval"))
-    done = (tmp_path / "eval" / "tiny" / "mawps" / "results.json").stat().st_mtime
-    assert evaluate.run(cfg) == results
-    assert (tmp_path / "eval" / "tiny" / "mawps" / "results.json").stat().st_mtime == done
+    done = (mawps / "results.json").stat().st_mtime
+    assert evaluate.run(cfg) == resumed
+    assert (mawps / "results.json").stat().st_mtime == done
 
 
 def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
