@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             metrics = sft.run(cfg).metrics
             print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
-                  f"{metrics['train_tokens_per_second']} tokens/s, peak RSS {metrics['peak_rss_mb']} MB; "
+                  f"{metrics['train_tokens_per_second']} tokens/s, {sft.memory_line(metrics)}; "
                   f"student: {cfg.output_dir}/model")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from seqdistill import card, store
 from seqdistill.config import ConfigError
+from seqdistill.sft import memory_line
 
 
 def write(run_dir: str | Path) -> Path:
@@ -36,8 +37,8 @@ def write(run_dir: str | Path) -> Path:
         metrics = json.loads((sft / "metrics.json").read_text())
         parts += ["## Student training\n",
                   f"Final train loss {metrics['train_loss']:.4f} after {metrics['global_step']} steps in "
-                  f"{metrics['train_seconds']} s ({metrics['train_tokens_per_second']} tokens/s, peak RSS "
-                  f"{metrics['peak_rss_mb']} MB).\n", f"![loss]({loss_figure(metrics, run)})\n"]
+                  f"{metrics['train_seconds']} s ({metrics['train_tokens_per_second']} tokens/s, "
+                  f"{memory_line(metrics)}).\n", f"![loss]({loss_figure(metrics, run)})\n"]
     path = run / "report.md"
     store.write_text(path, "\n".join(parts))
     return path

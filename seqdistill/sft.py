@@ -138,6 +138,7 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
         "train_seconds": round(seconds, 1),
         "train_tokens": data.train_tokens(trainer.state.global_step, cfg),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **peak_gpu_memory(device),
         "global_step": trainer.state.global_step,
         "device": device, "dtype": dtype, "packing": trainer.args.packing,
         "lengths": data.lengths, "end_of_turn": data.end_of_turn, "truncated_examples": cut,
@@ -147,6 +148,20 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
     store.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     store.write_text(out / "model" / "README.md", model_card(cfg, data, metrics))
     return SFTResult(metrics, trainer)
+
+
+def peak_gpu_memory(device: str) -> dict:
+    """The most GPU memory PyTorch held during the run (RSS says nothing of it)."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+
+
+def memory_line(metrics: dict) -> str:
+    gpu = f", peak GPU memory {metrics['peak_gpu_memory_mb']} MB" if "peak_gpu_memory_mb" in metrics else ""
+    return f"peak RSS {metrics['peak_rss_mb']} MB{gpu}"
 
 
 def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
@@ -185,7 +200,7 @@ def check_lora_targets(cfg: SFTStageConfig, student: str) -> None:
 
 def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: str, dtype: str, out: Path,
                   callbacks=None):
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     attn = cfg.attn_implementation
     packing = cfg.packing if cfg.packing is not None else bool(attn and "flash" in attn) and cfg.kd.mode == "none"
@@ -205,7 +220,8 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
         model_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     has_eval = data.eval is not None
-    args = SFTConfig(
+    args = sft_config(
+        cfg.trl,
         output_dir=str(out / "checkpoints"),  # TensorBoard logs land in checkpoints/runs/
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_train_batch_size,
@@ -218,7 +234,6 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
         max_length=cfg.max_length, packing=packing, padding_free=packing,
         completion_only_loss=cfg.assistant_only_loss, eos_token=data.end_of_turn,
         model_init_kwargs=model_kwargs, use_cpu=device == "cpu",
-        **cfg.trl,
     )
     common = dict(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
@@ -232,6 +247,21 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
 
         teacher = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.kd.teacher), dtype=dtype)
     return KDTrainer(**common, kd_config=cfg.kd, teacher_model=teacher)
+
+
+def sft_config(extra: dict, **settings):
+    """TRL's SFTConfig from seqdistill's settings plus the `trl:` extras. An extra that TRL lacks, or that
+    seqdistill sets from its own settings, is an error (before the model loads), never a crash or a silent override."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    errors = configlib.unknown_keys(extra, [f.name for f in dataclasses.fields(SFTConfig) if f.init], "trl.")
+    errors += [f"trl.{key} is set by seqdistill from its own settings (dtype, max_length, packing, learning_rate, ...); "
+               "set it there" for key in extra if key in settings]
+    if errors:
+        raise ConfigError(errors)
+    return SFTConfig(**settings, **extra)
 
 
 def save_merged(cfg: SFTStageConfig, trainer, tokenizer, path: Path) -> None:
@@ -275,7 +305,7 @@ end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)}
 ## Training
 
 - final train loss: {metrics['train_loss']:.4f} after {metrics['global_step']} steps, {metrics['train_seconds']} s
-- {metrics['train_tokens_per_second']} training tokens/s, peak RSS {metrics['peak_rss_mb']} MB ({metrics['device']}, {metrics['dtype']})
+- {metrics['train_tokens_per_second']} training tokens/s, {memory_line(metrics)} ({metrics['device']}, {metrics['dtype']})
 - token lengths: {json.dumps(data.lengths)}
 
 ## Resolved config
