@@ -200,18 +200,20 @@ def transformers_generate(path: str, cfg, token_ids: list[list[int]]) -> dict:
 # ---------------------------------------------------------------- training side (a process each)
 
 
-def train_child(tool: str, dataset: str, method: str, out: str, extra: list[str]) -> dict:
-    """One training run in this (fresh) process."""
+def train_child(tool: str, dataset: str, method: str, out: str, extra: list[str], model: str | None = None) -> dict:
+    """One training run in this (fresh) process; `model`: the student (default: the embedded SmolLM2)."""
+    from seqdistill import models
+    from seqdistill.sft import peak_gpu_memory
+
+    model = model or models.DEFAULT_MODEL
     if tool == "trl":
         import datasets
         import torch
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
 
-        from seqdistill import models
-
         data = datasets.load_dataset("parquet", data_files=dataset, split="train").select_columns(["messages"])
-        trainer = SFTTrainer(model=models.resolve(models.DEFAULT_MODEL), train_dataset=data,
+        trainer = SFTTrainer(model=models.resolve(model), train_dataset=data,
                              peft_config=LoraConfig(**LORA) if method == "lora" else None,
                              args=SFTConfig(output_dir=out, per_device_train_batch_size=BATCH, learning_rate=LR,
                                             num_train_epochs=1, report_to="none", save_strategy="no",
@@ -219,15 +221,18 @@ def train_child(tool: str, dataset: str, method: str, out: str, extra: list[str]
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
         start = time.perf_counter()
         trainer.train()
-        return {"seconds": round(time.perf_counter() - start, 2), "tokens": tokens}
+        return {"seconds": round(time.perf_counter() - start, 2), "tokens": tokens,
+                **peak_gpu_memory("cuda" if torch.cuda.is_available() else "cpu")}
     from seqdistill import config as configlib
     from seqdistill import sft
 
     cfg = configlib.load(sft.SFTStageConfig, None, [
-        f"dataset={dataset}", f"output_dir={out}", f"method={method}", f"per_device_train_batch_size={BATCH}",
-        f"learning_rate={LR}", "num_train_epochs=1", "report_to=[none]", "save_steps=100000", "max_length=1024", *extra])
+        f"student={model}", f"dataset={dataset}", f"output_dir={out}", f"method={method}",
+        f"per_device_train_batch_size={BATCH}", f"learning_rate={LR}", "num_train_epochs=1", "report_to=[none]",
+        "save_steps=100000", "max_length=1024", *extra])
     metrics = sft.run(cfg).metrics
-    return {"seconds": metrics["train_seconds"], "tokens": metrics["train_tokens"], "dtype": metrics["dtype"]}
+    return {"seconds": metrics["train_seconds"], "tokens": metrics["train_tokens"], "dtype": metrics["dtype"],
+            **peak_gpu_memory(metrics["device"])}
 
 
 def training_side(dataset: Path, size: dict, tmp: Path) -> dict:
@@ -379,9 +384,9 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
-        tool, dataset, method, extra = json.loads(args.child)
+        tool, dataset, method, extra, *model = json.loads(args.child)
         with tempfile.TemporaryDirectory() as tmp:
-            result = train_child(tool, dataset, method, f"{tmp}/out", extra)
+            result = train_child(tool, dataset, method, f"{tmp}/out", extra, *model)
         print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
 
