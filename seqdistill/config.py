@@ -85,7 +85,11 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]):
         return None
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
-    errors += unknown_keys(data, names, prefix)
+    for key in data:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else f" (valid keys: {', '.join(names)})"
+            errors.append(f"unknown setting {prefix}{key}{hint}")
     kwargs = {}
     for name in names:
         if name in data:  # an absent key keeps the field's own default
@@ -95,17 +99,6 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]):
     except TypeError as e:
         errors.append(f"{prefix or 'config'}: {e}")
         return None
-
-
-def unknown_keys(keys, names: list[str], prefix: str = "") -> list[str]:
-    """One error per key that is not in `names`, naming the nearest valid one."""
-    errors = []
-    for key in keys:
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{near[0]}?)" if near else f" (valid keys: {', '.join(names)})"
-            errors.append(f"unknown setting {prefix}{key}{hint}")
-    return errors
 
 
 def _coerce(tp: Any, value: Any, key: str, errors: list[str]):

@@ -91,6 +91,7 @@ class SFTStageConfig:
             errors.append(f"lora.r must be at least 1, got {self.lora.r}")
         if self.kd.mode == "online" and self.kd.teacher:
             errors += [f"kd.teacher: {p}" for p in models.check(self.kd.teacher)]
+        errors += check_trl_extras(self)
         if self.kd.mode != "none" and self.packing:
             errors.append("packing cannot be combined with logit KD (teacher log-probs are laid out per example); "
                           "set packing: false")
@@ -200,10 +201,9 @@ def check_lora_targets(cfg: SFTStageConfig, student: str) -> None:
 
 def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: str, dtype: str, out: Path,
                   callbacks=None):
-    from trl import SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
     attn = cfg.attn_implementation
-    packing = cfg.packing if cfg.packing is not None else bool(attn and "flash" in attn) and cfg.kd.mode == "none"
     model_kwargs = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
     peft_config = None
     if cfg.method in ("lora", "qlora"):
@@ -219,22 +219,8 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
 
         model_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    has_eval = data.eval is not None
-    args = sft_config(
-        cfg.trl,
-        output_dir=str(out / "checkpoints"),  # TensorBoard logs land in checkpoints/runs/
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
-        eval_steps=(cfg.eval_steps or cfg.logging_steps * 4) if has_eval else None,
-        seed=cfg.seed, bf16=dtype == "bfloat16", fp16=dtype == "float16", report_to=cfg.report_to,
-        max_length=cfg.max_length, packing=packing, padding_free=packing,
-        completion_only_loss=cfg.assistant_only_loss, eos_token=data.end_of_turn,
-        model_init_kwargs=model_kwargs, use_cpu=device == "cpu",
-    )
+    settings = trl_settings(cfg, out, device, dtype, data.end_of_turn, data.eval is not None, model_kwargs)
+    args = SFTConfig(**settings, **cfg.trl)  # validate() has checked that the extras neither clash nor are unknown
     common = dict(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if cfg.kd.mode == "none":
@@ -249,19 +235,47 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
     return KDTrainer(**common, kd_config=cfg.kd, teacher_model=teacher)
 
 
-def sft_config(extra: dict, **settings):
-    """TRL's SFTConfig from seqdistill's settings plus the `trl:` extras. An extra that TRL lacks, or that
-    seqdistill sets from its own settings, is an error (before the model loads), never a crash or a silent override."""
+def trl_settings(cfg: SFTStageConfig, out: Path, device: str = "cpu", dtype: str = "float32",
+                 end_of_turn: str | None = None, has_eval: bool = False, model_kwargs: dict | None = None) -> dict:
+    """The trl.SFTConfig keywords seqdistill sets from its own settings; `trl:` extras come on top of them."""
+    attn = cfg.attn_implementation
+    packing = cfg.packing if cfg.packing is not None else bool(attn and "flash" in attn) and cfg.kd.mode == "none"
+    return dict(
+        output_dir=str(out / "checkpoints"),  # TensorBoard logs land in checkpoints/runs/
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
+        eval_steps=(cfg.eval_steps or cfg.logging_steps * 4) if has_eval else None,
+        seed=cfg.seed, bf16=dtype == "bfloat16", fp16=dtype == "float16", report_to=cfg.report_to,
+        max_length=cfg.max_length, packing=packing, padding_free=packing,
+        completion_only_loss=cfg.assistant_only_loss, eos_token=end_of_turn,
+        model_init_kwargs=model_kwargs or {}, use_cpu=device == "cpu",
+    )
+
+
+def check_trl_extras(cfg: SFTStageConfig) -> list[str]:
+    """`trl:` extras must be trl.SFTConfig fields that seqdistill does not already set (TRL is imported only if any)."""
+    if not cfg.trl:
+        return []
     import dataclasses
+    import difflib
 
     from trl import SFTConfig
 
-    errors = configlib.unknown_keys(extra, [f.name for f in dataclasses.fields(SFTConfig) if f.init], "trl.")
-    errors += [f"trl.{key} is set by seqdistill from its own settings (dtype, max_length, packing, learning_rate, ...); "
-               "set it there" for key in extra if key in settings]
-    if errors:
-        raise ConfigError(errors)
-    return SFTConfig(**settings, **extra)
+    fields = [f.name for f in dataclasses.fields(SFTConfig) if f.init]
+    owned = trl_settings(cfg, Path(cfg.output_dir))
+    errors = []
+    for key in cfg.trl:
+        if key in owned:
+            errors.append(f"trl.{key} is set by seqdistill from its own settings (dtype, max_length, packing, "
+                          "learning_rate, ...); set it there")
+        elif key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1)
+            errors.append(f"trl.{key} is not a trl.SFTConfig setting" + (f" (did you mean trl.{near[0]}?)" if near else ""))
+    return errors
 
 
 def save_merged(cfg: SFTStageConfig, trainer, tokenizer, path: Path) -> None:

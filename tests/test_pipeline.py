@@ -70,6 +70,8 @@ def test_bad_pipelines_fail_before_anything_runs(tmp_path):
         pipeline.load(str(recipe), ["sft.learning_rat=1e-4"])
     with pytest.raises(ConfigError, match="sft.kd.mode offline .* set generate.teacher_logprobs: true"):
         pipeline.load(str(recipe), ["sft.kd.mode=offline"])
+    with pytest.raises(ConfigError, match=r"sft.trl.warmup_ratio is not a trl.SFTConfig setting \(did you mean trl.warmup_steps\?\)"):
+        pipeline.load(str(recipe), ["sft.trl={warmup_ratio: 0.1}"])
     with pytest.raises(ConfigError, match="unknown stage 'train'; stages are generate, sft, eval"):
         pipeline.run(pipeline.load(str(recipe), []), only=["train"])
     assert not (tmp_path / "run").exists()

@@ -140,7 +140,7 @@ def test_full_finetune_and_merge_load_in_vllm(tiny_llama, traces, tmp_path):
     (["dtype=float16"], "float16 training needs a GPU"),
     (["max_length=16"], r"examples .* are longer than max_length=16 tokens .* raise max_length"),
     (["method=qlora"], "qlora needs a CUDA GPU"),
-    (["trl={neftune_noise_alph: 5}"], r"unknown setting trl.neftune_noise_alph \(did you mean trl.neftune_noise_alpha\?\)"),
+    (["trl={neftune_noise_alph: 5}"], r"trl.neftune_noise_alph is not a trl.SFTConfig setting \(did you mean trl.neftune_noise_alpha\?\)"),
     (["trl={bf16: true}"], "trl.bf16 is set by seqdistill from its own settings .* set it there"),
 ])
 def test_bad_input(tiny_llama, traces, tmp_path, overrides, message):
