@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import run as suite  # noqa: E402  (benchmarks/run.py: the training runner shared with the CPU suite)
 
 
 def build_llama(path: Path, tokenizer_dir: str, hidden: int, layers: int, intermediate: int, heads: int, seed: int) -> int:
@@ -87,15 +89,11 @@ def check_lora(run: Path, base: str) -> dict:
 
 
 def child(tool: str, data: Path, method: str, model: str, *extra: str) -> dict:
-    """A training run of the CPU suite's runner (benchmarks/run.py), in its own process."""
-    proc = subprocess.run([sys.executable, str(HERE / "run.py"), "--child",
-                           json.dumps([tool, str(data), method, list(extra), model])], capture_output=True, text=True)
-    if proc.returncode:
-        return {"tool": tool, "method": method, "settings": list(extra), "error": proc.stderr[-3000:]}
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    r.update(tool=tool, method=method, settings=list(extra), tokens_per_second=round(r["tokens"] / r["seconds"], 1))
-    print(json.dumps(r), flush=True)
-    return r
+    """A training run of the CPU suite's runner (benchmarks/run.py), in its own process; a failure is recorded."""
+    try:
+        return suite.train_in_child(tool, data, method, *extra, model=model)
+    except RuntimeError as e:
+        return {"tool": tool, "method": method, "settings": list(extra), "error": str(e)}
 
 
 def markdown(result: dict) -> str:

@@ -235,16 +235,21 @@ def train_child(tool: str, dataset: str, method: str, out: str, extra: list[str]
             **peak_gpu_memory(metrics["device"])}
 
 
+def train_in_child(tool: str, data, method: str, *extra: str, model: str | None = None) -> dict:
+    """`train_child` in a fresh process (so peak memory is this run's own); its figures plus tokens/s."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([tool, str(data), method, list(extra), model])],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{tool} {method} {extra} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r.update(tool=tool, method=method, settings=list(extra), tokens_per_second=round(r["tokens"] / r["seconds"], 1))
+    log([r])
+    return r
+
+
 def training_side(dataset: Path, size: dict, tmp: Path) -> dict:
     def child(tool, method, *extra, data=dataset):
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([tool, str(data), method, list(extra)])],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"{tool} {method} {extra} failed:\n{proc.stderr[-3000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        r.update(tool=tool, method=method, settings=list(extra), tokens_per_second=round(r["tokens"] / r["seconds"], 1))
-        log([r])
-        return r
+        return train_in_child(tool, data, method, *extra)
 
     runs = []
     for _ in range(size["repeats"]):
@@ -384,9 +389,9 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
-        tool, dataset, method, extra, *model = json.loads(args.child)
+        tool, dataset, method, extra, model = json.loads(args.child)
         with tempfile.TemporaryDirectory() as tmp:
-            result = train_child(tool, dataset, method, f"{tmp}/out", extra, *model)
+            result = train_child(tool, dataset, method, f"{tmp}/out", extra, model)
         print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
 
