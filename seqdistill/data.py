@@ -20,7 +20,7 @@ from seqdistill.config import ConfigError
 from seqdistill.problems import LOCAL_FORMATS
 
 log = logging.getLogger(__name__)
-FALLBACK_TEMPLATE = "chat/plain"  # prompts/chat/plain.jinja: for students with no chat template
+FALLBACK_TEMPLATE = "chat/plain"  # seqdistill/templates/chat/plain.jinja: for students with no chat template
 SENTINEL = "SEQDISTILL-SENTINEL-4711"
 
 

@@ -1,4 +1,8 @@
-"""Prompt templates: Jinja files in `prompts/`, rendered in a sandbox, wrapped in the model's chat template.
+"""Prompt templates: Jinja files, rendered in a sandbox, wrapped in the model's chat template.
+
+A template name is looked up as a path, then as `prompts/NAME.jinja` in the working directory (a
+user's own), then among seqdistill's built-in templates (`seqdistill/templates/`, package data:
+r1, number, marker, and chat/plain for students without a chat template).
 
 A template sees every field of a problem (`question`, `answer` is hidden from it, plus the
 source's own columns). R1 advice is no system prompt; reasoning teachers may need an assistant
@@ -7,17 +11,21 @@ prefill such as "<think>\\n" so they don't skip thinking.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill.config import ConfigError
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"  # built-in templates, shipped in the wheel
+USER_DIR = Path("prompts")  # a user's own templates, relative to the working directory
 
 
 @dataclass
 class PromptConfig:
-    template: str = "r1"  # a name in prompts/ (r1 -> prompts/r1.jinja) or a path to a .jinja file
+    template: str = "r1"  # built-in name (r1, number, marker), prompts/NAME.jinja in the working dir, or a .jinja path
     system: str | None = None  # None: no system message (R1 advice); the model's template may add its own
     prefill: str = ""  # text the assistant turn starts with, e.g. "<think>\n"
 
@@ -30,16 +38,17 @@ class PromptConfig:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in PROMPTS_DIR.glob("*.jinja"))
+    """Template names that resolve without a path: the user's prompts/*.jinja and the built-in ones."""
+    return sorted({p.stem for d in (USER_DIR, TEMPLATES_DIR) for p in d.glob("*.jinja")})
 
 
 def template_path(name: str) -> Path:
-    candidates = [Path(name).expanduser(), Path("prompts") / f"{name}.jinja", PROMPTS_DIR / f"{name}.jinja"]
+    candidates = [Path(name).expanduser(), USER_DIR / f"{name}.jinja", TEMPLATES_DIR / f"{name}.jinja"]
     for path in candidates:
         if path.is_file():
             return path
-    raise ConfigError(f"prompt template {name!r} not found; give a path to a .jinja file or one of: "
-                      f"{', '.join(available())}")
+    raise ConfigError(f"prompt template {name!r} not found as a path, as prompts/{name}.jinja or built in; "
+                      f"give a path to a .jinja file or one of: {', '.join(available())}")
 
 
 def load_template(name: str):

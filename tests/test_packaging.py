@@ -1,0 +1,50 @@
+"""A normal (non-editable) install works: the wheel carries the prompt templates, and seqdistill
+run from outside the source tree finds the default template and the fallback chat template."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# run from a directory with no prompts/ and no source tree, importing only the installed copy
+CHECK = """
+import sys, seqdistill
+from pathlib import Path
+assert Path(seqdistill.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), seqdistill.__file__
+from seqdistill import prompts
+assert prompts.available() == ["marker", "number", "r1"], prompts.available()
+print(prompts.render(prompts.load_template(prompts.PromptConfig().template), {"question": "1+1?", "answer": "2"}))
+print(prompts.template_path("chat/plain").read_text().count("add_generation_prompt"))
+"""
+
+
+def test_wheel_carries_templates(tmp_path):
+    # build from a copy, so no build/ or egg-info lands in the working tree others use
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "seqdistill", src / "seqdistill", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"),
+                    str(src)], check=True, timeout=120)
+    (wheel,) = (tmp_path / "dist").glob("seqdistill-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for template in ("r1", "number", "marker", "chat/plain"):
+        assert f"seqdistill/templates/{template}.jinja" in names
+
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+                   check=True, timeout=120)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["1+1?", "Please reason step by step, and put your final answer within \\boxed{}.",
+                                       "1"]
