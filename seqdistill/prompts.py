@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"  # built-in templates, shipped in the wheel
 USER_DIR = Path("prompts")  # a user's own templates, relative to the working directory
+_SAID: set[tuple[str, str]] = set()  # (model, prefill) pairs already logged as present in the chat template
 
 
 @dataclass
@@ -81,11 +82,19 @@ def messages(user: str, cfg: PromptConfig) -> list[dict]:
 
 
 def chat_prompt(tokenizer, msgs: list[dict], prefill: str = "") -> str:
-    """The exact text sent to the engine: the model's chat template, generation prompt, then prefill."""
+    """The exact text sent to the engine: the model's chat template, generation prompt, then the prefill
+    unless the generation prompt already ends with it."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"model {tokenizer.name_or_path} has no chat template; use an instruct/chat model "
                           "or one whose tokenizer_config carries a chat_template")
     text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    if prefill and text.endswith(prefill):
+        # current DeepSeek-R1-Distill templates open the turn with "<think>\n" themselves: don't double it
+        if (tokenizer.name_or_path, prefill) not in _SAID:
+            _SAID.add((tokenizer.name_or_path, prefill))
+            log.info("the chat template of %s already ends the generation prompt with the prefill %r; "
+                     "not appending it again", tokenizer.name_or_path, prefill)
+        return text
     return text + prefill
 
 
