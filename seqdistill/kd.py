@@ -7,7 +7,9 @@ trains on them; `kd.mode: online` loads the teacher beside the student and uses 
 distribution at every step.
 
 Loss, per trained (assistant) token:  alpha * CE + (1 - alpha) * T^2 * D(teacher_T || student_T),
-D = forward KL, reverse KL or the generalized Jensen-Shannon divergence (beta). Offline, D is taken
+D = forward KL, reverse KL, the generalized Jensen-Shannon divergence (beta), or DistiLLM's skew KL
+KL(p || a p + (1 - a) q) / skew reverse KL KL(q || a q + (1 - a) p) (p teacher, q student, a = skew_alpha),
+which stay finite where the student puts almost no mass and equal KL / reverse KL at a = 0. Offline, D is taken
 over k + 1 buckets: the teacher's top-k tokens and one "rest" bucket holding all other mass (for the
 teacher 1 - sum of its top-k probabilities, for the student the exact mass it puts outside those k
 tokens). This is exact when the teacher's mass is all in its top-k, and otherwise a lower bound of
@@ -30,7 +32,7 @@ import numpy as np
 
 LOGPROB_FLOOR = -20.0  # log-probs below are stored as this (probability < 2.1e-9)
 HEADER = struct.Struct("<5I")
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 MODES = ("none", "offline", "online")
 KD_COLUMNS = ["teacher_topk", "kd_offset"]  # what the KD trainer's dataset carries beside TRL's columns
 
@@ -40,8 +42,9 @@ class KDConfig:
     mode: str = "none"  # none | offline (top-k log-probs stored by generate/score) | online (teacher loaded in training)
     alpha: float = 0.5  # weight of the cross-entropy on the teacher's tokens; 1 - alpha goes to the KD term
     temperature: float = 1.0
-    divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd
+    divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl
     beta: float = 0.5  # jsd only: mixture weight of the teacher, in (0, 1)
+    skew_alpha: float = 0.1  # skew_kl / skew_reverse_kl only: share a of the target kept in the mixture, in [0, 1)
     teacher: str | None = None  # online: the teacher model (hub id, dir, .gguf, embedded:NAME)
     check_samples: int = 32  # examples whose tokenization must agree between teacher and student
 
@@ -57,6 +60,8 @@ class KDConfig:
             errors.append(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
         if not 0 < self.beta < 1:
             errors.append(f"beta must be in (0, 1), got {self.beta}")
+        if not 0 <= self.skew_alpha < 1:
+            errors.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
         if self.mode == "online" and not self.teacher:
             errors.append("mode online needs kd.teacher (the teacher model to load beside the student)")
         return errors
@@ -157,16 +162,32 @@ def from_vllm(flat, token_ids, k: int, first: int = 0) -> tuple[np.ndarray, np.n
 # ---------------------------------------------------------------- loss
 
 
-def divergence(teacher, student, kind: str, beta: float = 0.5):
+def divergence(teacher, student, kind: str, beta: float = 0.5, skew_alpha: float = 0.1):
     """Per-row divergence between two (N, C) log-probability tensors (finite values)."""
+    if kind == "forward_kl":
+        return kl(teacher, student)
+    if kind == "reverse_kl":
+        return kl(student, teacher)
+    if kind == "skew_kl":  # KL(p || a p + (1 - a) q)
+        return kl(teacher, log_mixture(teacher, student, skew_alpha))
+    if kind == "skew_reverse_kl":  # KL(q || a q + (1 - a) p)
+        return kl(student, log_mixture(student, teacher, skew_alpha))
+    mix = log_mixture(teacher, student, beta)
+    return beta * kl(teacher, mix) + (1 - beta) * kl(student, mix)
+
+
+def kl(p, q):
+    """Per-row KL(p || q) of two log-probability tensors."""
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def log_mixture(p, q, weight: float):
+    """log(weight * e^p + (1 - weight) * e^q), exact at weight 0."""
     import torch
 
-    if kind == "forward_kl":
-        return (teacher.exp() * (teacher - student)).sum(-1)
-    if kind == "reverse_kl":
-        return (student.exp() * (student - teacher)).sum(-1)
-    mix = torch.logsumexp(torch.stack([teacher + np.log(beta), student + np.log(1 - beta)]), 0)
-    return beta * (teacher.exp() * (teacher - mix)).sum(-1) + (1 - beta) * (student.exp() * (student - mix)).sum(-1)
+    if weight == 0:
+        return q
+    return torch.logsumexp(torch.stack([p + np.log(weight), q + np.log(1 - weight)]), 0)
 
 
 def topk_buckets(student_logits, teacher_ids, teacher_logprobs, temperature: float):

@@ -71,7 +71,7 @@ class KDTrainer(SFTTrainer):
             scored = teacher["teacher_mask"][:, 1:] & trained
             t, s = kd.topk_buckets(logits[scored], teacher["teacher_ids"][:, 1:][scored],
                                    teacher["teacher_logprobs"][:, 1:][scored], cfg.temperature)
-        divergence = kd.divergence(t, s, cfg.divergence, cfg.beta).sum()
+        divergence = kd.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha).sum()
         loss = (cfg.alpha * ce + (1 - cfg.alpha) * cfg.temperature**2 * divergence) / torch.as_tensor(tokens).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
