@@ -8,7 +8,7 @@ VENV ?= .venv
 VLLM ?= cpu
 BIN = $(VENV)/bin
 
-.PHONY: setup quickstart test
+.PHONY: setup quickstart test docs
 setup: $(VENV)/.installed-$(VLLM)
 
 $(VENV)/.installed-$(VLLM): pyproject.toml
@@ -30,3 +30,7 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# docs/settings.md from the config dataclasses (tests/test_settings_doc.py checks it is current)
+docs:
+	$(BIN)/python -m seqdistill.settings_doc > docs/settings.md

@@ -1,11 +1,13 @@
 """The `seqdistill` command: one subcommand per stage.
 
     seqdistill generate --config pipelines/generate-quickstart.yaml --set sampling.n=4
+    seqdistill generate --sampling.n 4 --problems.num_problems=50
     seqdistill sft --config pipelines/sft-quickstart.yaml
-    seqdistill generate --help
+    seqdistill generate --help      # every setting with its type, default and help
+    seqdistill config generate      # the default config as YAML, to start a --config file from
 
-Settings come from the YAML file given with --config, then `--set key.sub=value` overrides
-(values read as YAML). Bad settings stop the run in the first second with a one-line error.
+Settings come from the YAML file given with --config, then `--set key.sub=value` or `--key.sub value`
+overrides (values read as YAML). Bad settings stop the run in the first second with a one-line error.
 """
 
 from __future__ import annotations
@@ -13,40 +15,70 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
+from seqdistill import __version__
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 
+CONFIG_STAGES = ("generate", "sft", "eval", "score", "run")  # commands whose settings --KEY VALUE sets
+
+
+class StageParser(argparse.ArgumentParser):
+    """A subcommand parser whose --help ends with every setting of its stage (imported only then)."""
+
+    stage: str | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.stage is None:
+            return text
+        from seqdistill import settings_doc
+
+        listing = settings_doc.help_text(settings_doc.stage_class(self.stage))
+        return (f"{text}\nsettings (keys of a --config YAML file; on the command line --KEY VALUE or --set KEY=VALUE;\n"
+                f"`seqdistill config {self.stage}` prints them as YAML):\n{listing}\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seqdistill", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    g = sub.add_parser("generate", help="sample teacher traces with vLLM into a verified, filtered dataset",
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output, also from vLLM and transformers (-v: debug)")
+    common.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                        help="less log output, also from vLLM and transformers (-q: warnings, -qq: errors)")
+    p = argparse.ArgumentParser(prog="seqdistill", description=__doc__.split("\n\n")[0], parents=[common])
+    p.add_argument("--version", action="version", version=f"seqdistill {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=StageParser)
+    g = sub.add_parser("generate", parents=[common], allow_abbrev=False, help="sample teacher traces with vLLM into a verified, filtered dataset",
                        description="Sample teacher traces with vLLM, verify and filter them, write a dataset.")
     add_config_args(g)
-    s = sub.add_parser("sft", help="fine-tune a student on the traces with TRL (LoRA, full or QLoRA)",
+    s = sub.add_parser("sft", parents=[common], allow_abbrev=False, help="fine-tune a student on the traces with TRL (LoRA, full or QLoRA)",
                        description="Fine-tune a student on a traces dataset with TRL's SFTTrainer.")
     add_config_args(s)
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     s.add_argument("--merge", action="store_true", help="also save the LoRA merged into the base model")
-    sc = sub.add_parser("score", help="add a teacher's top-k log-probs to an existing traces dataset (logit KD)",
+    sc = sub.add_parser("score", parents=[common], allow_abbrev=False, help="add a teacher's top-k log-probs to an existing traces dataset (logit KD)",
                         description="One vLLM prompt-log-probs pass over each trace; writes a dataset sft can use "
                                     "with kd.mode offline.")
     add_config_args(sc)
-    e = sub.add_parser("eval", help="score teacher and students on benchmarks with vLLM",
+    e = sub.add_parser("eval", parents=[common], allow_abbrev=False, help="score teacher and students on benchmarks with vLLM",
                        description="pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks.")
     add_config_args(e)
-    r = sub.add_parser("run", help="run the whole chain (generate -> sft -> eval) from a pipeline recipe",
+    r = sub.add_parser("run", parents=[common], allow_abbrev=False, help="run the whole chain (generate -> sft -> eval) from a pipeline recipe",
                        description="Run a pipeline recipe; finished stages with the same config are skipped.")
     r.add_argument("pipeline", help="pipelines/NAME.yaml")
     r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set sft.learning_rate=1e-4 generate.sampling.n=4")
     r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (generate, sft, eval)")
     r.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
-    rep = sub.add_parser("report", help="rebuild RUN_DIR/report.md and its figures from a run's artifacts")
+    rep = sub.add_parser("report", parents=[common], help="rebuild RUN_DIR/report.md and its figures from a run's artifacts")
     rep.add_argument("run_dir")
+    c = sub.add_parser("config", parents=[common], help="print a stage's default config as YAML, with each setting's help",
+                       description="Print a stage's full default config as YAML (a starting point for --config).")
+    c.add_argument("stage", choices=CONFIG_STAGES)
+    for name, stage_parser in sub.choices.items():
+        stage_parser.stage = name if name in CONFIG_STAGES else None
     return p
 
 
@@ -57,15 +89,61 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a different run in output_dir")
 
 
+def flag_overrides(tokens: list[str]) -> list[str]:
+    """TRL-style `--key.sub value`, `--key.sub=value` and a bare `--flag` (true) as `key.sub=value` overrides."""
+    out, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"unexpected argument {token!r}; settings look like --key.sub value or --set key.sub=value")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                value, i = tokens[i + 1], i + 1
+            else:
+                value = "true"
+        out.append(f"{key.replace('-', '_')}={value}")
+        i += 1
+    return out
+
+
+def set_verbosity(level: int) -> None:
+    """-v/-q for seqdistill's log and, through their environment variables (read when they are
+    imported, which happens later, inside the stages), vLLM's and transformers'."""
+    name = "DEBUG" if level > 0 else "INFO" if level == 0 else "WARNING" if level == -1 else "ERROR"
+    logging.basicConfig(level=logging.INFO if level > 0 else getattr(logging, name),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("seqdistill").setLevel(name)
+    if level == 0:
+        return
+    os.environ["VLLM_LOGGING_LEVEL"] = name
+    for var in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
+        os.environ[var] = name.lower()
+    if "transformers" in sys.modules:  # already imported (e.g. main() called from Python)
+        import transformers
+
+        transformers.logging.set_verbosity(getattr(logging, name))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    # flags are settings too: --resume is resume=true
-    overrides = getattr(args, "overrides", []) + [
-        f"{k}=true" for k in ("overwrite", "resume", "merge") if getattr(args, k, False)]
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and args.command not in CONFIG_STAGES[:-1] + ("run",):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    set_verbosity(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     try:
-        if args.command == "generate":
+        # flags are settings too: --resume is resume=true; --key.sub value is --set key.sub=value
+        overrides = getattr(args, "overrides", []) + [
+            f"{k}=true" for k in ("overwrite", "resume", "merge") if getattr(args, k, False)] + flag_overrides(extra)
+        if args.command == "config":
+            from seqdistill import settings_doc
+
+            cls = settings_doc.stage_class(args.stage)
+            default = None
+            if args.stage == "run":  # a pipeline's stages are off unless named: show each with its defaults
+                default = cls(**{s: settings_doc.stage_class(s)() for s in ("generate", "sft", "eval")})
+            print(settings_doc.default_yaml(cls, default))
+        elif args.command == "generate":
             from seqdistill import generate
 
             cfg = configlib.load(generate.GenerateConfig, args.config, overrides)
@@ -91,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "run":
             from seqdistill import pipeline
 
-            cfg = pipeline.load(args.pipeline, args.overrides)
+            cfg = pipeline.load(args.pipeline, overrides)
             print("# resolved pipeline\n" + configlib.dump(cfg), flush=True)
             pipeline.run(cfg, only=args.only, start=args.start)
         elif args.command == "report":

@@ -26,3 +26,33 @@ def test_missing_model_is_one_line_error(tmp_path):
     out = cli("generate", "--set", f"model={tmp_path}/missing", f"output_dir={tmp_path}/out")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == f"error: model: model path {tmp_path}/missing does not exist"
+
+
+def test_version():
+    from seqdistill import __version__
+
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"seqdistill {__version__}"
+
+
+def test_trl_style_settings(tmp_path):
+    from seqdistill.cli import flag_overrides
+
+    assert flag_overrides(["--sampling.n", "4", "--prompt.prefill=<think>", "--overwrite", "--output-dir", "x"]) == [
+        "sampling.n=4", "prompt.prefill=<think>", "overwrite=true", "output_dir=x"]
+    # through the entry point: the value reaches the config, and an unknown key names the nearest one
+    out = cli("generate", "--sampling.n", "0", "--problems.num_problems=5", f"--output_dir={tmp_path}")
+    assert out.returncode == 2 and out.stderr.strip() == "error: sampling.n must be at least 1, got 0"
+    out = cli("generate", "--sampling.temprature", "1")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: unknown setting sampling.temprature (did you mean sampling.temperature?)"
+    out = cli("run", "pipelines/quickstart.yaml", "--sft.learning_rat", "1e-4")
+    assert out.stderr.strip().endswith("unknown setting sft.learning_rat (did you mean sft.learning_rate?)")
+
+
+def test_quiet_reaches_vllm_and_transformers():
+    code = ("import os; from seqdistill import cli; cli.set_verbosity(-2); "
+            "print(os.environ['VLLM_LOGGING_LEVEL'], os.environ['TRANSFORMERS_VERBOSITY']); "
+            "import transformers; print(transformers.logging.get_verbosity())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["ERROR", "error", "40"]  # transformers defaults to warning

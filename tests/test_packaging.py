@@ -48,3 +48,8 @@ def test_wheel_carries_templates(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["1+1?", "Please reason step by step, and put your final answer within \\boxed{}.",
                                        "1"]
+    # the installed command: default config (help read off the installed sources), with the default template
+    out = subprocess.run([sys.executable, "-m", "seqdistill", "config", "generate"], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "  template: r1\n" in out.stdout and "# the teacher:" in out.stdout
