@@ -50,31 +50,35 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqdistill", description=__doc__.split("\n\n")[0], parents=[common])
     p.add_argument("--version", action="version", version=f"seqdistill {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=StageParser)
-    g = sub.add_parser("generate", parents=[common], allow_abbrev=False, help="sample teacher traces with vLLM into a verified, filtered dataset",
-                       description="Sample teacher traces with vLLM, verify and filter them, write a dataset.")
-    add_config_args(g)
-    s = sub.add_parser("sft", parents=[common], allow_abbrev=False, help="fine-tune a student on the traces with TRL (LoRA, full or QLoRA)",
-                       description="Fine-tune a student on a traces dataset with TRL's SFTTrainer.")
+
+    def stage(name: str, help: str, description: str) -> StageParser:
+        # no abbreviations: --over must not be read as --overwrite when it may be a setting's name
+        return sub.add_parser(name, parents=[common], allow_abbrev=False, help=help, description=description)
+
+    add_config_args(stage("generate", "sample teacher traces with vLLM into a verified, filtered dataset",
+                          "Sample teacher traces with vLLM, verify and filter them, write a dataset."))
+    s = stage("sft", "fine-tune a student on the traces with TRL (LoRA, full or QLoRA)",
+              "Fine-tune a student on a traces dataset with TRL's SFTTrainer.")
     add_config_args(s)
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     s.add_argument("--merge", action="store_true", help="also save the LoRA merged into the base model")
-    sc = sub.add_parser("score", parents=[common], allow_abbrev=False, help="add a teacher's top-k log-probs to an existing traces dataset (logit KD)",
-                        description="One vLLM prompt-log-probs pass over each trace; writes a dataset sft can use "
-                                    "with kd.mode offline.")
-    add_config_args(sc)
-    e = sub.add_parser("eval", parents=[common], allow_abbrev=False, help="score teacher and students on benchmarks with vLLM",
-                       description="pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks.")
-    add_config_args(e)
-    r = sub.add_parser("run", parents=[common], allow_abbrev=False, help="run the whole chain (generate -> sft -> eval) from a pipeline recipe",
-                       description="Run a pipeline recipe; finished stages with the same config are skipped.")
+    add_config_args(stage("score", "add a teacher's top-k log-probs to an existing traces dataset (logit KD)",
+                          "One vLLM prompt-log-probs pass over each trace; writes a dataset sft can use "
+                          "with kd.mode offline."))
+    add_config_args(stage("eval", "score teacher and students on benchmarks with vLLM",
+                          "pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks."))
+    r = stage("run", "run the whole chain (generate -> sft -> eval) from a pipeline recipe",
+              "Run a pipeline recipe; finished stages with the same config are skipped.")
     r.add_argument("pipeline", help="pipelines/NAME.yaml")
     r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set sft.learning_rate=1e-4 generate.sampling.n=4")
     r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (generate, sft, eval)")
     r.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
-    rep = sub.add_parser("report", parents=[common], help="rebuild RUN_DIR/report.md and its figures from a run's artifacts")
+    rep = sub.add_parser("report", parents=[common],
+                         help="rebuild RUN_DIR/report.md and its figures from a run's artifacts")
     rep.add_argument("run_dir")
-    c = sub.add_parser("config", parents=[common], help="print a stage's default config as YAML, with each setting's help",
+    c = sub.add_parser("config", parents=[common],
+                       help="print a stage's default config as YAML, with each setting's help",
                        description="Print a stage's full default config as YAML (a starting point for --config).")
     c.add_argument("stage", choices=CONFIG_STAGES)
     for name, stage_parser in sub.choices.items():
@@ -95,7 +99,8 @@ def flag_overrides(tokens: list[str]) -> list[str]:
     while i < len(tokens):
         token = tokens[i]
         if not token.startswith("--") or token == "--":
-            raise ConfigError(f"unexpected argument {token!r}; settings look like --key.sub value or --set key.sub=value")
+            raise ConfigError(f"unexpected argument {token!r}; settings look like --key.sub value "
+                              "or --set key.sub=value")
         key, sep, value = token[2:].partition("=")
         if not sep:
             if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
@@ -128,7 +133,7 @@ def set_verbosity(level: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = parser()
     args, extra = p.parse_known_args(argv)
-    if extra and args.command not in CONFIG_STAGES[:-1] + ("run",):
+    if extra and args.command not in CONFIG_STAGES:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     set_verbosity(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     try:

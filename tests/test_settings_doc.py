@@ -108,4 +108,4 @@ def test_config_prints_defaults_as_yaml(stage):
 def test_docs_settings_current():
     """docs/settings.md is generated; after changing a config dataclass run
     `python -m seqdistill.settings_doc > docs/settings.md`."""
-    assert (ROOT / "docs" / "settings.md").read_text() == settings_doc.document()
+    assert (ROOT / "docs" / "settings.md").read_text() == settings_doc.document(), "run make docs"
