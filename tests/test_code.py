@@ -1,0 +1,239 @@
+"""Code verification: extraction, each test schema with a right and a wrong program, adversarial
+programs in the sandbox (verdict, time, nothing left behind), and HumanEval's own solutions."""
+
+import base64
+import json
+import os
+import pickle
+import socket
+import time
+import zlib
+
+import psutil
+import pytest
+
+from seqdistill import code, sandbox
+from seqdistill.code import CodeConfig
+from seqdistill.config import ConfigError
+
+CFG = CodeConfig(timeout=2, workers=2)
+
+
+def fenced(program: str) -> str:
+    return f"<think>easy</think>Here it is:\n```python\n{program}\n```"
+
+
+def verdict(program: str, tests: dict, cfg: CodeConfig = CFG) -> code.Verdict:
+    return code.verify_program(fenced(program), tests, cfg)
+
+
+def isolated() -> bool:
+    try:
+        return sandbox.isolation("auto") in ("unshare", "bwrap")
+    except ConfigError:
+        return False
+
+
+@pytest.fixture
+def nothing_left():
+    """After the test: no child process of ours and no process of a sandbox user is alive."""
+    yield
+    time.sleep(0.1)
+    assert psutil.Process().children(recursive=True) == []
+    sandbox_users = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real >= sandbox.UID_BASE]
+    assert sandbox_users == []
+
+
+# ---- extraction and config ----------------------------------------------------------------------
+
+def test_extraction_takes_the_last_python_block_after_thinking():
+    text = "<think>```python\nprint(0)\n```</think>```py\nprint(1)\n```\nand\n```python\nprint(2)\n```"
+    assert code.extract_code(text) == "print(2)\n"
+    assert code.extract_code("```\nprint(3)\n```") == "print(3)\n"
+    assert code.extract_code("```cpp\nint main(){}\n```") is None
+    assert code.extract_code("<think>```python\nprint(0)\n```") is None  # unclosed think: no answer
+    with pytest.raises(ConfigError, match="tests must be a dict with kind stdin, call or program"):
+        verdict("print(1)", {"cases": []})
+    assert code.verify_program("print(1)", {"kind": "stdin", "cases": []}, CFG).status == "no_code"
+
+
+def test_config_errors():
+    assert CodeConfig().validate() == []
+    errors = CodeConfig(timeout=0, workers=0, isolation="docker").validate()
+    assert any("timeout must be > 0" in e for e in errors) and any("workers" in e for e in errors)
+    assert any("isolation must be one of auto, unshare, bwrap, none" in e for e in errors)
+    with pytest.raises(ConfigError, match="set allow_unisolated: true"):
+        sandbox.isolation("none")
+    assert sandbox.isolation("none", allow_unisolated=True) == "none"
+
+
+def test_bad_tests_are_named():
+    with pytest.raises(ConfigError, match="known schemas: APPS/TACO"):
+        code.normalize({"id": "p", "question": "q"})
+    with pytest.raises(ConfigError, match="has no tests: expected field 'test_list'"):
+        code.normalize({"id": "p", "test_list": []})
+    with pytest.raises(ConfigError, match="unknown test schema 'codeforces'"):
+        code.normalize({"id": "p"}, "codeforces")
+    with pytest.raises(ConfigError, match="cannot run 'cpp' programs; it runs: python"):
+        code.normalize({"verification_info": {"language": "cpp", "test_cases": [{"input": "", "output": ""}]}})
+
+
+# ---- schemas: a right and a wrong program each --------------------------------------------------
+
+ADD_STDIN = "a, b = map(int, input().split())\nprint(a + b)"
+APPS_STDIN = {"input_output": json.dumps({"inputs": ["1 2\n", "10 -3\n"], "outputs": ["3\n", "7\n"]})}
+APPS_CALL = {"input_output": json.dumps({"fn_name": "area", "inputs": [[2, 3], [1.5, 2]], "outputs": [[6], [3.0]]})}
+
+
+@pytest.mark.parametrize("row,right,wrong", [
+    (APPS_STDIN, ADD_STDIN, "a, b = map(int, input().split())\nprint(a - b)"),
+    (APPS_CALL, "def area(w, h):\n    return w * h", "def area(w, h):\n    return w + h"),
+    ({"verification_info": json.dumps({"language": "python", "test_cases": [
+        {"type": "stdin_stdout", "input": "4\n1 2 3 4\n", "output": "10\n"}]})},
+     "input()\nprint(sum(map(int, input().split())))", "input()\nprint(max(map(int, input().split())))"),
+    ({"public_test_cases": json.dumps([{"input": "3\n", "output": "0.333333333\n", "testtype": "stdin"}]),
+      "metadata": "{}"}, "print(1 / int(input()))", "print(round(1 / int(input()), 2))"),
+    ({"public_test_cases": json.dumps([{"input": "[2, 7, 11, 15]\n9", "output": "[0, 1]", "testtype": "functional"}]),
+      "metadata": json.dumps({"func_name": "twoSum"})},
+     "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n        for i, x in enumerate(nums):\n"
+     "            if target - x in seen:\n                return (seen[target - x], i)\n            seen[x] = i",
+     "class Solution:\n    def twoSum(self, nums, target):\n        return [1, 0]"),
+    ({"prompt": "from typing import List\n\ndef total(xs: List[int]) -> int:\n", "entry_point": "total",
+      "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n    assert candidate([]) == 0\n"},
+     "def total(xs: List[int]) -> int:\n    return sum(xs)", "def total(xs: List[int]) -> int:\n    return len(xs) + 1"),
+    ({"test_list": ["assert is_even(2)", "assert not is_even(3)"], "test_setup_code": ""},
+     "def is_even(n):\n    return n % 2 == 0", "def is_even(n):\n    return n > 1"),
+], ids=["apps-stdin", "apps-call", "open-r1", "livecodebench-stdin", "livecodebench-functional", "humaneval", "mbpp"])
+def test_schema_right_and_wrong(row, right, wrong, nothing_left):
+    tests = code.normalize(row)
+    assert verdict(right, tests).status == "passed"
+    bad = verdict(wrong, tests)
+    assert bad.status == "wrong_output" and ("case 0" in bad.detail or "case 1" in bad.detail or "failed: assert" in bad.detail)
+
+
+def test_first_failing_case_and_error_verdicts(nothing_left):
+    tests = code.normalize(APPS_STDIN)
+    assert verdict("a, b = map(int, input().split())\nprint(3)", tests).detail.startswith("case 1: input 10 -3")
+    assert verdict("def f(:\n  pass", tests).status == "syntax_error"
+    assert verdict("raise ValueError('boom')", tests).status == "runtime_error"
+    assert "ValueError: boom" in verdict("raise ValueError('boom')", tests).detail
+    assert verdict("def other(w, h):\n    return 0", code.normalize(APPS_CALL)).status == "runtime_error"
+    assert verdict("import sys\nsys.exit(0)", code.normalize({"test_list": ["assert False"]})).status == "runtime_error"
+
+
+def test_stdin_comparison_and_values():
+    assert code.same_stdout("1 2  \n3.0000001\n\n", "1 2\n3\n", 1e-6)
+    assert not code.same_stdout("1 2\n3\n", "1 2 3\n", 1e-6)
+    assert not code.same_stdout("3.01\n", "3\n", 1e-6)
+    assert code.same_value([0, 1], [0, 1], 1e-6) and not code.same_value(True, 1, 1e-6)
+
+
+def test_livecodebench_private_tests_decoded_without_running_code(tmp_path):
+    cases = [{"input": "1\n", "output": "1\n", "testtype": "stdin"}]
+    packed = base64.b64encode(zlib.compress(pickle.dumps(json.dumps(cases)))).decode()
+    tests = code.normalize({"public_test_cases": "[]", "private_test_cases": packed, "metadata": "{}"})
+    assert tests["cases"] == [{"input": "1\n", "output": "1\n"}]
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = base64.b64encode(zlib.compress(pickle.dumps([Evil()]))).decode()
+    with pytest.raises(ConfigError, match="refused to load posix.system"):
+        code.decode_private(evil)
+    assert not marker.exists()
+
+
+# ---- adversarial programs -----------------------------------------------------------------------
+
+ECHO = {"kind": "stdin", "cases": [{"input": "", "output": "done"}]}
+
+
+def timed(program: str, tests: dict = ECHO):
+    start = time.monotonic()
+    out = verdict(program, tests)
+    return out, time.monotonic() - start
+
+
+@pytest.mark.parametrize("program,expected", [
+    ("while True:\n    pass", "timeout"),
+    ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", "timeout"),
+    ("x = bytearray(4 << 30)\nprint('done')", "memory"),
+    ("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)", "wrong_output"),
+], ids=["infinite-loop", "fork-bomb", "4GB", "100MB-stdout"])
+def test_adversarial_verdicts(program, expected, nothing_left):
+    out, seconds = timed(program)
+    assert out.status == expected, out
+    assert seconds < 6
+
+
+@pytest.mark.skipif(not isolated(), reason="no network namespace here; the test would reach the network")
+def test_no_network(nothing_left):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        for host, p in (("127.0.0.1", port), ("1.1.1.1", 80)):
+            program = f"import socket\ns = socket.create_connection(('{host}', {p}), timeout=1)\nprint('done')"
+            out, seconds = timed(program)
+            assert out.status == "runtime_error" and "unreachable" in out.detail and seconds < 2, out
+    finally:
+        server.close()
+
+
+def test_no_writes_outside_its_directory(tmp_path, nothing_left):
+    outside, shared_tmp = tmp_path / "escaped", f"/tmp/seqdistill-escape-{os.getpid()}"
+    program = (f"open('mine.txt', 'w').write('ok')\n"
+               f"try:\n    open('{outside}', 'w').write('x')\n    print('wrote')\nexcept OSError:\n    print('denied')\n"
+               f"open('{shared_tmp}', 'w').write('x')\nprint('done')")
+    tests = {"kind": "stdin", "cases": [{"input": "", "output": "denied\ndone"}]}
+    out, _ = timed(program, tests)
+    if sandbox.isolation("auto") == "unshare" and os.geteuid() == 0:  # a sandbox user of its own
+        assert out.status == "passed", out
+        assert not os.path.exists(shared_tmp)  # its files in /tmp are swept with it
+    assert not outside.exists()
+
+
+def test_no_secrets_in_its_environment(monkeypatch, nothing_left):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    program = ("import os\nleak = [k for k, v in os.environ.items() if 'sk-test' in v]\n"
+               "for pid in os.listdir('/proc'):\n    try:\n        leak += ['proc'] * ('sk-test' in open(f'/proc/{pid}/environ').read())\n"
+               "    except (OSError, ValueError):\n        pass\nprint('done' if not leak else leak)")
+    out, _ = timed(program)
+    assert out.status == "passed", out
+
+
+# ---- HumanEval: the benchmark's own solutions pass, broken copies fail ----------------------------
+
+BREAK = """
+_original_{e} = {e}
+def {e}(*args, **kwargs):
+    value = _original_{e}(*args, **kwargs)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, (list, tuple)):
+        return type(value)([*value, None])
+    return 0 if value is None else None
+"""
+
+
+def test_humaneval_agrees_with_its_ground_truth(nothing_left):
+    """164 reference solutions pass and 164 broken copies fail (about 10 s with 2 workers, 2 cores)."""
+    from seqdistill import problems
+
+    rows = problems.load(problems.ProblemsConfig(source="", preset="humaneval"))
+    assert len(rows) == 164
+    items = []
+    for row in rows:
+        program = row["prompt"] + row["canonical_solution"]
+        items += [(fenced(program), row["tests"]), (fenced(program + BREAK.format(e=row["entry_point"])), row["tests"])]
+    verdicts = code.verify_many(items, CodeConfig(timeout=6, workers=2))
+    right, broken = verdicts[::2], verdicts[1::2]
+    assert [r["id"] for r, v in zip(rows, right) if not v.passed] == []
+    assert [r["id"] for r, v in zip(rows, broken) if v.passed] == []
