@@ -295,22 +295,33 @@ def kd_line(cfg: SFTStageConfig) -> str:
             f"{k.divergence}{f' (beta {k.beta})' if k.divergence == 'jsd' else ''}, T = {k.temperature}.")
 
 
-def model_card(cfg: SFTStageConfig, data, metrics: dict) -> str:
+def model_card(cfg: SFTStageConfig, data, metrics: dict, merged: bool = False) -> str:
+    """The card of OUTPUT_DIR/model (the adapter, or the model when method is full), or with `merged`
+    of OUTPUT_DIR/merged; its metadata names the base model and dataset by hub id where they have one."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     funnel = (card.funnel_table(data.source_stats["funnel"]) if data.source_stats and "funnel" in data.source_stats
               else "(not a seqdistill generate dataset)")
     teacher = data.teacher or "unknown"
-    return f"""---
-base_model: {cfg.student}
-library_name: {'peft' if cfg.method != 'full' else 'transformers'}
-tags: [seqdistill, distillation, sft, trl]
----
-
-# {Path(cfg.output_dir).name}: `{cfg.student}` distilled from `{teacher}`
+    adapter = cfg.method != "full" and not merged
+    base, dataset = card.hub_id(cfg.student), card.dataset_hub_id(cfg.dataset)
+    meta = ModelCardData(
+        base_model=base, datasets=[dataset] if dataset else None, library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-generation", model_name=f"{Path(cfg.output_dir).name}{'-merged' if merged else ''}",
+        tags=["seqdistill", "distillation", "sft", "trl", *([cfg.method] if cfg.method != "full" else []),
+              *(["knowledge-distillation"] if cfg.kd.mode != "none" else [])],
+        **({"base_model_relation": "adapter" if adapter else "finetune"} if base else {}),
+    )
+    origin = (f" The student was converted from a quantized GGUF copy of `{base}` (dequantized)."
+              if base and cfg.student.startswith("embedded:") else "")
+    what = ("the LoRA adapter merged into the base weights" if merged
+            else "a LoRA adapter (load it on the base model with peft)" if adapter else "the full fine-tuned model")
+    return card.with_metadata(ModelCard, meta, f"""# {Path(cfg.output_dir).name}: `{cfg.student}` distilled from `{teacher}`
 
 Fine-tuned by `seqdistill sft` ({cfg.method}{f', r={cfg.lora.r}, alpha={cfg.lora.alpha}' if cfg.method != 'full' else ''})
 on `{cfg.dataset}` (split `{cfg.dataset_split}`, {data.n_train} examples), loss on
 {'the assistant turn only' if cfg.assistant_only_loss else 'the whole sequence'}, each example ending with the
-end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)}
+end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)} This directory holds {what}.{origin}
 
 ## Teacher dataset funnel
 
@@ -326,4 +337,4 @@ end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)}
 
 ```yaml
 {configlib.dump(cfg)}```
-"""
+""")
