@@ -56,3 +56,14 @@ def test_model_cards(tmp_path):
     for meta in (adapter, merged, local):
         assert ModelCard(f"---\n{meta.to_yaml()}\n---\n").data.to_dict() == meta.to_dict()
         assert isinstance(meta, ModelCardData)
+
+
+def test_datasets_reads_the_card(tmp_path):
+    import datasets
+
+    (tmp_path / "data").mkdir()
+    for split, n in (("train", 4), ("dropped", 12)):
+        datasets.Dataset.from_dict({"x": list(range(n))}).to_parquet(tmp_path / "data" / f"{split}.parquet")
+    (tmp_path / "README.md").write_text(card.dataset_card(GenerateConfig(), STATS))
+    loaded = datasets.load_dataset(str(tmp_path))
+    assert {name: len(split) for name, split in loaded.items()} == {"train": 4, "dropped": 12}
