@@ -3,6 +3,8 @@
 Order (one reason per sample, the first that applies):
   truncated -> unbalanced_think, no_answer -> too_short, too_long -> repetitive -> wrong_answer
   -> duplicate, near_duplicate (within a problem) -> over_limit (at most k kept per problem).
+Code problems (rows with `tests`) have `no_code` for `no_answer` and, for `wrong_answer`, the verdict
+of their tests in the sandbox: wrong_output, runtime_error, timeout, memory or syntax_error.
 The funnel counts the samples that survive each stage.
 """
 
@@ -12,13 +14,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from seqdistill.verify import AnswerConfig, extract_answer, is_equivalent
+from seqdistill.verify import AnswerConfig, extract_answer, is_code, is_equivalent, judge_many
 
+CODE_FAILURES = ["wrong_output", "runtime_error", "timeout", "memory", "syntax_error"]  # seqdistill.code verdicts
 # funnel stage -> the drop reasons that end a sample at that stage
 STAGES = {
     "finished": ["truncated"],
-    "formatted": ["unbalanced_think", "no_answer", "too_short", "too_long", "repetitive"],
-    "correct": ["wrong_answer"],
+    "formatted": ["unbalanced_think", "no_answer", "no_code", "too_short", "too_long", "repetitive"],
+    "correct": ["wrong_answer", *CODE_FAILURES],
     "deduplicated": ["duplicate", "near_duplicate"],
     "kept": ["over_limit"],
 }
@@ -73,9 +76,20 @@ def jaccard(a: set, b: set) -> float:
 
 
 def check_sample(sample: dict, gold: str, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool) -> tuple[str | None, str | None]:
-    """(answer, drop reason or None) for one sample, before the per-problem stages."""
+    """(answer, drop reason or None) for one sample of a math problem, before the per-problem stages."""
+    answer, reason = check_format(sample, cfg, answer_cfg, think)
+    if reason is None and not is_equivalent(answer, gold):
+        return answer, "wrong_answer"
+    return answer, reason
+
+
+def check_format(sample: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool,
+                 code: bool = False) -> tuple[str | None, str | None]:
+    """(answer, drop reason or None) up to the `formatted` stage; for code the answer is the program."""
+    from seqdistill.code import extract_code
+
     text = sample["completion"]
-    answer = extract_answer(text, answer_cfg)
+    answer = extract_code(text, answer_cfg.think_tag) if code else extract_answer(text, answer_cfg)
     if sample["finish_reason"] != "stop":
         return answer, "truncated"
     if think:
@@ -83,25 +97,44 @@ def check_sample(sample: dict, gold: str, cfg: FilterConfig, answer_cfg: AnswerC
         if text.count(f"<{tag}>") != 1 or text.count(f"</{tag}>") != 1 or text.find(f"<{tag}>") > text.find(f"</{tag}>"):
             return answer, "unbalanced_think"
     if answer is None:
-        return answer, "no_answer"
+        return answer, "no_code" if code else "no_answer"
     if sample["completion_tokens"] < cfg.min_tokens:
         return answer, "too_short"
     if cfg.max_tokens is not None and sample["completion_tokens"] > cfg.max_tokens:
         return answer, "too_long"
     if repeat_fraction(text, cfg.repetition_ngram) > cfg.max_repeat_fraction:
         return answer, "repetitive"
-    if not is_equivalent(answer, gold):
-        return answer, "wrong_answer"
     return answer, None
 
 
-def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool) -> list[dict]:
-    """Tag each sample of one problem (in sample order) with answer, correct, keep, drop_reason."""
+def check_code(samples: list[dict], problem: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool,
+               code_cfg=None) -> list[tuple[str | None, str | None, str]]:
+    """(program, drop reason or None, failing case) per sample of a code problem; the formatted ones
+    run against the problem's tests in the sandbox, several at a time."""
+    checked = [(*check_format(s, cfg, answer_cfg, think, code=True), "") for s in samples]
+    todo = [i for i, (_, reason, _) in enumerate(checked) if reason is None]
+    judged = judge_many([samples[i]["completion"] for i in todo], [problem] * len(todo), answer_cfg, code_cfg)
+    for i, j in zip(todo, judged):
+        checked[i] = (checked[i][0], None if j.correct else j.verdict, j.detail)
+    return checked
+
+
+def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool,
+          problem: dict | None = None, code_cfg=None) -> list[dict]:
+    """Tag each sample of one problem (in sample order) with answer, correct, keep, drop_reason.
+
+    `problem` (the problem row) picks the verifier: a code row (with `tests`) runs its tests in the
+    sandbox under `code_cfg` (seqdistill.code.CodeConfig; None: its defaults) and each sample also
+    gets `verdict_detail` (the first failing case or the error); any other row is checked against `gold`.
+    """
+    if is_code(problem):
+        checked = check_code(samples, problem, cfg, answer_cfg, think, code_cfg)
+    else:
+        checked = [(*check_sample(s, gold, cfg, answer_cfg, think), "") for s in samples]
     kept_texts: list[str] = []
     kept_shingles: list[set] = []
     out = []
-    for sample in samples:
-        answer, reason = check_sample(sample, gold, cfg, answer_cfg, think)
+    for sample, (answer, reason, detail) in zip(samples, checked):
         correct = reason is None
         if reason is None:
             normalized = " ".join(sample["completion"].split())
@@ -115,7 +148,10 @@ def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerC
             else:
                 kept_texts.append(normalized)
                 kept_shingles.append(shingles)
-        out.append({**sample, "answer": answer, "correct": correct, "keep": reason is None, "drop_reason": reason})
+        record = {**sample, "answer": answer, "correct": correct, "keep": reason is None, "drop_reason": reason}
+        if problem is not None:
+            record["verdict_detail"] = detail
+        out.append(record)
     return out
 
 

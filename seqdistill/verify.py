@@ -1,7 +1,8 @@
 """Answer extraction and checking: reasoning blocks stripped, answer extracted, math-verify compares.
 
 `generate` uses it to keep correct traces and `eval` to score models, so both read answers the
-same way.
+same way. `judge` picks the verifier per problem: code rows (with `tests`) run their tests in the
+sandbox (`seqdistill.code`), every other row is compared with its gold answer.
 """
 
 from __future__ import annotations
@@ -97,3 +98,42 @@ def is_equivalent(answer: str | None, gold: str) -> bool:
         return bool(parsed_gold and parsed and verify(parsed_gold, parsed))
     except Exception:  # math-verify raises on odd latex; an unreadable answer is a wrong one
         return False
+
+
+@dataclass
+class Judgement:
+    answer: str | None  # the extracted answer; for code problems the program
+    correct: bool
+    verdict: str  # code: seqdistill.code.VERDICTS; math: passed | wrong_answer | no_answer
+    detail: str = ""  # code: the first failing case or the error
+
+
+def is_code(problem: dict | None) -> bool:
+    """Code rows carry their tests (see seqdistill.problems); every other row has a gold answer."""
+    return bool(problem and problem.get("tests"))
+
+
+def judge(text: str, problem: dict, cfg: AnswerConfig, code_cfg=None) -> Judgement:
+    """One response against one problem row: tests in the sandbox for code rows, math-verify for the rest."""
+    return judge_many([text], [problem], cfg, code_cfg)[0]
+
+
+def judge_many(texts: list[str], problems: list[dict], cfg: AnswerConfig, code_cfg=None) -> list[Judgement]:
+    """`judge` for many responses; the programs among them run `code_cfg.workers` at a time."""
+    out: list[Judgement | None] = [None] * len(texts)
+    runs = []
+    for i, (text, problem) in enumerate(zip(texts, problems)):
+        if is_code(problem):
+            runs.append(i)
+            continue
+        answer = extract_answer(text, cfg)
+        correct = is_equivalent(answer, problem["answer"])
+        out[i] = Judgement(answer, correct, "passed" if correct else "no_answer" if answer is None else "wrong_answer")
+    if runs:
+        from seqdistill import code
+
+        code_cfg = code_cfg or code.CodeConfig()
+        verdicts = code.verify_many([(texts[i], problems[i]["tests"]) for i in runs], code_cfg, cfg.think_tag)
+        for i, v in zip(runs, verdicts):
+            out[i] = Judgement(code.extract_code(texts[i], cfg.think_tag), v.passed, v.status, v.detail)
+    return out

@@ -237,3 +237,53 @@ def test_humaneval_agrees_with_its_ground_truth(nothing_left):
     right, broken = verdicts[::2], verdicts[1::2]
     assert [r["id"] for r, v in zip(rows, right) if not v.passed] == []
     assert [r["id"] for r, v in zip(rows, broken) if v.passed] == []
+
+
+# ---- problem rows, the filter funnel and judge --------------------------------------------------
+
+def test_code_problem_rows_from_local_files(tmp_path):
+    from seqdistill import problems
+    from seqdistill.problems import ProblemsConfig
+
+    mbpp = tmp_path / "mbpp.jsonl"
+    mbpp.write_text(json.dumps({"task_id": 2, "text": "Write is_even.", "code": "", "test_list": ["assert is_even(2)"],
+                                "test_setup_code": "", "challenge_test_list": []}) + "\n")
+    row = problems.load(ProblemsConfig(source=str(mbpp), preset="mbpp"))[0]
+    assert (row["id"], row["question"], row["answer"]) == ("2", "Write is_even.", "")
+    assert json.loads(row["tests"])["kind"] == "program"
+    apps = tmp_path / "apps.jsonl"
+    apps.write_text(json.dumps({"question": "Add.", **APPS_STDIN}) + "\n")
+    assert json.loads(problems.load(ProblemsConfig(source=str(apps), tests="auto"))[0]["tests"])["cases"][1]["output"] == "7\n"
+    apps.write_text(json.dumps({"question": "Add.", "input_output": ""}) + "\n")
+    with pytest.raises(ConfigError, match="has no tests: expected field 'input_output'"):
+        problems.load(ProblemsConfig(source=str(apps), tests="input_output"))
+    assert "tests schema 'codeforces' is unknown; known: auto, input_output" in ProblemsConfig(tests="codeforces").validate()[0]
+
+
+def test_filters_drop_code_samples_with_their_verdict(nothing_left):
+    from seqdistill import filters
+    from seqdistill.filters import FilterConfig
+    from seqdistill.verify import AnswerConfig
+
+    problem = {"id": "add", "question": "Add.", "answer": "", "tests": json.dumps(code.normalize(APPS_STDIN))}
+    programs = {None: ADD_STDIN, "wrong_output": "print(3)", "runtime_error": "raise SystemExit(1)",
+                "timeout": "while True:\n    pass", "memory": "x = ' ' * (8 << 30)", "syntax_error": "print(("}
+    samples = [{"completion": fenced(p), "finish_reason": "stop", "completion_tokens": 10} for p in programs.values()]
+    samples.append({"completion": "I would add them.", "finish_reason": "stop", "completion_tokens": 4})
+    out = filters.apply(samples, "", FilterConfig(), AnswerConfig(), False, problem=problem,
+                        code_cfg=CodeConfig(timeout=1, workers=2))
+    assert [o["drop_reason"] for o in out] == [*programs, "no_code"]
+    assert out[0]["keep"] and out[0]["answer"] == ADD_STDIN + "\n" and out[1]["verdict_detail"].startswith("case 1: input 10 -3")
+    assert filters.funnel([o["drop_reason"] for o in out]) == {
+        "generated": 7, "finished": 7, "formatted": 6, "correct": 1, "deduplicated": 1, "kept": 1}
+
+
+def test_judge_picks_the_verifier_per_problem(nothing_left):
+    from seqdistill.verify import AnswerConfig, judge_many
+
+    math_row = {"id": "m", "question": "5 + 7?", "answer": "12"}
+    code_row = {"id": "c", "question": "Add.", "answer": "", "tests": json.dumps(code.normalize(APPS_STDIN))}
+    out = judge_many(["The answer is 12.", fenced(ADD_STDIN), fenced("print(0)"), "no idea"],
+                     [math_row, code_row, code_row, math_row], AnswerConfig(), CFG)
+    assert [(j.correct, j.verdict) for j in out] == [(True, "passed"), (True, "passed"), (False, "wrong_output"),
+                                                     (False, "no_answer")]
