@@ -37,7 +37,8 @@ class StageParser(argparse.ArgumentParser):
         from seqdistill import settings_doc
 
         listing = settings_doc.help_text(settings_doc.stage_class(self.stage))
-        return (f"{text}\nsettings (keys of a --config YAML file; on the command line --KEY VALUE or --set KEY=VALUE;\n"
+        source = "the pipeline YAML" if self.stage == "run" else "a --config YAML file"
+        return (f"{text}\nsettings (keys of {source}; on the command line --KEY VALUE or --set KEY=VALUE;\n"
                 f"`seqdistill config {self.stage}` prints them as YAML):\n{listing}\n")
 
 
@@ -147,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
             default = None
             if args.stage == "run":  # a pipeline's stages are off unless named: show each with its defaults
                 default = cls(**{s: settings_doc.stage_class(s)() for s in ("generate", "sft", "eval")})
-            print(settings_doc.default_yaml(cls, default))
+            try:
+                print(settings_doc.default_yaml(cls, default))
+            except BrokenPipeError:  # seqdistill config sft | head: the reader has gone (Python's own recipe)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         elif args.command == "generate":
             from seqdistill import generate
 

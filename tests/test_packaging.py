@@ -16,7 +16,7 @@ import sys, seqdistill
 from pathlib import Path
 assert Path(seqdistill.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), seqdistill.__file__
 from seqdistill import prompts
-assert prompts.available() == ["marker", "number", "r1"], prompts.available()
+assert prompts.available() == sys.argv[2].split(","), prompts.available()
 print(prompts.render(prompts.load_template(prompts.PromptConfig().template), {"question": "1+1?", "answer": "2"}))
 print(prompts.template_path("chat/plain").read_text().count("add_generation_prompt"))
 """
@@ -34,8 +34,10 @@ def test_wheel_carries_templates(tmp_path):
                     str(src)], check=True, timeout=120)
     (wheel,) = (tmp_path / "dist").glob("seqdistill-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for template in ("r1", "number", "marker", "chat/plain"):
-        assert f"seqdistill/templates/{template}.jinja" in names
+    templates = ROOT / "seqdistill" / "templates"
+    shipped = sorted(f"seqdistill/templates/{p.relative_to(templates).as_posix()}" for p in templates.rglob("*.jinja"))
+    assert {"seqdistill/templates/r1.jinja", "seqdistill/templates/chat/plain.jinja"} <= set(shipped)
+    assert sorted(n for n in names if n.startswith("seqdistill/templates/")) == shipped
 
     target = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
@@ -43,7 +45,8 @@ def test_wheel_carries_templates(tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=cwd, env=env, capture_output=True,
+    builtin = ",".join(sorted(p.stem for p in templates.glob("*.jinja")))
+    out = subprocess.run([sys.executable, "-c", CHECK, str(target), builtin], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["1+1?", "Please reason step by step, and put your final answer within \\boxed{}.",
