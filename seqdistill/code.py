@@ -267,7 +267,7 @@ def _failure(result: sandbox.Result, case_label: str) -> Verdict | None:
     seconds = result.seconds
     if status == "syntax_error":
         return Verdict("syntax_error", report.get("error", ""), seconds)
-    if status == "memory" or "MemoryError" in result.stderr:
+    if status == "memory":
         return Verdict("memory", f"{case_label}: over the memory limit", seconds)
     if result.timed_out or status == "timeout" or result.returncode == 128 + 24:  # SIGXCPU: the CPU limit
         return Verdict("timeout", f"{case_label}: no result within the time limit", seconds)
@@ -286,7 +286,8 @@ def run_tests(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
     """Run a program against normalised tests; the first failing case decides the verdict."""
     limits, tol = cfg.limits(), cfg.float_tolerance
     if tests["kind"] == "program":
-        source = f"{tests.get('prefix', '')}\n{code}" if tests.get("prefix") else code
+        # the prefix can't go above a __future__ import; such programs bring their own imports anyway
+        source = f"{tests['prefix']}\n{code}" if tests.get("prefix") and "from __future__" not in code else code
         result = sandbox.run({"mode": "program", "source": source, "test": tests["test"], "case_timeout": cfg.timeout},
                              limits, kind)
         if result.report.get("status") == "assertion":

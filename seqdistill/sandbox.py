@@ -98,14 +98,27 @@ def isolation(mode: str = "auto", allow_unisolated: bool = False) -> str:
             raise ConfigError("isolation none runs untrusted code with network and no namespaces; "
                               "set allow_unisolated: true to accept that")
         return "none"
+    why = []
     for kind in ("unshare", "bwrap") if mode == "auto" else (mode,):
-        if shutil.which(kind) and _works(tuple(_prefix(kind))):
+        if not shutil.which(kind):
+            why.append(f"{kind} is not installed" + (" (apt install bubblewrap)" if kind == "bwrap" else " (util-linux)"))
+        elif not _works(tuple(_prefix(kind))):
+            why.append(f"{kind} cannot make namespaces here (run as root, or allow user namespaces: "
+                       "sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces)")
+        else:
             return kind
     if allow_unisolated:
         return "none"
-    raise ConfigError(f"no sandbox can be made here ({'unshare -n -p' if mode == 'auto' else mode} failed: it needs "
-                      "root or unprivileged user namespaces, sysctl kernel.unprivileged_userns_clone=1, or install "
-                      "bubblewrap); set allow_unisolated: true to run untrusted code without isolation")
+    raise ConfigError(f"no sandbox can be made here: {'; '.join(why)}; or set allow_unisolated: true to run "
+                      "untrusted code without isolation")
+
+
+def describe(kind: str) -> str:
+    """One line for a dataset card: which isolation the programs ran under."""
+    user = "a uid of its own per run" if os.geteuid() == 0 and (kind == "unshare" or kind == "none" and not _closed_prefixes()) else "the caller's uid"
+    spaces = {"unshare": "unshare: new network (no interfaces up), pid and mount namespaces",
+              "bwrap": "bubblewrap: all namespaces unshared", "none": "NO isolation (allow_unisolated)"}[kind]
+    return f"{spaces}; {user}; rlimits on CPU time, address space, file size, processes; output capped"
 
 
 def run(job: dict, limits: Limits, kind: str, stdin: str = "") -> Result:
@@ -150,11 +163,13 @@ def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdi
                                 cwd=work, env=env, start_new_session=True)
     out, err, timed_out, exceeded = _collect(proc, start + limits.timeout, int(limits.output_mb * (1 << 20)))
     report_path = root / "report.json"
-    text = report_path.read_text() if report_path.exists() else ""
-    try:
-        report = json.loads(text) if text else {"status": "no_report"}
+    if not report_path.exists() and not (timed_out or exceeded):  # pid 1 never finished: the sandbox broke
+        raise RuntimeError(f"the sandbox ({kind}) did not run (exit {proc.returncode}): {err.decode(errors='replace')[-500:]}")
+    try:  # empty when the program died without a word (a signal, os._exit)
+        report = json.loads(report_path.read_text() or "{}") if report_path.exists() else {}
     except json.JSONDecodeError:
-        report = {"status": "no_report"}
+        report = {}
+    report.setdefault("status", "no_report")
     return Result(report, out.decode(errors="replace"), err.decode(errors="replace")[-4000:], proc.returncode,
                   timed_out, exceeded, time.monotonic() - start, kind)
 

@@ -65,6 +65,16 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="set allow_unisolated: true"):
         sandbox.isolation("none")
     assert sandbox.isolation("none", allow_unisolated=True) == "none"
+    if not __import__("shutil").which("bwrap"):
+        with pytest.raises(ConfigError, match="bwrap is not installed .apt install bubblewrap.; or set allow_unisolated"):
+            sandbox.isolation("bwrap")
+
+
+def test_unisolated_runs_still_limited(nothing_left):
+    cfg = CodeConfig(timeout=1, isolation="none", allow_unisolated=True)
+    tests = code.normalize(APPS_STDIN)
+    assert [verdict(p, tests, cfg).status for p in (ADD_STDIN, "while True:\n    pass", "x = bytearray(4 << 30)")] == [
+        "passed", "timeout", "memory"]
 
 
 def test_bad_tests_are_named():
