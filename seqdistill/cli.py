@@ -144,12 +144,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "config":
             from seqdistill import settings_doc
 
-            cls = settings_doc.stage_class(args.stage)
-            default = None
+            cls, default, skip = settings_doc.stage_class(args.stage), None, {}
             if args.stage == "run":  # a pipeline's stages are off unless named: show each with its defaults
                 default = cls(**{s: settings_doc.stage_class(s)() for s in ("generate", "sft", "eval")})
+                skip = {f"{s}.output_dir": "RUN_DIR/" + s for s in ("generate", "sft", "eval")}
+                skip.update({"sft.dataset": "what generate writes (name one when there is no generate stage)",
+                             "eval.models": "the teacher, the student before and after sft (or name your own)"})
             try:
-                print(settings_doc.default_yaml(cls, default))
+                print(settings_doc.default_yaml(cls, default, skip))
             except BrokenPipeError:  # seqdistill config sft | head: the reader has gone (Python's own recipe)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         elif args.command == "generate":

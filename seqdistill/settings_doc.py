@@ -190,19 +190,23 @@ def help_text(cls: type, width: int = 100) -> str:
     return "\n".join(out)
 
 
-def default_yaml(cls: type, obj: Any = None, indent: str = "") -> str:
-    """A config as YAML with every setting's help as a comment above it (`seqdistill config STAGE`)."""
+def default_yaml(cls: type, obj: Any = None, skip: dict[str, str] | None = None, prefix: str = "") -> str:
+    """A config as YAML with every setting's help as a comment above it (`seqdistill config STAGE`);
+    `skip` maps dotted keys to leave out to the reason, written as a comment in their place."""
     obj = _default_instance(cls) if obj is None else obj
-    hints, out = typing.get_type_hints(cls), []
+    hints, out, indent, skip = typing.get_type_hints(cls), [], "  " * prefix.count("."), skip or {}
     for f in dataclasses.fields(cls):
         if not f.init:
+            continue
+        if prefix + f.name in skip:
+            out.append(f"{indent}# {f.name}: {skip[prefix + f.name]}")
             continue
         value, (section, in_list) = getattr(obj, f.name), _section_class(hints[f.name])
         help_ = field_help(cls, f.name) or (_doc_line(section) if section else "")
         out += [f"{indent}# {line}" for line in textwrap.wrap(help_, 96 - len(indent))]
         if section is not None and not in_list and value is not None:
             out.append(f"{indent}{f.name}:")
-            out.append(default_yaml(section, value, indent + "  "))
+            out.append(default_yaml(section, value, skip, f"{prefix}{f.name}."))
         else:
             out.append(f"{indent}{f.name}: {value_text(value, full=True)}")
     return "\n".join(out)
