@@ -21,12 +21,17 @@ of sampled tokens outside the top-k), the top-k ids at ceil(log2(vocab)) bits, t
 quantised uniformly on [LOGPROB_FLOOR, 0] (8 bits; 7 when ids need 18 bits, so a pair fits in 25
 bits), the rank of the sampled token in the top-k (k meaning "not in it"), and the sampled ids that
 fell outside, as uint32. k=20 on a 49,152-token vocabulary: 60.6 bytes/token; on 262,144: 63.1.
+
+Beyond logits (online teacher only; losses in seqdistill.kd_features), each added as weight * term:
+hidden states (kd.hidden_states), self-attention distributions (kd.attention) and relations between
+a sequence's tokens (kd.relations). Layers are numbered as `output_hidden_states` counts them:
+0 the embeddings (hidden states only), 1..L the outputs of transformer blocks 1..L.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,7 +39,54 @@ LOGPROB_FLOOR = -20.0  # log-probs below are stored as this (probability < 2.1e-
 HEADER = struct.Struct("<5I")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 MODES = ("none", "offline", "online")
+HIDDEN_LOSSES = ("mse", "cosine")
+RELATIONS = ("distance", "angle", "attention_relation")
 KD_COLUMNS = ["teacher_topk", "kd_offset"]  # what the KD trainer's dataset carries beside TRL's columns
+
+
+@dataclass
+class HiddenStatesKD:
+    weight: float = 0.0  # > 0 adds weight * mean over mapped layers and assistant tokens of the hidden-state loss
+    layers: str | list[list[int]] = "auto"  # auto (student blocks spread evenly over the teacher's, last onto last) | [[student, teacher], ...]
+    loss: str = "mse"  # mse | cosine (1 - cosine similarity); other hidden sizes go through a learned projection per pair
+    normalize: bool = True  # mse only: standardise each token's vector (layer norm without weights) before comparing
+
+    def validate(self) -> list[str]:
+        errors = check_weight(self.weight) + check_layer_spec(self.layers, first=0)
+        if self.loss not in HIDDEN_LOSSES:
+            errors.append(f"loss must be one of {', '.join(HIDDEN_LOSSES)}, got {self.loss!r}")
+        return errors
+
+
+@dataclass
+class AttentionKD:
+    weight: float = 0.0  # > 0 adds weight * KL(teacher || student) of self-attention rows (MiniLM), assistant queries
+    layers: str | list[list[int]] = "auto"  # auto | [[student_block, teacher_block], ...] (blocks 1..L); other head counts: heads averaged
+    max_length: int = 1024  # longest sequence allowed: eager attention keeps batch x heads x T x T per layer (O(T^2) memory)
+
+    def validate(self) -> list[str]:
+        errors = check_weight(self.weight) + check_layer_spec(self.layers, first=1)
+        if self.max_length < 1:
+            errors.append(f"max_length must be at least 1, got {self.max_length}")
+        return errors
+
+
+@dataclass
+class RelationsKD:
+    weight: float = 0.0  # > 0 adds weight * relation loss per sequence (last hidden state, assistant tokens)
+    kind: str = "distance"  # distance | angle (RKD, Huber loss) | attention_relation (MiniLMv2 value relation, last block)
+    max_tokens: int = 64  # tokens per sequence, evenly spaced: distance O(N^2), angle O(N^3) memory
+    heads: int = 4  # attention_relation only: relation heads; must divide both models' value sizes (kv heads x head dim)
+
+    def validate(self) -> list[str]:
+        errors = check_weight(self.weight)
+        if self.kind not in RELATIONS:
+            errors.append(f"kind must be one of {', '.join(RELATIONS)}, got {self.kind!r}")
+        if self.max_tokens < 3:
+            errors.append(f"max_tokens must be at least 3, got {self.max_tokens}")
+        if self.heads < 1:
+            errors.append(f"heads must be at least 1, got {self.heads}")
+        return errors
 
 
 @dataclass
@@ -47,6 +99,9 @@ class KDConfig:
     skew_alpha: float = 0.1  # skew_kl / skew_reverse_kl only: share a of the target kept in the mixture, in [0, 1)
     teacher: str | None = None  # online: the teacher model (hub id, dir, .gguf, embedded:NAME)
     check_samples: int = 32  # examples whose tokenization must agree between teacher and student
+    hidden_states: HiddenStatesKD = field(default_factory=HiddenStatesKD)  # online: match hidden states (off by default)
+    attention: AttentionKD = field(default_factory=AttentionKD)  # online: match self-attention (forces eager attention)
+    relations: RelationsKD = field(default_factory=RelationsKD)  # online: match token-to-token relations
 
     def validate(self) -> list[str]:
         errors = []
@@ -64,7 +119,66 @@ class KDConfig:
             errors.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
         if self.mode == "online" and not self.teacher:
             errors.append("mode online needs kd.teacher (the teacher model to load beside the student)")
+        for name in self.features():
+            if self.mode != "online":
+                errors.append(f"{name} needs the teacher's internals, which a dataset does not hold: set kd.mode online "
+                              f"and kd.teacher (got kd.mode {self.mode})")
         return errors
+
+    def features(self) -> list[str]:
+        """The feature and relation terms that are on."""
+        return [name for name in ("hidden_states", "attention", "relations") if getattr(self, name).weight > 0]
+
+
+def check_weight(weight: float) -> list[str]:
+    return [] if weight >= 0 else [f"weight must be >= 0, got {weight}"]
+
+
+def check_layer_spec(layers, first: int) -> list[str]:
+    if layers == "auto":
+        return []
+    if (isinstance(layers, list) and layers and all(isinstance(p, list) and len(p) == 2 for p in layers)
+            and all(isinstance(i, int) and i >= first for p in layers for i in p)):
+        return []
+    return [f"layers must be auto or a list of [student_layer, teacher_layer] pairs of integers >= {first}, got {layers!r}"]
+
+
+def layer_pairs(layers, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """auto: student blocks 1..Ls onto teacher blocks round(i * Lt / Ls), so the last goes onto the last."""
+    if layers == "auto":
+        return [(i, max(1, (i * n_teacher + n_student // 2) // n_student)) for i in range(1, n_student + 1)]
+    return [(s, t) for s, t in layers]
+
+
+def check_models(cfg: KDConfig, student, teacher, length: int) -> list[str]:
+    """What needs both models' configs (transformers PretrainedConfig) and the longest training sequence."""
+    errors = []
+    n_s, n_t = student.num_hidden_layers, teacher.num_hidden_layers
+    for name, first in (("hidden_states", 0), ("attention", 1)):
+        term = getattr(cfg, name)
+        if term.weight == 0 or term.layers == "auto":
+            continue
+        for s, t in layer_pairs(term.layers, n_s, n_t):
+            if not (first <= s <= n_s and first <= t <= n_t):
+                errors.append(f"kd.{name}.layers pair [{s}, {t}] is outside the models: the student has layers "
+                              f"{first}..{n_s}, the teacher {first}..{n_t}")
+    if cfg.attention.weight > 0 and length > cfg.attention.max_length:
+        errors.append(f"kd.attention keeps batch x heads x T x T attention weights per layer (O(T^2) memory) and the longest "
+                      f"training sequence has T={length} > kd.attention.max_length {cfg.attention.max_length}: "
+                      "lower max_length or raise kd.attention.max_length")
+    if cfg.relations.weight > 0 and cfg.relations.kind == "attention_relation":
+        for name, c in (("student", student), ("teacher", teacher)):
+            size = value_size(c)
+            if size % cfg.relations.heads:
+                errors.append(f"kd.relations.heads {cfg.relations.heads} does not divide the {name}'s value size {size} "
+                              "(key-value heads x head dim): pick a divisor of both")
+    return errors
+
+
+def value_size(config) -> int:
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (getattr(config, "num_key_value_heads", None) or heads) * head_dim
 
 
 # ---------------------------------------------------------------- storage

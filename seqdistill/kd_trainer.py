@@ -1,14 +1,44 @@
 """TRL's SFTTrainer with the knowledge-distillation loss of seqdistill.kd; nothing else changes.
 
 Imported only when `sft` runs with `kd.mode` offline or online (it imports torch and TRL).
+loss = alpha * CE + (1 - alpha) * T^2 * D (per token) + the weighted feature terms of seqdistill.kd_features;
+hidden-state projections (when hidden sizes differ) are trained in the same optimizer and saved as
+kd_projections.safetensors beside the student (and in each checkpoint, so --resume restores them).
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
+from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from seqdistill import kd
+from seqdistill import kd, kd_features
+
+log = logging.getLogger(__name__)
+
+
+def prepare_features(cfg, student: str, longest: int, model_kwargs: dict) -> dict:
+    """Before any model loads: the feature terms against both models' configs; eager attention when needed.
+
+    Returns the teacher's extra from_pretrained keywords; sets the student's in model_kwargs."""
+    from transformers import AutoConfig
+
+    from seqdistill import models
+    from seqdistill.config import ConfigError
+
+    configs = [AutoConfig.from_pretrained(path) for path in (student, models.resolve(cfg.kd.teacher))]
+    errors = kd.check_models(cfg.kd, *configs, min(cfg.max_length, longest))
+    if errors:
+        raise ConfigError(errors)
+    if cfg.kd.attention.weight == 0:
+        return {}
+    log.info("kd.attention: student and teacher load with attn_implementation=eager, the only one that returns "
+             "attention weights (O(T^2) memory per layer)")
+    model_kwargs["attn_implementation"] = "eager"
+    return {"attn_implementation": "eager"}
 
 
 class KDCollator:
@@ -38,7 +68,7 @@ class KDCollator:
 
 
 class KDTrainer(SFTTrainer):
-    """loss = alpha * CE + (1 - alpha) * T^2 * divergence, per trained token (see seqdistill.kd)."""
+    """loss = alpha * CE + (1 - alpha) * T^2 * divergence, per trained token (see seqdistill.kd), + feature terms."""
 
     def __init__(self, *args, kd_config: kd.KDConfig, teacher_model=None, **kwargs):
         self.kd_config = kd_config
@@ -47,6 +77,52 @@ class KDTrainer(SFTTrainer):
         self.teacher_model = teacher_model
         if teacher_model is not None:
             self.teacher_model = teacher_model.to(self.accelerator.device).eval().requires_grad_(False)
+        self.kd_projections = None
+        self.values = {}  # attention_relation: the last block's value vectors, caught by forward hooks
+        if kd_config.features():
+            self.setup_features()
+
+    def setup_features(self):
+        cfg, student, teacher = self.kd_config, self.model.config, self.teacher_model.config
+        self.hidden_pairs = kd.layer_pairs(cfg.hidden_states.layers, student.num_hidden_layers, teacher.num_hidden_layers)
+        self.attention_pairs = kd.layer_pairs(cfg.attention.layers, student.num_hidden_layers, teacher.num_hidden_layers)
+        if cfg.hidden_states.weight > 0:
+            self.kd_projections = kd_features.projections(self.hidden_pairs, student.hidden_size, teacher.hidden_size)
+        if self.kd_projections is not None:
+            self.kd_projections.to(self.accelerator.device)
+            self.add_callback(ZeroGrad(self.kd_projections))  # the Trainer zeroes only the model's gradients
+        if cfg.relations.weight > 0 and cfg.relations.kind == "attention_relation":
+            for name, model in (("student", self.model), ("teacher", self.teacher_model)):
+                last = [m for n, m in model.named_modules() if n.endswith("self_attn.v_proj")]
+                if not last:
+                    from seqdistill.config import ConfigError
+
+                    raise ConfigError(f"kd.relations attention_relation needs a self_attn.v_proj module in the {name}; "
+                                      "this architecture has none: use kind distance or angle")
+                last[-1].register_forward_hook(lambda module, args, out, name=name: self.values.__setitem__(name, out))
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.kd_projections is not None and not getattr(self, "projections_in_optimizer", False):
+            optimizer.add_param_group({"params": list(self.kd_projections.parameters()), "weight_decay": 0.0})
+            self.projections_in_optimizer = True
+        return optimizer
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        super().save_model(output_dir, _internal_call)
+        if self.kd_projections is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.kd_projections.state_dict().items()}
+            save_file(state, str(Path(output_dir or self.args.output_dir) / kd_features.PROJECTIONS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / kd_features.PROJECTIONS
+        if self.kd_projections is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            self.kd_projections.load_state_dict(load_file(str(path)))
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -56,15 +132,18 @@ class KDTrainer(SFTTrainer):
         cfg = self.kd_config
         teacher = {key: inputs.pop(key) for key in ("teacher_ids", "teacher_logprobs", "teacher_mask") if key in inputs}
         labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)
+        rkd = cfg.relations.weight > 0 and cfg.relations.kind != "attention_relation"
+        extra = {"output_hidden_states": cfg.hidden_states.weight > 0 or rkd, "output_attentions": cfg.attention.weight > 0}
+        outputs = model(**inputs, use_cache=False, **extra)
         logits, targets = outputs.logits[:, :-1], labels[:, 1:]  # position t predicts token t + 1
         trained = targets != -100
         tokens = trained.sum() if num_items_in_batch is None else num_items_in_batch
         ce = torch.nn.functional.cross_entropy(logits[trained].float(), targets[trained], reduction="sum")
+        teacher_out = None
         if self.teacher_model is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher_model(**inputs, use_cache=False).logits[:, :-1]
-            t, s = kd.full_distributions(logits[trained], teacher_logits[trained], cfg.temperature)
+                teacher_out = self.teacher_model(**inputs, use_cache=False, **extra)
+            t, s = kd.full_distributions(logits[trained], teacher_out.logits[:, :-1][trained], cfg.temperature)
         else:
             if not teacher:
                 raise ValueError("kd.mode offline needs teacher log-probs in every batch (column teacher_topk)")
@@ -73,10 +152,45 @@ class KDTrainer(SFTTrainer):
                                    teacher["teacher_logprobs"][:, 1:][scored], cfg.temperature)
         divergence = kd.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha).sum()
         loss = (cfg.alpha * ce + (1 - cfg.alpha) * cfg.temperature**2 * divergence) / torch.as_tensor(tokens).clamp(min=1)
+        terms = self.feature_terms(outputs, teacher_out, labels != -100, inputs) if cfg.features() else {}
+        if terms:  # each term is a mean over this batch: weigh it by the batch's share of the accumulated tokens
+            share = trained.sum() / torch.as_tensor(tokens).clamp(min=1)
+            loss = loss + share * sum(getattr(cfg, name).weight * value for name, value in terms.items())
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         mode = "train" if model.training else "eval"
         n = max(1, int(trained.sum()))
         self._metrics[mode]["ce_loss"].append(ce.item() / n)
         self._metrics[mode]["kd_loss"].append(divergence.item() / max(1, len(t)))
+        for name, value in terms.items():
+            self._metrics[mode][f"{name}_loss"].append(value.item())
         return (loss, outputs) if return_outputs else loss
+
+    def feature_terms(self, student, teacher, rows, inputs) -> dict:
+        """Each feature term that is on, by its kd setting's name (unweighted, a mean over assistant tokens)."""
+        cfg, terms = self.kd_config, {}
+        if cfg.hidden_states.weight > 0:
+            terms["hidden_states"] = kd_features.hidden_states_loss(
+                student.hidden_states, teacher.hidden_states, self.hidden_pairs, rows,
+                cfg.hidden_states.loss, cfg.hidden_states.normalize, self.kd_projections)
+        if cfg.attention.weight > 0:
+            if not student.attentions or not teacher.attentions:
+                raise RuntimeError("kd.attention: a model returned no attention weights (only eager attention does)")
+            terms["attention"] = kd_features.attention_loss(student.attentions, teacher.attentions, self.attention_pairs, rows)
+        if cfg.relations.weight > 0 and cfg.relations.kind == "attention_relation":
+            terms["relations"] = kd_features.value_relation_loss(
+                self.values["student"], self.values["teacher"], inputs.get("attention_mask", rows | True), rows, cfg.relations.heads)
+        elif cfg.relations.weight > 0:
+            terms["relations"] = kd_features.relation_loss(student.hidden_states[-1], teacher.hidden_states[-1], rows,
+                                                           cfg.relations.kind, cfg.relations.max_tokens)
+        return terms
+
+
+class ZeroGrad(TrainerCallback):
+    """Clears the projections' gradients after each optimizer step, as the Trainer does for the model's."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)
