@@ -68,12 +68,10 @@ def settings(cls: type, prefix: str = "", obj: Any = None) -> list[Setting]:
         if section is None:
             out.append(Setting(key, type_name(tp), default, field_help(cls, f.name)))
             continue
-        help_ = field_help(cls, f.name) or _doc_line(section)
-        if in_list:
-            out.append(Setting(key, type_name(tp), default, help_, section=True))
-            out += settings(section, key + "[].", None)  # an item's own defaults
+        out.append(Setting(key, type_name(tp), default, field_help(cls, f.name) or _doc_line(section), section=True))
+        if in_list:  # the settings of one item, with an item's own defaults
+            out += settings(section, key + "[].")
         else:
-            out.append(Setting(key, type_name(tp), default, help_, section=True))
             out += settings(section, key + ".", default if dataclasses.is_dataclass(default) else None)
     return out
 
