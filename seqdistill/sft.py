@@ -92,6 +92,9 @@ class SFTStageConfig:
         if self.kd.mode == "online" and self.kd.teacher:
             errors += [f"kd.teacher: {p}" for p in models.check(self.kd.teacher)]
         errors += check_trl_extras(self)
+        if self.kd.attention.weight > 0 and self.attn_implementation not in (None, "eager"):
+            errors.append(f"kd.attention needs attention weights, which attn_implementation {self.attn_implementation} "
+                          "does not return: remove attn_implementation (eager is then used) or set it to eager")
         if self.kd.mode != "none" and self.packing:
             errors.append("packing cannot be combined with logit KD (teacher log-probs are laid out per example); "
                           "set packing: false")
@@ -219,6 +222,11 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
 
         model_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    teacher_kwargs = {}
+    if cfg.kd.features():  # layer indices, length limit and eager attention, before any model loads
+        from seqdistill.kd_trainer import prepare_features
+
+        teacher_kwargs = prepare_features(cfg, student, data.lengths["max"], model_kwargs)
     settings = trl_settings(cfg, out, device, dtype, data.end_of_turn, data.eval is not None, model_kwargs)
     args = SFTConfig(**settings, **cfg.trl)  # validate() has checked that the extras neither clash nor are unknown
     common = dict(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
@@ -231,7 +239,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
     if cfg.kd.mode == "online":
         from transformers import AutoModelForCausalLM
 
-        teacher = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.kd.teacher), dtype=dtype)
+        teacher = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.kd.teacher), dtype=dtype, **teacher_kwargs)
     return KDTrainer(**common, kd_config=cfg.kd, teacher_model=teacher)
 
 
