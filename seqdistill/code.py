@@ -284,48 +284,63 @@ def _failure(result: sandbox.Result, case_label: str) -> Verdict | None:
 
 def run_tests(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
     """Run a program against normalised tests; the first failing case decides the verdict."""
-    limits, tol = cfg.limits(), cfg.float_tolerance
-    if tests["kind"] == "program":
-        # the prefix can't go above a __future__ import; such programs bring their own imports anyway
-        source = f"{tests['prefix']}\n{code}" if tests.get("prefix") and "from __future__" not in code else code
-        result = sandbox.run({"mode": "program", "source": source, "test": tests["test"], "case_timeout": cfg.timeout},
-                             limits, kind)
-        if result.report.get("status") == "assertion":
-            return Verdict("wrong_output", f"failed: {result.report.get('line', '')}", result.seconds)
-        failed = _failure(result, "tests")
-        if failed:
-            return failed
-        if result.report.get("status") != "ok":
-            return Verdict("runtime_error", f"the program ended before its tests finished (exit {result.returncode})",
-                           result.seconds)
-        return Verdict("passed", "", result.seconds)
+    run = {"program": _run_program, "call": _run_call, "stdin": _run_stdin}[tests["kind"]]
+    return run(code, tests, cfg, kind)
+
+
+def _run_program(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
+    # the prefix can't go above a __future__ import; such programs bring their own imports anyway
+    source = f"{tests['prefix']}\n{code}" if tests.get("prefix") and "from __future__" not in code else code
+    job = {"mode": "program", "source": source, "test": tests["test"], "case_timeout": cfg.timeout}
+    result = sandbox.run(job, cfg.limits(), kind)
+    if result.report["status"] == "assertion":
+        return Verdict("wrong_output", f"failed: {result.report.get('line', '')}", result.seconds)
+    failed = _failure(result, "tests")
+    if failed:
+        return failed
+    if result.report["status"] != "ok":
+        return Verdict("runtime_error", f"the program ended before its tests finished (exit {result.returncode})",
+                       result.seconds)
+    return Verdict("passed", "", result.seconds)
+
+
+def _run_call(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
+    """One run calls the function on every case (each with its own alarm); values compared here."""
     cases = tests["cases"][: cfg.max_cases]
-    if tests["kind"] == "call":
-        limits.timeout = cfg.timeout * (len(cases) + 1)
-        result = sandbox.run({"mode": "call", "source": code, "fn_name": tests["fn_name"], "case_timeout": cfg.timeout,
-                              "inputs": [c["args"] for c in cases]}, limits, kind)
-        results = result.report.get("results") or []
-        for i, (got, case) in enumerate(zip(results, cases)):
-            if not (same_value(got, case["output"], tol) or (isinstance(case["output"], list) and len(case["output"]) == 1
-                                                              and same_value(got, case["output"][0], tol))):
-                return Verdict("wrong_output", f"case {i}: args {_clip(case['args'])} expected {_clip(case['output'])} "
-                                               f"got {_clip(got)}", result.seconds)
-        failed = _failure(result, f"case {len(results)}")
-        if failed:
-            return failed
-        if len(results) < len(cases):
-            return Verdict("runtime_error", f"case {len(results)}: the program ended before returning", result.seconds)
-        return Verdict("passed", "", result.seconds)
-    seconds = 0.0
+    limits = cfg.limits()
+    limits.timeout = cfg.timeout * (len(cases) + 1)
+    job = {"mode": "call", "source": code, "fn_name": tests["fn_name"], "case_timeout": cfg.timeout,
+           "inputs": [c["args"] for c in cases]}
+    result = sandbox.run(job, limits, kind)
+    results = result.report.get("results") or []
+    for i, (got, case) in enumerate(zip(results, cases)):
+        want = case["output"]
+        # APPS wraps a return value in a one-element list
+        if not (same_value(got, want, cfg.float_tolerance) or isinstance(want, list) and len(want) == 1
+                and same_value(got, want[0], cfg.float_tolerance)):
+            return Verdict("wrong_output", f"case {i}: args {_clip(case['args'])} expected {_clip(want)} got {_clip(got)}",
+                           result.seconds)
+    failed = _failure(result, f"case {len(results)}")
+    if failed:
+        return failed
+    if len(results) < len(cases):
+        return Verdict("runtime_error", f"case {len(results)}: the program ended before returning", result.seconds)
+    return Verdict("passed", "", result.seconds)
+
+
+def _run_stdin(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
+    """A fresh run per case, its stdout compared with the expected output."""
+    limits, seconds = cfg.limits(), 0.0
     limits.timeout = cfg.timeout + 1  # the harness's own alarm usually answers first, at cfg.timeout
-    for i, case in enumerate(cases):
-        result = sandbox.run({"mode": "stdin", "source": code, "case_timeout": cfg.timeout}, limits, kind, stdin=case["input"])
+    for i, case in enumerate(tests["cases"][: cfg.max_cases]):
+        job = {"mode": "stdin", "source": code, "case_timeout": cfg.timeout}
+        result = sandbox.run(job, limits, kind, stdin=case["input"])
         seconds += result.seconds
         failed = _failure(result, f"case {i}")
         if failed:
             failed.seconds = seconds
             return failed
-        if not same_stdout(result.stdout, case["output"], tol):
+        if not same_stdout(result.stdout, case["output"], cfg.float_tolerance):
             return Verdict("wrong_output", f"case {i}: input {_clip(case['input'])} expected {_clip(case['output'])} "
                                            f"got {_clip(result.stdout)}", seconds)
     return Verdict("passed", "", seconds)
