@@ -36,6 +36,9 @@ def main() -> None:
     if job.get("uid") is not None and job.get("expose"):
         for path in job["expose"]:
             expose(path, job["stage"])
+    # a wall clock of its own, so nothing outlives the run even if the caller died
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(137))
+    signal.setitimer(signal.ITIMER_REAL, job["wall"])
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:

@@ -144,7 +144,7 @@ def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdi
     shutil.copy(HARNESS, root / "harness.py")
     (root / "stdin").write_text(stdin)
     cpu = math.ceil(limits.timeout) + 1
-    full = {**job, "cwd": str(work), "report": str(root / "report.json"), "report_bytes": 64 << 20,
+    full = {**job, "cwd": str(work), "report": str(root / "report.json"), "report_bytes": 64 << 20, "wall": limits.timeout + 2,
             "uid": uid, "stage": str(stage), "expose": _closed_prefixes() if kind == "unshare" else [],
             "limits": {"RLIMIT_CPU": cpu, "RLIMIT_AS": limits.memory_mb << 20, "RLIMIT_FSIZE": limits.file_mb << 20,
                        "RLIMIT_NPROC": limits.processes, "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0}}
