@@ -93,7 +93,7 @@ class RelationsKD:
 class KDConfig:
     mode: str = "none"  # none | offline (top-k log-probs stored by generate/score) | online (teacher loaded in training)
     alpha: float = 0.5  # weight of the cross-entropy on the teacher's tokens; 1 - alpha goes to the KD term
-    temperature: float = 1.0
+    temperature: float = 1.0  # softens both distributions; the KD term is scaled by T^2
     divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl
     beta: float = 0.5  # jsd only: mixture weight of the teacher, in (0, 1)
     skew_alpha: float = 0.1  # skew_kl / skew_reverse_kl only: share a of the target kept in the mixture, in [0, 1)
@@ -128,6 +128,16 @@ class KDConfig:
     def features(self) -> list[str]:
         """The feature and relation terms that are on."""
         return [name for name in ("hidden_states", "attention", "relations") if getattr(self, name).weight > 0]
+
+
+def describe(cfg: KDConfig) -> str:
+    """The divergence's own parameter and the feature terms, for the model card."""
+    params = {"jsd": f" (beta {cfg.beta})", "skew_kl": f" (skew alpha {cfg.skew_alpha})",
+              "skew_reverse_kl": f" (skew alpha {cfg.skew_alpha})"}.get(cfg.divergence, "")
+    h, a, r = cfg.hidden_states, cfg.attention, cfg.relations
+    terms = {"hidden_states": f"hidden_states ({h.loss}{', normalized' if h.normalize and h.loss == 'mse' else ''}, layers {h.layers})",
+             "attention": f"attention KL (layers {a.layers})", "relations": f"relations ({r.kind})"}
+    return params + "".join(f" + {getattr(cfg, name).weight:g} * {terms[name]}" for name in cfg.features())
 
 
 def check_weight(weight: float) -> list[str]:

@@ -90,7 +90,7 @@ class KDTrainer(SFTTrainer):
             self.kd_projections = kd_features.projections(self.hidden_pairs, student.hidden_size, teacher.hidden_size)
         if self.kd_projections is not None:
             self.kd_projections.to(self.accelerator.device)
-            self.add_callback(ZeroGrad(self.kd_projections))  # the Trainer zeroes only the model's gradients
+            self.add_callback(ProjectionGrads(self.kd_projections))  # the Trainer syncs and zeroes only the model's
         if cfg.relations.weight > 0 and cfg.relations.kind == "attention_relation":
             for name, model in (("student", self.model), ("teacher", self.teacher_model)):
                 last = [m for n, m in model.named_modules() if n.endswith("self_attn.v_proj")]
@@ -186,11 +186,19 @@ class KDTrainer(SFTTrainer):
         return terms
 
 
-class ZeroGrad(TrainerCallback):
-    """Clears the projections' gradients after each optimizer step, as the Trainer does for the model's."""
+class ProjectionGrads(TrainerCallback):
+    """Averages the projections' gradients over processes before each optimizer step (DDP reduces only the
+    model's) and clears them after it, as the Trainer does for the model's."""
 
     def __init__(self, module):
         self.module = module
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and args.world_size > 1:
+            for p in self.module.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)  # a sum (gloo has no average)
+                    p.grad /= args.world_size
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.module.zero_grad(set_to_none=True)

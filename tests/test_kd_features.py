@@ -315,3 +315,42 @@ def test_hidden_states_train_with_projections_and_the_student_reloads_without_th
     out = student.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
     assert any("hidden_states_loss" in entry for entry in result.metrics["log_history"])
+    assert "+ 10 * hidden_states (mse, normalized, layers auto)" in (model_dir / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["kd.mode=offline", "kd.hidden_states.weight=1"], "kd.hidden_states needs the teacher's internals.*set kd.mode online"),
+    (["kd.attention.weight=-1"], r"kd.attention.weight must be >= 0"),
+    (["kd.hidden_states.loss=l1"], "kd.hidden_states.loss must be one of mse, cosine"),
+    (["kd.hidden_states.layers=[[1, 2, 3]]"], r"kd.hidden_states.layers must be auto or a list of \[student_layer"),
+    (["kd.attention.layers=[[0, 1]]"], "integers >= 1"),
+    (["kd.relations.kind=triangle"], "kd.relations.kind must be one of distance, angle, attention_relation"),
+    (["kd.attention.weight=1", "attn_implementation=sdpa"], "kd.attention needs attention weights.*set it to eager"),
+])
+def test_bad_settings_are_refused_when_the_config_is_read(overrides, message, pair):
+    from seqdistill import config as configlib
+    from seqdistill.config import ConfigError
+    from seqdistill.sft import SFTStageConfig
+
+    with pytest.raises(ConfigError, match=message):
+        configlib.load(SFTStageConfig, None, [f"student={pair[0]}", "kd.mode=online", f"kd.teacher={pair[1]}", *overrides])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["kd.hidden_states.weight=1", "kd.hidden_states.layers=[[2, 5]]"],
+     r"kd.hidden_states.layers pair \[2, 5\] is outside the models: the student has layers 0..2, the teacher 0..4"),
+    (["kd.attention.weight=1", "kd.attention.layers=[[3, 1]]"], r"pair \[3, 1\] is outside"),
+    (["kd.attention.weight=1", "kd.attention.max_length=16"],
+     r"O\(T\^2\) memory.*T=\d+ > kd.attention.max_length 16: lower max_length or raise kd.attention.max_length"),
+    (["kd.relations.weight=1", "kd.relations.kind=attention_relation", "kd.relations.heads=5"],
+     "kd.relations.heads 5 does not divide the student's value size 64"),
+])
+def test_bad_layers_and_lengths_are_refused_before_the_models_load(overrides, message, pair, tmp_path):
+    from seqdistill.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        train(pair, tmp_path / "out", *overrides)
+    assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out" / "checkpoints").exists()
