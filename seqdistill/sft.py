@@ -300,7 +300,7 @@ def kd_line(cfg: SFTStageConfig) -> str:
         return ""
     teacher = f" from `{k.teacher}`" if k.mode == "online" else " from the teacher's stored top-k log-probs"
     return (f"\nLogit distillation ({k.mode}{teacher}): loss = {k.alpha} * CE + {1 - k.alpha:g} * T^2 * "
-            f"{k.divergence}{f' (beta {k.beta})' if k.divergence == 'jsd' else ''}, T = {k.temperature}.")
+            f"{k.divergence}{kd.describe(k)}, T = {k.temperature}.")
 
 
 def model_card(cfg: SFTStageConfig, data, metrics: dict, merged: bool = False) -> str:
