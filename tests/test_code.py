@@ -297,3 +297,13 @@ def test_judge_picks_the_verifier_per_problem(nothing_left):
                      [math_row, code_row, code_row, math_row], AnswerConfig(), CFG)
     assert [(j.correct, j.verdict) for j in out] == [(True, "passed"), (True, "passed"), (False, "wrong_output"),
                                                      (False, "no_answer")]
+
+
+def test_parallel_runs_do_not_disturb_each_other(nothing_left):
+    """A fork bomb beside programs that start threads: each run has its own user and process limit."""
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    threads = ("import threading\nout = []\nts = [threading.Thread(target=out.append, args=(i,)) for i in range(8)]\n"
+               "[t.start() for t in ts]\n[t.join() for t in ts]\nprint('done' if len(out) == 8 else 'lost')")
+    items = [(fenced(bomb), ECHO), *[(fenced(threads), ECHO)] * 6]
+    verdicts = code.verify_many(items, CodeConfig(timeout=2, workers=2))
+    assert [v.status for v in verdicts] == ["timeout"] + ["passed"] * 6
