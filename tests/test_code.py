@@ -42,6 +42,9 @@ def nothing_left():
     assert psutil.Process().children(recursive=True) == []
     sandbox_users = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real >= sandbox.UID_BASE]
     assert sandbox_users == []
+    leftovers = [e.path for base in sandbox.WORLD_WRITABLE if os.path.isdir(base) for e in os.scandir(base)
+                 if e.name.startswith("seqdistill-sandbox-") or e.stat(follow_symlinks=False).st_uid >= sandbox.UID_BASE]
+    assert leftovers == []
 
 
 # ---- extraction and config ----------------------------------------------------------------------
