@@ -90,6 +90,23 @@ class RelationsKD:
 
 
 @dataclass
+class OnPolicyKD:
+    fraction: float = 0.0  # share of training batches whose completions the student samples itself (GKD's lambda); 0 = off
+    max_new_tokens: int = 256  # longest completion the student samples (with the training model's own generate)
+    temperature: float = 1.0  # sampling temperature of those completions
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not 0 <= self.fraction <= 1:
+            errors.append(f"fraction must be in [0, 1], got {self.fraction}")
+        if self.max_new_tokens < 1:
+            errors.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            errors.append(f"temperature must be > 0, got {self.temperature}")
+        return errors
+
+
+@dataclass
 class KDConfig:
     mode: str = "none"  # none | offline (top-k log-probs stored by generate/score) | online (teacher loaded in training)
     alpha: float = 0.5  # weight of the cross-entropy on the teacher's tokens; 1 - alpha goes to the KD term
@@ -102,6 +119,7 @@ class KDConfig:
     hidden_states: HiddenStatesKD = field(default_factory=HiddenStatesKD)  # online: match hidden states (off by default)
     attention: AttentionKD = field(default_factory=AttentionKD)  # online: match self-attention (forces eager attention)
     relations: RelationsKD = field(default_factory=RelationsKD)  # online: match token-to-token relations
+    on_policy: OnPolicyKD = field(default_factory=OnPolicyKD)  # online: distil on the student's own samples (GKD)
 
     def validate(self) -> list[str]:
         errors = []
@@ -119,10 +137,10 @@ class KDConfig:
             errors.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
         if self.mode == "online" and not self.teacher:
             errors.append("mode online needs kd.teacher (the teacher model to load beside the student)")
-        for name in self.features():
+        for name in self.features() + (["on_policy"] if self.on_policy.fraction > 0 else []):
             if self.mode != "online":
-                errors.append(f"{name} needs the teacher's internals, which a dataset does not hold: set kd.mode online "
-                              f"and kd.teacher (got kd.mode {self.mode})")
+                errors.append(f"{name} needs the teacher loaded beside the student (a dataset holds only its top-k "
+                              f"log-probs on its own traces): set kd.mode online and kd.teacher (got kd.mode {self.mode})")
         return errors
 
     def features(self) -> list[str]:
@@ -137,7 +155,9 @@ def describe(cfg: KDConfig) -> str:
     h, a, r = cfg.hidden_states, cfg.attention, cfg.relations
     terms = {"hidden_states": f"hidden_states ({h.loss}{', normalized' if h.normalize and h.loss == 'mse' else ''}, layers {h.layers})",
              "attention": f"attention KL (layers {a.layers})", "relations": f"relations ({r.kind})"}
-    return params + "".join(f" + {getattr(cfg, name).weight:g} * {terms[name]}" for name in cfg.features())
+    on_policy = (f"; on {cfg.on_policy.fraction:g} of the batches the student samples the completions (GKD, "
+                 f"temperature {cfg.on_policy.temperature}) and CE is left out" if cfg.on_policy.fraction > 0 else "")
+    return params + "".join(f" + {getattr(cfg, name).weight:g} * {terms[name]}" for name in cfg.features()) + on_policy
 
 
 def check_weight(weight: float) -> list[str]:

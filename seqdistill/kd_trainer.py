@@ -9,6 +9,7 @@ kd_projections.safetensors beside the student (and in each checkpoint, so --resu
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from seqdistill import kd, kd_features
 log = logging.getLogger(__name__)
 
 
-def prepare_features(cfg, student: str, longest: int, model_kwargs: dict) -> dict:
+def prepare_online(cfg, student: str, longest: int, model_kwargs: dict) -> dict:
     """Before any model loads: the feature terms against both models' configs; eager attention when needed.
 
     Returns the teacher's extra from_pretrained keywords; sets the student's in model_kwargs."""
@@ -31,6 +32,9 @@ def prepare_features(cfg, student: str, longest: int, model_kwargs: dict) -> dic
 
     configs = [AutoConfig.from_pretrained(path) for path in (student, models.resolve(cfg.kd.teacher))]
     errors = kd.check_models(cfg.kd, *configs, min(cfg.max_length, longest))
+    if cfg.kd.on_policy.fraction > 0 and not cfg.assistant_only_loss:
+        errors.append("kd.on_policy samples new completions for the dataset's prompts, which it tells apart by the "
+                      "assistant-only loss mask: set assistant_only_loss true")
     if errors:
         raise ConfigError(errors)
     if cfg.kd.attention.weight == 0:
@@ -78,6 +82,8 @@ class KDTrainer(SFTTrainer):
         if teacher_model is not None:
             self.teacher_model = teacher_model.to(self.accelerator.device).eval().requires_grad_(False)
         self.kd_projections = None
+        self.on_policy_rng = random.Random(self.args.seed)  # which batches the student samples (GKD's lambda)
+        self.on_policy_batch = False
         self.values = {}  # attention_relation: the last block's value vectors, caught by forward hooks
         if kd_config.features():
             self.setup_features()
@@ -151,7 +157,8 @@ class KDTrainer(SFTTrainer):
             t, s = kd.topk_buckets(logits[scored], teacher["teacher_ids"][:, 1:][scored],
                                    teacher["teacher_logprobs"][:, 1:][scored], cfg.temperature)
         divergence = kd.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha).sum()
-        loss = (cfg.alpha * ce + (1 - cfg.alpha) * cfg.temperature**2 * divergence) / torch.as_tensor(tokens).clamp(min=1)
+        alpha = 0.0 if self.on_policy_batch and model.training else cfg.alpha  # the student's own tokens: no CE
+        loss = (alpha * ce + (1 - alpha) * cfg.temperature**2 * divergence) / torch.as_tensor(tokens).clamp(min=1)
         terms = self.feature_terms(outputs, teacher_out, labels != -100, inputs) if cfg.features() else {}
         if terms:  # each term is a mean over this batch: weigh it by the batch's share of the accumulated tokens
             share = trained.sum() / torch.as_tensor(tokens).clamp(min=1)
@@ -164,7 +171,51 @@ class KDTrainer(SFTTrainer):
         self._metrics[mode]["kd_loss"].append(divergence.item() / max(1, len(t)))
         for name, value in terms.items():
             self._metrics[mode][f"{name}_loss"].append(value.item())
+        if cfg.on_policy.fraction > 0 and model.training:
+            self._metrics[mode]["on_policy"].append(float(self.on_policy_batch))
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        policy = self.kd_config.on_policy
+        self.on_policy_batch = policy.fraction > 0 and self.on_policy_rng.random() < policy.fraction
+        if self.on_policy_batch:
+            inputs = self.sample_completions(model, inputs)
+            num_items_in_batch = None  # the accumulated token count was the dataset's; this batch averages its own
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def sample_completions(self, model, inputs) -> dict:
+        """GKD on-policy: the student samples completions for the batch's prompts; they replace the dataset's.
+
+        TRL's GKDTrainer.generate_on_policy_outputs does the sampling (left-padded prompts, labels -100 on the
+        prompt and after the end-of-turn token); positions count from each row's first real token."""
+        import warnings
+
+        from transformers import GenerationConfig
+        from trl.models.utils import unwrap_model_for_generation
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TRL's warning that trl.experimental may change
+            from trl.experimental.gkd import GKDTrainer
+
+        policy, tokenizer = self.kd_config.on_policy, self.processing_class
+        real = inputs["attention_mask"].bool()
+        starts = [int((row != -100).nonzero()[0]) if (row != -100).any() else int(r.sum())
+                  for row, r in zip(inputs["labels"], real)]  # the first completion token of each row
+        width = max(starts)
+        prompts = torch.full((len(starts), width), tokenizer.pad_token_id, dtype=torch.long, device=real.device)
+        prompt_mask = torch.zeros_like(prompts)
+        for b, start in enumerate(starts):
+            prompts[b, width - start :] = inputs["input_ids"][b, :start]
+            prompt_mask[b, width - start :] = 1
+        end = tokenizer.convert_tokens_to_ids(self.args.eos_token) if self.args.eos_token else tokenizer.eos_token_id
+        generation = GenerationConfig(max_new_tokens=policy.max_new_tokens, do_sample=True, temperature=policy.temperature,
+                                      top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=end)
+        with torch.no_grad(), unwrap_model_for_generation(
+                model, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as unwrapped:
+            ids, mask, labels = GKDTrainer.generate_on_policy_outputs(
+                unwrapped, {"prompts": prompts, "prompt_attention_mask": prompt_mask}, generation)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
 
     def feature_terms(self, student, teacher, rows, inputs) -> dict:
         """Each feature term that is on, by its kd setting's name (unweighted, a mean over assistant tokens)."""

@@ -322,13 +322,15 @@ def test_hidden_states_train_with_projections_and_the_student_reloads_without_th
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["kd.mode=offline", "kd.hidden_states.weight=1"], "kd.hidden_states needs the teacher's internals.*set kd.mode online"),
+    (["kd.mode=offline", "kd.hidden_states.weight=1"], "kd.hidden_states needs the teacher loaded beside the student.*set kd.mode online"),
     (["kd.attention.weight=-1"], r"kd.attention.weight must be >= 0"),
     (["kd.hidden_states.loss=l1"], "kd.hidden_states.loss must be one of mse, cosine"),
     (["kd.hidden_states.layers=[[1, 2, 3]]"], r"kd.hidden_states.layers must be auto or a list of \[student_layer"),
     (["kd.attention.layers=[[0, 1]]"], "integers >= 1"),
     (["kd.relations.kind=triangle"], "kd.relations.kind must be one of distance, angle, attention_relation"),
     (["kd.attention.weight=1", "attn_implementation=sdpa"], "kd.attention needs attention weights.*set it to eager"),
+    (["kd.mode=offline", "kd.on_policy.fraction=0.5"], "kd.on_policy needs the teacher loaded beside the student"),
+    (["kd.on_policy.fraction=1.5"], r"kd.on_policy.fraction must be in \[0, 1\]"),
 ])
 def test_bad_settings_are_refused_when_the_config_is_read(overrides, message, pair):
     from seqdistill import config as configlib
@@ -347,6 +349,7 @@ def test_bad_settings_are_refused_when_the_config_is_read(overrides, message, pa
      r"O\(T\^2\) memory.*T=\d+ > kd.attention.max_length 16: lower max_length or raise kd.attention.max_length"),
     (["kd.relations.weight=1", "kd.relations.kind=attention_relation", "kd.relations.heads=5"],
      "kd.relations.heads 5 does not divide the student's value size 64"),
+    (["kd.on_policy.fraction=0.5", "assistant_only_loss=false"], "kd.on_policy .* set assistant_only_loss true"),
 ])
 def test_bad_layers_and_lengths_are_refused_before_the_models_load(overrides, message, pair, tmp_path):
     from seqdistill.config import ConfigError
@@ -354,3 +357,38 @@ def test_bad_layers_and_lengths_are_refused_before_the_models_load(overrides, me
     with pytest.raises(ConfigError, match=message):
         train(pair, tmp_path / "out", *overrides)
     assert not (tmp_path / "out" / "model").exists() and not (tmp_path / "out" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- on-policy
+
+
+def test_on_policy_batches_train_on_the_students_own_samples(pair, tmp_path):
+    from seqdistill import kd_trainer
+
+    seen = []
+    sample = kd_trainer.KDTrainer.sample_completions
+
+    def spy(self, model, inputs):
+        out = sample(self, model, inputs)
+        seen.append((inputs, out))
+        return out
+
+    kd_trainer.KDTrainer.sample_completions = spy
+    try:
+        result = train(pair, tmp_path / "op", "kd.on_policy.fraction=0.5", "kd.on_policy.max_new_tokens=6",
+                       "kd.alpha=0.5", "gradient_checkpointing=false")
+    finally:
+        kd_trainer.KDTrainer.sample_completions = sample
+    share = curve(result, "on_policy")
+    assert len(share) == 6 and 0 < sum(share) < 6 and len(seen) == sum(share)  # seeded: some batches, not all
+    losses = curve(result, "kd_loss")
+    assert all(np.isfinite(losses))
+    for batch, out in seen:
+        starts = [int((row != -100).nonzero()[0]) for row in batch["labels"]]  # prompt lengths
+        width = max(starts)
+        for b, start in enumerate(starts):  # each prompt, left-padded, then only sampled tokens are trained on
+            assert torch.equal(out["input_ids"][b, width - start : width], batch["input_ids"][b, :start])
+        assert (out["labels"][:, :width] == -100).all()
+        assert 0 < (out["labels"] != -100).sum(1).min() and (out["labels"] != -100).sum(1).max() <= 6
+        assert out["input_ids"].shape[1] <= width + 6
+        assert (out["position_ids"][:, width - 1] == torch.tensor(starts) - 1).all()
