@@ -223,10 +223,10 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
         model_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     teacher_kwargs = {}
-    if cfg.kd.features():  # layer indices, length limit and eager attention, before any model loads
-        from seqdistill.kd_trainer import prepare_features
+    if cfg.kd.mode == "online":  # layer indices, length limit and eager attention, before any model loads
+        from seqdistill.kd_trainer import prepare_online
 
-        teacher_kwargs = prepare_features(cfg, student, data.lengths["max"], model_kwargs)
+        teacher_kwargs = prepare_online(cfg, student, data.lengths["max"], model_kwargs)
     settings = trl_settings(cfg, out, device, dtype, data.end_of_turn, data.eval is not None, model_kwargs)
     args = SFTConfig(**settings, **cfg.trl)  # validate() has checked that the extras neither clash nor are unknown
     common = dict(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
