@@ -291,7 +291,8 @@ def test_hidden_states_train_with_projections_and_the_student_reloads_without_th
 
     grads = Grads()
     teacher_before = load_file(f"{pair[1]}/model.safetensors")
-    result = train(pair, tmp_path / "a", "learning_rate=2e-2", "kd.hidden_states.weight=10", callbacks=[grads.callback])
+    result = train(pair, tmp_path / "a", "learning_rate=2e-2", "kd.hidden_states.weight=10", "save_steps=3",
+                   callbacks=[grads.callback])
     values = curve(result, "hidden_states_loss")
     assert len(values) == 6 and values[-1] < 0.9 * values[0], values
     trainer = result.trainer
@@ -316,6 +317,12 @@ def test_hidden_states_train_with_projections_and_the_student_reloads_without_th
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
     assert any("hidden_states_loss" in entry for entry in result.metrics["log_history"])
     assert "+ 10 * hidden_states (mse, normalized, layers auto)" in (model_dir / "README.md").read_text()
+    # each checkpoint holds them too, and --resume puts them back
+    halfway = tmp_path / "a" / "checkpoints" / "checkpoint-3" / kf.PROJECTIONS
+    assert not torch.equal(load_file(str(halfway))["student1_teacher2.weight"], saved["student1_teacher2.weight"])
+    trainer._load_from_checkpoint(str(halfway.parent))
+    assert torch.equal(trainer.kd_projections["student1_teacher2"].weight.detach().cpu(),
+                       load_file(str(halfway))["student1_teacher2.weight"])
 
 
 # ---------------------------------------------------------------- bad input
