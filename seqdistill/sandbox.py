@@ -123,14 +123,20 @@ def describe(kind: str) -> str:
 
 def run(job: dict, limits: Limits, kind: str, stdin: str = "") -> Result:
     """Run one harness job (mode, source, and test / fn_name + inputs) and return what it did."""
-    root = Path(tempfile.mkdtemp(prefix="seqdistill-sandbox-"))
-    uid = UID_BASE + (os.getpid() % 100_000) * 1000 + next(_uids) % 1000 if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix=f"seqdistill-sandbox-{os.getpid()}-"))
+    uid = own_uids().start + next(_uids) % 1000 if os.geteuid() == 0 else None
     try:
         return _run(root, uid, job, limits, kind, stdin)
     finally:
         if uid is not None:
             _sweep(uid)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def own_uids() -> range:
+    """The sandbox users of this process's runs (root only)."""
+    start = UID_BASE + (os.getpid() % 100_000) * 1000
+    return range(start, start + 1000)
 
 
 def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdin: str) -> Result:

@@ -36,15 +36,22 @@ def isolated() -> bool:
 
 @pytest.fixture
 def nothing_left():
-    """After the test: no child process of ours and no process of a sandbox user is alive."""
+    """After the test: no child process of ours, no process or /tmp file of our sandbox users, no sandbox dir."""
     yield
     time.sleep(0.1)
     assert psutil.Process().children(recursive=True) == []
-    sandbox_users = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real >= sandbox.UID_BASE]
-    assert sandbox_users == []
+    ours = sandbox.own_uids()
+    assert [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real in ours] == []
     leftovers = [e.path for base in sandbox.WORLD_WRITABLE if os.path.isdir(base) for e in os.scandir(base)
-                 if e.name.startswith("seqdistill-sandbox-") or e.stat(follow_symlinks=False).st_uid >= sandbox.UID_BASE]
+                 if e.name.startswith(f"seqdistill-sandbox-{os.getpid()}-") or owner(e) in ours]
     assert leftovers == []
+
+
+def owner(entry) -> int | None:
+    try:
+        return entry.stat(follow_symlinks=False).st_uid
+    except OSError:  # others' files come and go in /tmp
+        return None
 
 
 # ---- extraction and config ----------------------------------------------------------------------
