@@ -62,7 +62,7 @@ def generate_cfg(model: str, size: dict, out: str, *overrides):
 
 
 def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) -> dict:
-    from seqdistill import generate, models, prompts, store
+    from seqdistill import engine, generate, models, prompts, store
 
     cfg = generate_cfg(model, size, str(tmp / "gen"))
     path = models.resolve(model)
@@ -71,13 +71,13 @@ def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) 
     template = prompts.load_template(cfg.prompt.template)
     token_ids = [prompts.encode(tokenizer, prompts.render(template, r), cfg.prompt) for r in rows]
     start = time.perf_counter()
-    llm = models.load_vllm(path, cfg.engine)
+    llm = engine.load_vllm(path, cfg.engine)
     out = {"engine_startup_seconds": round(time.perf_counter() - start, 1), "generate": [], "scaling": []}
 
     for rep in range(size["repeats"]):  # alternating: bare, then seqdistill, same seed
-        models.start_chunk(llm, cfg.engine.seed, cfg.shard_index, cfg.num_shards, 0)  # what generate's chunk 0 uses
+        engine.VLLMEngine(llm, cfg.engine).start_chunk(cfg.engine.seed, cfg.shard_index, cfg.num_shards, 0)  # generate's chunk 0
         start = time.perf_counter()
-        outputs = llm.generate([{"prompt_token_ids": t} for t in token_ids], cfg.sampling.params(), use_tqdm=False)
+        outputs = llm.generate([{"prompt_token_ids": t} for t in token_ids], bare_params(cfg.sampling), use_tqdm=False)
         seconds = time.perf_counter() - start
         tokens = sum(len(o.token_ids) for r in outputs for o in r.outputs)
         out["generate"].append({"tool": "bare vllm.LLM.generate", "seconds": round(seconds, 2), "tokens": tokens})
@@ -116,9 +116,17 @@ def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) 
     log([out["logprobs"]])
 
     out["eval"] = eval_side(model, size, tmp, llm, benchmarks_dir)
-    models.release_vllm(llm)
+    engine.release_vllm(llm)
     out["transformers"] = transformers_generate(path, cfg, token_ids[: size["hf_problems"]])
     return out
+
+
+def bare_params(s):
+    """vLLM SamplingParams written out by hand, as a user of bare vLLM would."""
+    from vllm import SamplingParams
+
+    return SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
+                          max_tokens=s.max_tokens, stop=s.stop or None, repetition_penalty=s.repetition_penalty)
 
 
 def filtering(cfg, samples, count: int, generate_runs: list[dict]) -> dict:
@@ -157,7 +165,7 @@ def eval_side(model: str, size: dict, tmp: Path, llm, benchmarks_dir: Path | Non
     ids = [prompts.encode(tokenizer, prompts.render(template, r), cfg.prompt) for r in rows]
     llm.collective_rpc("reseed", args=(cfg.engine.seed,))
     start = time.perf_counter()
-    outputs = llm.generate([{"prompt_token_ids": t} for t in ids], cfg.sampling.params(), use_tqdm=False)
+    outputs = llm.generate([{"prompt_token_ids": t} for t in ids], bare_params(cfg.sampling), use_tqdm=False)
     bare = {"tool": "bare vllm.LLM.generate", "seconds": round(time.perf_counter() - start, 2),
             "tokens": sum(len(o.token_ids) for r in outputs for o in r.outputs)}
     start = time.perf_counter()

@@ -15,23 +15,22 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import metrics, models, problems as problemslib, prompts, store
+from seqdistill import engine, metrics, models, problems as problemslib, prompts, store
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
-from seqdistill.models import EngineConfig, SamplingConfig
+from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.problems import PRESETS, ProblemsConfig
 from seqdistill.prompts import PromptConfig
 from seqdistill.verify import AnswerConfig, extract_answer, is_equivalent
 
 log = logging.getLogger(__name__)
 EMBEDDED_HELDOUT = "embedded-heldout"
-IGNORE = ("overwrite",)
 
 
 @dataclass
@@ -39,6 +38,7 @@ class ModelEntry:
     model: str  # hub id, local dir, .gguf, or embedded:NAME
     name: str | None = None  # label in the table; default: the last part of the model (or adapter) path
     adapter: str | None = None  # a LoRA adapter directory, served through vLLM's LoRA support
+    engine: EngineConfig | None = None  # this model's own engine (e.g. a served model: backend openai); None: eval's
 
     def label(self) -> str:
         return self.name or Path(self.adapter or self.model).name.replace("embedded:", "")
@@ -89,6 +89,10 @@ class EvalConfig:
     def validate(self) -> list[str]:
         errors = []
         for m in self.models:
+            errors += [f"models[{m.label()}]: {p}" for p in engine.check_backend(self.engine_of(m), self.sampling, self.prompt.prefill)]
+            if m.adapter and self.engine_of(m).backend == "openai":
+                errors.append(f"models[{m.label()}]: an adapter can't be loaded into a server from here; serve it "
+                              "(vllm serve --lora-modules NAME=DIR) and name it in engine.served_model")
             errors += [f"models[{m.label()}]: {p}" for p in models.check(m.model)]
             if m.adapter and not models.will_exist(m.adapter) and not (Path(m.adapter) / "adapter_config.json").is_file():
                 errors.append(f"models[{m.label()}]: adapter {m.adapter} has no adapter_config.json")
@@ -105,42 +109,55 @@ class EvalConfig:
                        "raise samples or lower pass_k" for k in self.pass_k if k > n]
         return errors
 
+    def engine_of(self, m: ModelEntry) -> EngineConfig:
+        return m.engine or self.engine
+
     def samples(self, b: BenchmarkConfig) -> int:
         if self.greedy:
             return 1
         return b.samples or (PRESETS[b.name].samples if b.name in PRESETS else self.sampling.n)
 
 
+def output_layout(cfg: EvalConfig) -> store.Layout:
+    return store.Layout(owned=(*[m.label() for m in cfg.models], "results.json", "results.md"), marker="results.json",
+                        ignore=engine.OPERATIONAL)
+
+
 def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
-    """Score every model on every benchmark; `llms` maps a model reference to a running engine (tests)."""
+    """Score every model on every benchmark; `llms` maps a model reference to a running vLLM engine (tests)."""
     out = Path(cfg.output_dir)
-    # ---- check everything before any engine starts ----
+    # ---- check everything before any engine starts or request is sent ----
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
     resolved = {m.model: models.resolve(m.model) for m in cfg.models}
     for m in cfg.models:
         check_adapter(m, resolved[m.model])
     template = prompts.load_template(cfg.prompt.template)
-    store.prepare(out, cfg, ignore=IGNORE, overwrite=cfg.overwrite, owned=[m.label() for m in cfg.models] + ["results.json", "results.md"])
+    users = {b.name: [prompts.render(template, row) for row in benchmarks[b.name]] for b in cfg.benchmarks}
+    groups = {}  # one engine per base model and engine settings (a model's adapters share it)
+    for m in cfg.models:
+        groups.setdefault((m.model, json.dumps(configlib.to_dict(cfg.engine_of(m)), sort_keys=True)), []).append(m)
+    batches = {}
+    for (base, _), entries in groups.items():
+        eng_cfg = cfg.engine_of(entries[0])
+        batches[base, id(entries[0])] = {name: engine.make_prompts(resolved[base], eng_cfg, cfg.prompt, texts, range(len(texts)))
+                                         for name, texts in users.items()}
+        engine.preflight(resolved[base], eng_cfg, batches[base, id(entries[0])], cfg.sampling.max_tokens)
+    output_layout(cfg).prepare(out, cfg, cfg.overwrite)
 
-    for base in dict.fromkeys(m.model for m in cfg.models):  # one engine per base model
-        entries = [m for m in cfg.models if m.model == base]
-        todo = [(m, b) for m in entries for b in cfg.benchmarks if not (out / m.label() / b.name / "results.json").is_file()]
-        tokenizer = models.load_tokenizer(resolved[base])
-        batches = {b.name: [prompts.encode(tokenizer, prompts.render(template, row), cfg.prompt) for row in benchmarks[b.name]]
-                   for b in cfg.benchmarks}
-        models.check_context(resolved[base], cfg.engine, cfg.sampling.max_tokens, batches)
-        if not todo:
-            continue
-        llm = (llms or {}).get(base)
-        if llm is None:
-            lora = [m for m in entries if m.adapter]
-            extra = {"enable_lora": True, "max_lora_rank": max(adapter_rank(m.adapter) for m in lora)} if lora else {}
-            engine = models.load_vllm(resolved[base], cfg.engine, **extra)
-        for m, b in todo:
-            evaluate(cfg, llm or engine, m, b, entries.index(m), benchmarks[b.name], batches[b.name], out)
-        if llm is None:
-            models.release_vllm(engine)  # before the next model's engine starts
-            del engine
+    failures = []
+    for (base, _), entries in groups.items():
+        eng_cfg, batch = cfg.engine_of(entries[0]), batches[base, id(entries[0])]
+        lora = [m for m in entries if m.adapter]
+        extra = {"enable_lora": True, "max_lora_rank": max(adapter_rank(m.adapter) for m in lora)} if lora else {}
+        opener = lambda: engine.open_engine(resolved[base], eng_cfg, (llms or {}).get(base), **extra)  # noqa: E731
+        with engine.lazy(opener) as get_engine:
+            for m in entries:
+                for b in cfg.benchmarks:
+                    if not (out / m.label() / b.name / "results.json").is_file():
+                        failures += evaluate(cfg, get_engine, m, b, entries.index(m), benchmarks[b.name], batch[b.name], out)
+    if failures:
+        raise ConfigError(f"{len(failures)} requests failed after retries (first: {failures[0]}); "
+                          "rerun the same command to retry only those")
     return collect(cfg, out)
 
 
@@ -167,34 +184,29 @@ def adapter_rank(path: str) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text()).get("r", 16))
 
 
-def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, token_ids, out: Path) -> dict:
-    """Sample chunk by chunk (each chunk one atomic file: the unit of resume), then score all samples."""
+def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, batch: list, out: Path) -> list[str]:
+    """Sample chunk by chunk (the unit of resume), then score all samples; returns failed requests' errors."""
     n = cfg.samples(b)
-    params = cfg.sampling.params(n=n, **({"temperature": 0.0} if cfg.greedy else {}))
-    lora = None
-    if m.adapter:
-        from vllm.lora.request import LoRARequest
-
-        lora = LoRARequest(m.label(), lora_id + 1, m.adapter)
+    sampling = dataclasses.replace(cfg.sampling, n=n, **({"temperature": 0.0} if cfg.greedy else {}))
+    req = engine.Request(sampling, think_tag=cfg.answer.think_tag,
+                         lora=(m.label(), lora_id + 1, m.adapter) if m.adapter else None)
     where = out / m.label() / b.name
-    chunks = [range(i, min(i + cfg.chunk_size, len(rows))) for i in range(0, len(rows), cfg.chunk_size)]
-    parts = [where / "chunks" / f"chunk-{k:05d}.parquet" for k in range(len(chunks))]
-    tokenizer = llm.get_tokenizer()
-    for k, idx in enumerate(chunks):
-        if parts[k].exists():
-            continue
-        models.start_chunk(llm, cfg.engine.seed, k)  # every model sees the same seeds; a resume draws the same
-        start = time.perf_counter()
-        outputs = llm.generate([{"prompt_token_ids": token_ids[i]} for i in idx], params, lora_request=lora, use_tqdm=True)
-        seconds = time.perf_counter() - start
-        records = []
-        for i, output in zip(idx, outputs):
-            prompt = tokenizer.decode(token_ids[i])  # exactly what the model read, chat template included
-            records += [record(cfg, rows[i], prompt, j, c) for j, c in enumerate(output.outputs)]
-        store.write_text(parts[k].with_suffix(".json"), json.dumps({"seconds": seconds}))
-        store.write_parquet(records, parts[k])
-        if len(chunks) > 1:
-            log.info("%s on %s: chunk %d/%d done", m.label(), b.name, k + 1, len(chunks))
+    decode = None
+
+    def to_rows(i: int, output: engine.Output) -> list[dict]:
+        nonlocal decode
+        if decode is None and batch[i].token_ids is not None:
+            decode = models.load_tokenizer(models.resolve(m.model)).decode
+        prompt = decode(batch[i].token_ids) if batch[i].token_ids is not None else "\n".join(
+            f"{msg['role']}: {msg['content']}" for msg in batch[i].messages)  # exactly what the model read
+        return [record(cfg, rows[i], prompt, j, c) for j, c in enumerate(output.completions)]
+
+    # every model sees the same seeds; a resume draws the same
+    parts = engine.sample_in_chunks(get_engine, batch, where / "chunks", req, seed_key=(cfg.engine_of(m).seed,),
+                                    chunk_size=cfg.chunk_size, to_rows=to_rows, desc=f"{m.label()} on {b.name}")
+    summary = engine.chunk_summary(parts, cfg.engine_of(m))
+    if summary["failed_requests"]:
+        return [e for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
     samples = store.read_parquet(parts).to_list()
     per_problem = {}
     for r in samples:
@@ -203,23 +215,26 @@ def evaluate(cfg, llm, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, to
                            ("lengths", r["response_tokens"])):
             p[key].append(value)
     result = metrics.score(list(per_problem.values()), sorted(set(cfg.pass_k) | {n}))
-    seconds = sum(json.loads(part.with_suffix(".json").read_text())["seconds"] for part in parts)
+    seconds = summary["seconds"]
     tokens = sum(r["response_tokens"] for r in samples)
     result.update({
         "model": m.model, "adapter": m.adapter, "benchmark": b.name, "seconds": round(seconds, 1),
         "generated_tokens_per_second": round(tokens / seconds, 1), "problems_per_second": round(len(rows) / seconds, 3),
         "settings": {"sampling": configlib.to_dict(cfg.sampling) | {"n": n, "greedy": cfg.greedy}, "chunk_size": cfg.chunk_size,
-                     "engine": configlib.to_dict(cfg.engine), "prompt": configlib.to_dict(cfg.prompt),
-                     "answer": configlib.to_dict(cfg.answer), "problems": configlib.to_dict(b.problems_config().resolved())},
+                     "engine": configlib.to_dict(cfg.engine_of(m)),
+                     "prompt": configlib.to_dict(cfg.prompt), "answer": configlib.to_dict(cfg.answer),
+                     "problems": configlib.to_dict(b.problems_config().resolved())},
         "run": configlib.run_info(),
     })
+    if "usage" in summary:
+        result["requests"] = summary["usage"]
     if result["truncated_share"] > 0.05:
         log.warning("%s on %s: %.0f%% of responses hit max_tokens=%d; scores are biased low, raise sampling.max_tokens",
                     m.label(), b.name, 100 * result["truncated_share"], cfg.sampling.max_tokens)
     store.write_parquet(samples, where / "samples.parquet")
     store.write_text(where / "results.json", json.dumps(result, indent=2))  # written last: marks the pair done
     log.info("%s on %s: pass@1 %.3f ± %.3f", m.label(), b.name, result["pass@1"], result["pass@1_stderr"])
-    return result
+    return []
 
 
 def record(cfg, row: dict, prompt: str, j: int, completion) -> dict:
@@ -228,7 +243,7 @@ def record(cfg, row: dict, prompt: str, j: int, completion) -> dict:
     answer = extract_answer(text, cfg.answer)
     return {"problem_id": row["id"], "sample_index": j, "question": row["question"], "prompt": prompt, "gold": row["answer"],
             "response": text, "answer": answer, "correct": is_equivalent(answer, row["answer"]),
-            "finish_reason": str(completion.finish_reason), "response_tokens": len(completion.token_ids)}
+            "finish_reason": completion.finish_reason, "response_tokens": completion.tokens}
 
 
 def collect(cfg: EvalConfig, out: Path) -> dict:

@@ -19,18 +19,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, filters, kd, models, problems as problemslib, prompts, store
+from seqdistill import card, engine, filters, kd, models, problems as problemslib, prompts, store
 from seqdistill.config import ConfigError
+from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.filters import FilterConfig
-from seqdistill.models import EngineConfig, SamplingConfig
 from seqdistill.problems import ProblemsConfig
 from seqdistill.prompts import PromptConfig
 from seqdistill.verify import AnswerConfig
 
 log = logging.getLogger(__name__)
-# Files this stage owns in its output directory (what --overwrite clears).
-OWNED = ["samples", "data", "README.md", "stats.json"]
-IGNORE = ("overwrite", "shard_index", "push_to_hub")  # settings that don't change the dataset
+OUTPUT = store.Layout(owned=("samples", "data", "README.md", "stats.json"), marker="stats.json",
+                      ignore=("shard_index", "push_to_hub", *engine.OPERATIONAL))
 
 
 @dataclass
@@ -59,51 +58,38 @@ class GenerateConfig:
             errors += kd.check_logprobs_k(self.logprobs_k, self.engine)
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
+        errors += engine.check_backend(self.engine, self.sampling, self.prompt.prefill)
         return errors
 
 
 def run(cfg: GenerateConfig, llm=None) -> dict:
-    """Generate, filter and write the dataset; returns the stats. `llm` reuses a running engine (tests)."""
+    """Generate, filter and write the dataset; returns the stats. `llm` reuses a running vLLM engine (tests)."""
     out = Path(cfg.output_dir)
-    # ---- everything that can fail is checked before the engine starts ----
+    # ---- everything that can fail is checked before the engine starts or a request is sent ----
     model_path = models.resolve(cfg.model)
-    tokenizer = models.load_tokenizer(model_path)
     rows = select_problems(cfg)
     template = prompts.load_template(cfg.prompt.template)
     users = [prompts.render(template, row) for row in rows]
-    token_ids = [prompts.encode(tokenizer, u, cfg.prompt) for u in users]
-    models.check_context(model_path, cfg.engine, cfg.sampling.max_tokens, {"problems": token_ids})
+    batch = engine.make_prompts(model_path, cfg.engine, cfg.prompt, users, [row["_index"] for row in rows])
+    engine.preflight(model_path, cfg.engine, {"problems": batch}, cfg.sampling.max_tokens)
+    vocab = models.vocab_size(model_path) if cfg.teacher_logprobs else 0
     think = cfg.filters.require_think if cfg.filters.require_think is not None else f"<{cfg.answer.think_tag}>" in cfg.prompt.prefill
-    store.prepare(out, cfg, ignore=IGNORE, overwrite=cfg.overwrite, owned=OWNED)
+    OUTPUT.prepare(out, cfg, cfg.overwrite)
 
     # ---- sample chunk by chunk; each finished chunk is one atomic file ----
+    def to_rows(i: int, output: engine.Output) -> list[dict]:
+        samples = build_samples(cfg, rows[i], users[i], output, vocab)
+        return filters.apply(samples, rows[i]["answer"], cfg.filters, cfg.answer, think)
+
+    req = engine.Request(cfg.sampling, logprobs_k=cfg.logprobs_k if cfg.teacher_logprobs else 0,
+                         think_tag=cfg.answer.think_tag)
     shard_dir = out / "samples" / f"shard-{cfg.shard_index:05d}-of-{cfg.num_shards:05d}"
-    chunks = [range(i, min(i + cfg.chunk_size, len(rows))) for i in range(0, len(rows), cfg.chunk_size)]
-    todo = [k for k in range(len(chunks)) if not (shard_dir / f"chunk-{k:05d}.parquet").exists()]
-    log.info("%d problems in %d chunks, %d to sample (%d done)", len(rows), len(chunks), len(todo), len(chunks) - len(todo))
-    own_engine = bool(todo) and llm is None
-    if own_engine:
-        llm = models.load_vllm(model_path, cfg.engine, max_logprobs=max(20, cfg.logprobs_k))
-    params = cfg.sampling.params(**({"logprobs": cfg.logprobs_k, "flat_logprobs": True} if cfg.teacher_logprobs else {}))
-    vocab = models.vocab_size(model_path) if cfg.teacher_logprobs else 0
-    for k in todo:
-        idx = chunks[k]
-        models.start_chunk(llm, cfg.engine.seed, cfg.shard_index, cfg.num_shards, k)  # resumes draw the same samples
-        start = time.perf_counter()
-        outputs = llm.generate([{"prompt_token_ids": token_ids[i]} for i in idx], params, use_tqdm=True)
-        seconds = time.perf_counter() - start
-        tagged = []
-        for i, output in zip(idx, outputs):
-            samples = build_samples(cfg, rows[i], users[i], output, len(token_ids[i]), vocab)
-            tagged += filters.apply(samples, rows[i]["answer"], cfg.filters, cfg.answer, think)
-        tokens = sum(s["completion_tokens"] for s in tagged)
-        store.write_text(shard_dir / f"chunk-{k:05d}.json", json.dumps({"seconds": seconds, "tokens": tokens}))
-        store.write_parquet(tagged, shard_dir / f"chunk-{k:05d}.parquet", features=sample_features())
-        log.info("chunk %d/%d: %d samples, %d kept, %.0f generated tok/s",
-                 k + 1, len(chunks), len(tagged), sum(s["keep"] for s in tagged), tokens / seconds)
-    if own_engine:
-        models.release_vllm(llm)  # before a later stage starts its own engine
-    store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(chunks), "problems": len(rows)}))
+    opener = lambda: engine.open_engine(model_path, cfg.engine, llm, max_logprobs=max(20, cfg.logprobs_k))  # noqa: E731
+    with engine.lazy(opener) as get_engine:
+        parts = engine.sample_in_chunks(get_engine, batch, shard_dir, req, chunk_size=cfg.chunk_size, to_rows=to_rows,
+                                        seed_key=(cfg.engine.seed, cfg.shard_index, cfg.num_shards),
+                                        features=sample_features(), desc=f"shard {cfg.shard_index}")
+    store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(parts), "problems": len(rows)}))
     return assemble(cfg, out)
 
 
@@ -123,10 +109,10 @@ def select_problems(cfg: GenerateConfig) -> list[dict]:
     return rows
 
 
-def build_samples(cfg: GenerateConfig, row: dict, user: str, output, prompt_tokens: int, vocab: int) -> list[dict]:
+def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Output, vocab: int) -> list[dict]:
     msgs = prompts.messages(user, cfg.prompt)
     samples = []
-    for j, completion in enumerate(output.outputs):
+    for j, completion in enumerate(output.completions):
         text = cfg.prompt.prefill + completion.text
         samples.append({
             "messages": [*msgs, {"role": "assistant", "content": text}],
@@ -136,13 +122,12 @@ def build_samples(cfg: GenerateConfig, row: dict, user: str, output, prompt_toke
             "question": row["question"],
             "gold": row["answer"],
             "completion": text,
-            "finish_reason": str(completion.finish_reason),
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(completion.token_ids),
+            "finish_reason": completion.finish_reason,
+            "prompt_tokens": output.prompt_tokens,
+            "completion_tokens": completion.tokens,
             "teacher": cfg.model,
             "prefill": cfg.prompt.prefill,
-            "teacher_topk": (kd.encode(*kd.from_vllm(completion.logprobs, completion.token_ids, cfg.logprobs_k), vocab)
-                             if cfg.teacher_logprobs else None),
+            "teacher_topk": kd.encode(*completion.topk, vocab) if cfg.teacher_logprobs else None,
         })
     return samples
 
@@ -170,12 +155,16 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
         return {"waiting_for": missing}
     parts = sorted(p for d in shard_dirs for p in d.glob("chunk-*.parquet"))
     samples = store.read_parquet(parts).sort(["problem_index", "sample_index"])
-    timings = [json.loads(p.with_suffix(".json").read_text()) for p in parts if p.with_suffix(".json").exists()]
+    timings = [json.loads(p.with_suffix(".json").read_text()) for p in parts]
     train = samples.filter(lambda keep: keep, input_columns="keep")
     dropped = samples.filter(lambda keep: not keep, input_columns="keep").remove_columns("teacher_topk")
     store.write_parquet(train, out / "data" / "train.parquet")
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
+    summary = engine.chunk_summary(parts, cfg.engine)
+    stats["failed_requests"] = summary["failed_requests"]
+    if "usage" in summary:
+        stats["requests"] = summary["usage"]
     if cfg.teacher_logprobs:
         stats["teacher_logprobs"] = kd.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(cfg.model)))
     store.write_text(out / "stats.json", json.dumps(stats, indent=2))

@@ -93,11 +93,10 @@ def modules() -> dict:
     return {"generate": generate, "sft": sft, "eval": evaluate}
 
 
-def done(stage: str, cfg) -> bool:
-    """The stage's outputs exist for this very config."""
-    marker = {"generate": "stats.json", "sft": "metrics.json", "eval": "results.json"}[stage]
-    out = Path(cfg.output_dir)
-    return (out / marker).is_file() and store.changes(out, cfg, modules()[stage].IGNORE) == []
+def layout(stage: str, cfg) -> store.Layout:
+    """The stage's own output-directory rules (one object per stage: the stage and the pipeline use the same)."""
+    module = modules()[stage]
+    return module.output_layout(cfg) if stage == "eval" else module.OUTPUT
 
 
 def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = None) -> dict:
@@ -112,10 +111,11 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
     results, dirty = {}, False
     for stage in selected:
         stage_cfg, module = getattr(cfg, stage), modules()[stage]
-        if done(stage, stage_cfg) and not dirty:
+        rules = layout(stage, stage_cfg)
+        if rules.done(stage_cfg.output_dir, stage_cfg) and not dirty:
             print(f"[{stage}] outputs in {stage_cfg.output_dir} match this config; skipped", flush=True)
             continue
-        if dirty or store.changes(Path(stage_cfg.output_dir), stage_cfg, module.IGNORE):
+        if dirty or rules.changes(Path(stage_cfg.output_dir), stage_cfg):
             stage_cfg.overwrite = True  # a changed stage, or one after a stage that ran, starts over
         elif stage == "sft":
             stage_cfg.resume = True  # an interrupted training continues from its last checkpoint

@@ -18,12 +18,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import kd, models, store
+from seqdistill import engine, kd, models, store
 from seqdistill.config import ConfigError
-from seqdistill.models import EngineConfig
+from seqdistill.engine import EngineConfig, SamplingConfig
 
 log = logging.getLogger(__name__)
-IGNORE = ("overwrite",)
+OUTPUT = store.Layout(owned=("chunks", "data", "stats.json"), marker="stats.json", ignore=engine.OPERATIONAL)
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ScoreConfig:
     dataset_split: str = "train"
     output_dir: str = "outputs/score"
     logprobs_k: int = 20
-    batch_size: int = 256  # sequences per vLLM call (progress and memory)
+    batch_size: int = 256  # sequences per chunk: the unit of resume
     engine: EngineConfig = field(default_factory=EngineConfig)
     overwrite: bool = False
 
@@ -42,6 +42,8 @@ class ScoreConfig:
         errors += kd.check_logprobs_k(self.logprobs_k, self.engine)
         if self.batch_size < 1:
             errors.append(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.engine.backend == "openai" and self.engine.api != "completions":
+            errors.append("score sends token ids for prompt log-probs: set engine.api: completions (a vLLM server)")
         return errors
 
 
@@ -62,25 +64,24 @@ def run(cfg: ScoreConfig, llm=None) -> dict:
         head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         sequences.append(head + tokenizer(msgs[-1]["content"], add_special_tokens=False)["input_ids"] + [eot_id])
         starts.append(len(head))
-    models.check_context(path, cfg.engine, 1, {"prompt + completion": sequences})
-    store.prepare(out, cfg, ignore=IGNORE, overwrite=cfg.overwrite, owned=["data", "stats.json"])
-
-    # ---- one prompt-log-probs pass ----
-    own = llm is None
-    if own:
-        llm = models.load_vllm(path, cfg.engine, max_logprobs=max(20, cfg.logprobs_k))
-    from vllm import SamplingParams
-
-    params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=cfg.logprobs_k, flat_logprobs=True)
+    batch = [engine.Prompt(str(i), token_ids=seq, score_from=start) for i, (seq, start) in enumerate(zip(sequences, starts))]
+    engine.preflight(path, cfg.engine, {"prompt + completion": batch}, 1)
     vocab = models.vocab_size(path)
-    blobs = []
-    for i in range(0, len(sequences), cfg.batch_size):
-        batch = sequences[i : i + cfg.batch_size]
-        outputs = llm.generate([{"prompt_token_ids": s} for s in batch], params, use_tqdm=True)
-        for seq, start, output in zip(batch, starts[i:], outputs):
-            blobs.append(kd.encode(*kd.from_vllm(output.prompt_logprobs, seq, cfg.logprobs_k, first=start), vocab))
-    if own:
-        models.release_vllm(llm)
+    OUTPUT.prepare(out, cfg, cfg.overwrite)
+
+    # ---- one prompt-log-probs pass, in resumable chunks ----
+    req = engine.Request(SamplingConfig(n=1, temperature=0.0, max_tokens=1), prompt_logprobs_k=cfg.logprobs_k)
+
+    def to_rows(i: int, output: engine.Output) -> list[dict]:
+        return [{"index": i, "teacher_topk": kd.encode(*output.prompt_topk, vocab)}]
+
+    opener = lambda: engine.open_engine(path, cfg.engine, llm, max_logprobs=max(20, cfg.logprobs_k))  # noqa: E731
+    with engine.lazy(opener) as get_engine:
+        parts = engine.sample_in_chunks(get_engine, batch, out / "chunks", req, seed_key=(cfg.engine.seed,),
+                                        chunk_size=cfg.batch_size, to_rows=to_rows, desc="score")
+    if engine.chunk_summary(parts, cfg.engine)["failed_requests"]:
+        raise ConfigError("some scoring requests failed after retries; rerun the same command to retry only those")
+    blobs = store.read_parquet(parts).sort("index")["teacher_topk"]
 
     scored = table.remove_columns([c for c in ("teacher_topk", "prefill", "trace_teacher") if c in table.column_names])
     if "teacher" in scored.column_names:  # who wrote the traces; `teacher` is now whose log-probs they carry

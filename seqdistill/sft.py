@@ -25,8 +25,9 @@ from seqdistill.config import ConfigError
 from seqdistill.data import TrainingData
 
 log = logging.getLogger(__name__)
-OWNED = ["model", "merged", "checkpoints", "metrics.json"]
-IGNORE = ("resume", "overwrite", "report_to")  # settings that don't change the trained model
+# resume and report_to don't change the trained model
+OUTPUT = store.Layout(owned=("model", "merged", "checkpoints", "metrics.json"), marker="metrics.json",
+                      ignore=("resume", "report_to"))
 
 
 @dataclass
@@ -116,10 +117,10 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
     tokenizer = models.load_tokenizer(student)
     data = TrainingData.load(cfg, tokenizer)
     check_lora_targets(cfg, student)
-    if (out / "metrics.json").is_file() and not cfg.overwrite and store.changes(out, cfg, IGNORE) == []:
+    if not cfg.overwrite and OUTPUT.done(out, cfg):
         log.info("%s already holds this finished run; nothing to do", out)
         return SFTResult(json.loads((out / "metrics.json").read_text()))
-    store.prepare(out, cfg, ignore=IGNORE, overwrite=cfg.overwrite, owned=OWNED)  # refuses a different run
+    OUTPUT.prepare(out, cfg, cfg.overwrite)  # refuses a different run
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if checkpoints and not cfg.resume:
         raise ConfigError(f"{out} holds checkpoints of an unfinished run; pass --resume to continue it "

@@ -7,9 +7,11 @@ same command skips the parts that exist.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -21,39 +23,87 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "seqdistill_config.yaml"
 
 
-def changes(out: Path, cfg, ignore: tuple[str, ...]) -> list[str] | None:
-    """Keys whose values differ from the run saved in `out`; None when `out` holds no run."""
-    saved = out / CONFIG_FILE
-    if not saved.is_file():
-        return None
-    old = yaml.safe_load(saved.read_text()).get("config", {})
-    for key in ignore:
-        old.pop(key, None)
-    return configlib.diff(old, configlib.fingerprint(cfg, ignore))
+@dataclass(frozen=True)
+class Layout:
+    """The one rule for a stage's output directory.
 
-
-def prepare(out: Path, cfg, ignore: tuple[str, ...], overwrite: bool, owned: list[str]) -> None:
-    """Refuse an output directory that holds a different run; with overwrite, clear our files first.
-
-    `ignore` names config keys that don't change results (shard index, overwrite flag);
-    `owned` the files and folders this stage writes, the only ones overwrite removes.
+    A directory is `empty` (or absent), holds the `same` run (its saved config equals this one but
+    for the settings in `ignore`, which don't change the outputs), a `different` run, or is
+    `foreign` (files, but no seqdistill config). A stage is done when its `marker` (written last)
+    exists for the same run. `--overwrite` deletes only the files in `owned`.
     """
-    diff = changes(out, cfg, ignore)
-    if diff and not overwrite:
-        raise ConfigError(
-            f"output directory {out} holds a different run ({'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}); "
-            "use another output_dir, or pass --overwrite to replace it"
-        )
-    if diff or (overwrite and diff is not None):
-        log.warning("overwriting the run in %s", out)
-        for name in owned + [CONFIG_FILE]:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    elif diff is None and out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run; "
-                          "pick an empty or new output_dir, or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    configlib.save(cfg, out / CONFIG_FILE)
+
+    owned: tuple[str, ...]  # files and folders this stage writes
+    marker: str  # written last: its presence means the stage finished
+    ignore: tuple[str, ...] = ()  # dotted settings that don't change the outputs (besides output_dir, overwrite)
+
+    def ignored(self) -> tuple[str, ...]:
+        return ("output_dir", "overwrite", *self.ignore)
+
+    def changes(self, out: Path, cfg) -> list[str] | None:
+        """Keys whose values differ from the run saved in `out`; None when `out` holds no run."""
+        saved = Path(out) / CONFIG_FILE
+        if not saved.is_file():
+            return None
+        try:
+            old = (yaml.safe_load(saved.read_text()) or {}).get("config", {})
+        except yaml.YAMLError:
+            raise ConfigError(f"{saved} is not valid YAML; move it away or pick another output_dir") from None
+        return configlib.diff(drop(old, self.ignored()), drop(configlib.to_dict(cfg), self.ignored()))
+
+    def state(self, out: Path, cfg) -> str:
+        out = Path(out)
+        diff = self.changes(out, cfg)
+        if diff is None:
+            return "foreign" if out.is_dir() and any(out.iterdir()) else "empty"
+        return "different" if diff else "same"
+
+    def done(self, out: Path, cfg) -> bool:
+        return (Path(out) / self.marker).is_file() and self.state(out, cfg) == "same"
+
+    def prepare(self, out: Path, cfg, overwrite: bool) -> None:
+        """Refuse a directory that holds a different run or isn't ours; with overwrite, clear our files first."""
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output_dir {out} is a file; pick a directory")
+        state = self.state(out, cfg)
+        if state == "different" and not overwrite:
+            diff = self.changes(out, cfg)
+            raise ConfigError(f"output directory {out} holds a different run ({'; '.join(diff[:3])}"
+                              f"{' ...' if len(diff) > 3 else ''}); use another output_dir, or pass --overwrite to replace it")
+        if state == "foreign" and not overwrite:
+            raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run; "
+                              "pick an empty or new output_dir, or pass --overwrite")
+        if state in ("different", "same", "foreign") and overwrite:
+            log.warning("overwriting the run in %s", out)
+            for name in self.owned + (CONFIG_FILE,):
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output_dir {out}: {e.strerror}") from None
+        configlib.save(cfg, out / CONFIG_FILE)
+
+
+def drop(data: dict, keys: tuple[str, ...]) -> dict:
+    """`data` without the dotted `keys`."""
+    data = json.loads(json.dumps(data, default=str))
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temporary files of writes that a killed run left behind."""
+    if Path(folder).is_dir():
+        for tmp in Path(folder).glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
 
 
 def write_parquet(rows_or_dataset, path: Path, features=None) -> None:

@@ -55,18 +55,18 @@ def tiny_llama(tmp_path_factory, smollm2_path) -> str:
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_llama):
     """One vLLM engine on the tiny model for every test that needs one."""
-    from seqdistill import models
+    from seqdistill import engine
 
-    llm = models.load_vllm(tiny_llama, models.EngineConfig(kv_cache_memory_bytes=256 << 20, max_model_len=1024))
+    llm = engine.load_vllm(tiny_llama, engine.EngineConfig(kv_cache_memory_bytes=256 << 20, max_model_len=1024))
     yield llm
     del llm
 
 
 @pytest.fixture(scope="session")
 def smollm2_llm(smollm2_path):
-    from seqdistill import models
+    from seqdistill import engine
 
-    llm = models.load_vllm(smollm2_path, models.EngineConfig(kv_cache_memory_bytes=1 << 30, max_model_len=2048))
+    llm = engine.load_vllm(smollm2_path, engine.EngineConfig(kv_cache_memory_bytes=1 << 30, max_model_len=2048))
     yield llm
     del llm
 

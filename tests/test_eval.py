@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, models, sft, store
+from seqdistill import engine, evaluate, models, sft, store
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig
 
@@ -54,7 +54,7 @@ def test_eval_end_to_end_and_resume(tiny_llm, tiny_llama, benchmarks_dir, tmp_pa
     assert [resumed["tiny"]["mawps"][k] for k in scores] == [results["tiny"]["mawps"][k] for k in scores]
 
     # a rerun finds every pair scored and starts no engine
-    monkeypatch.setattr(models, "load_vllm", lambda *a, **k: pytest.fail("engine started for a finished eval"))
+    monkeypatch.setattr(engine, "load_vllm", lambda *a, **k: pytest.fail("engine started for a finished eval"))
     done = (mawps / "results.json").stat().st_mtime
     assert evaluate.run(cfg) == resumed
     assert (mawps / "results.json").stat().st_mtime == done
@@ -90,7 +90,7 @@ def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
 
 @pytest.fixture
 def no_engine(monkeypatch):
-    monkeypatch.setattr(models, "load_vllm", lambda *a, **k: pytest.fail("engine started for a run that must be refused"))
+    monkeypatch.setattr(engine, "load_vllm", lambda *a, **k: pytest.fail("engine started for a run that must be refused"))
 
 
 def test_bad_input(no_engine, tiny_llama, benchmarks_dir, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill import generate, models, store
+from seqdistill import engine, generate, models, store
 from seqdistill.config import ConfigError
 from seqdistill.generate import GenerateConfig
 
@@ -107,12 +107,12 @@ def no_engine(monkeypatch):
     """Bad input must fail before any engine starts."""
     def refuse(*a, **k):
         raise AssertionError("the engine was started for a run that should have been refused")
-    monkeypatch.setattr(models, "load_vllm", refuse)
+    monkeypatch.setattr(engine, "load_vllm", refuse)
 
 
 @pytest.mark.parametrize("overrides,message", [
     (["model=/no/such/model"], "model: model path /no/such/model does not exist"),
-    (["prompt.template=nope"], "prompt template 'nope' not found; .* one of: marker, number, r1"),
+    (["prompt.template=nope"], "prompt template 'nope' not found.*one of: .*r1"),
     (["sampling.n=0"], "sampling.n must be at least 1"),
     (["sampling.max_tokens=5000"], r"longest prompt \(\d+ tokens\) \+ sampling.max_tokens \(5000\) exceeds the context length 1024"),
 ])

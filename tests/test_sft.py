@@ -111,13 +111,13 @@ def test_resume_continues_from_saved_step(tiny_llama, traces, tmp_path):
 LOAD_IN_VLLM = """
 import sys
 from vllm import SamplingParams
-from seqdistill import models
+from seqdistill import engine
 if __name__ == "__main__":
     for path in sys.argv[1:]:
-        llm = models.load_vllm(path, models.EngineConfig(kv_cache_memory_bytes=64 << 20, enforce_eager=True, max_model_len=256))
+        llm = engine.load_vllm(path, engine.EngineConfig(kv_cache_memory_bytes=64 << 20, enforce_eager=True, max_model_len=256))
         out = llm.generate(["Tom has 3 apples."], SamplingParams(max_tokens=4, temperature=0))
         print("generated", len(out[0].outputs[0].token_ids), "tokens from", path)
-        models.release_vllm(llm)
+        engine.release_vllm(llm)
 """
 
 

@@ -1,0 +1,397 @@
+"""The OpenAI-compatible backend: any `vllm serve`, SGLang or hosted API, one replica or a fleet.
+
+One request per (problem, sample), with a seed derived from both, so resumes and retries are
+exact. Answers are journaled as they arrive (one JSON line each, flushed to the OS), so a run
+killed at any moment, SIGKILL included, sends no answered request again. Requests are spread over
+the replicas in `base_url`; a replica that fails is skipped until its back-off has passed. 429,
+5xx, timeouts, dropped connections and malformed answers are retried with exponential back-off and
+jitter (`Retry-After` wins); 400/401/403/404 stop the run with one line (nothing retried would
+succeed). The API key is read from the environment variable `api_key_env` names and never written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from seqdistill.config import ConfigError
+from seqdistill.engine import Completion, EngineConfig, Output, Prompt, Request, chunk_seed
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+
+
+class Retry(Exception):
+    """A failure worth another try; `after` is the server's Retry-After, `down` marks the replica unhealthy."""
+
+    def __init__(self, message: str, after: float | None = None, down: bool = False):
+        super().__init__(message)
+        self.after, self.down = after, down
+
+
+class OpenAIEngine:
+    def __init__(self, model: str, cfg: EngineConfig):
+        self.model, self.cfg = model, cfg
+        self.key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if cfg.api_key_env and not self.key:
+            raise ConfigError(f"engine.api_key_env names {cfg.api_key_env}, which is not set: export {cfg.api_key_env}=...")
+        self.replicas = [{"url": str(u).rstrip("/"), "down_until": 0.0, "fails": 0, "inflight": 0} for u in cfg.base_url]
+        self.usage: collections.Counter = collections.Counter()
+
+    def close(self) -> None:
+        pass
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    def key_hint(self) -> str:
+        return f"the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else "no key (set engine.api_key_env)"
+
+    # ------------------------------------------------------------ before any sampling request
+
+    def check(self, prompts: dict[str, list[Prompt]], max_tokens: int) -> None:
+        """Every replica reachable, the key accepted, the model served, and (vLLM) the context long enough."""
+        import httpx
+
+        problems, served = [], {}
+        with httpx.Client(timeout=min(self.cfg.timeout, 30.0), headers=self.headers()) as client:
+            for r in self.replicas:
+                url = f"{r['url']}/models"
+                try:
+                    resp = client.get(url)
+                except httpx.HTTPError as e:
+                    problems.append(f"cannot reach {url} ({type(e).__name__}: {e}); is the server running there?")
+                    continue
+                if resp.status_code in (401, 403):
+                    raise ConfigError(f"{url} refused {self.key_hint()} ({resp.status_code}); check the key and "
+                                      "that it may use this model")
+                if resp.status_code != 200:
+                    problems.append(f"{url} answered {resp.status_code}: {resp.text[:200]}")
+                    continue
+                try:
+                    entries = {m["id"]: m for m in resp.json()["data"]}
+                except (ValueError, KeyError, TypeError):
+                    problems.append(f"{url} did not answer with an OpenAI model list; is base_url the /v1 root?")
+                    continue
+                if self.model not in entries:
+                    raise ConfigError(f"model {self.model!r} is not served at {r['url']}; it serves: "
+                                      f"{', '.join(entries) or 'nothing'} (set engine.served_model or the stage's model)")
+                served[r["url"]] = entries[self.model]
+            if not served:
+                raise ConfigError("; ".join(problems))
+            for p in problems:
+                log.warning("%s; requests go to the other replicas until it answers", p)
+            url, entry = next(iter(served.items()))
+            if entry.get("max_model_len"):
+                longest = max(self.prompt_length(client, url, p) for group in prompts.values() for p in longest_of(group))
+                if longest + max_tokens > entry["max_model_len"]:
+                    raise ConfigError(f"the longest prompt ({longest} tokens) + sampling.max_tokens ({max_tokens}) exceeds "
+                                      f"the server's context ({entry['max_model_len']}); lower sampling.max_tokens or "
+                                      "start the server with a larger --max-model-len")
+
+    def prompt_length(self, client, url: str, p: Prompt) -> int:
+        if p.token_ids is not None:
+            return len(p.token_ids)
+        resp = client.post(f"{url.removesuffix('/v1')}/tokenize", json={"model": self.model, "messages": p.messages})
+        return resp.json().get("count", 0) if resp.status_code == 200 else 0  # not vLLM: the server will say
+
+    # ------------------------------------------------------------ sampling
+
+    def fingerprint(self, req: Request) -> str:
+        what = [self.model, asdict(req.sampling), req.logprobs_k, req.prompt_logprobs_k, self.cfg.api,
+                self.cfg.extra_body, self.cfg.seed]
+        return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
+        fp = self.fingerprint(req)
+        records = read_journal(journal, fp) if journal else {}
+        n = req.sampling.n
+        todo = [(p, j) for p in prompts for j in range(n) if not records.get(f"{p.key}/{j}", {}).get("ok")]
+        if len(todo) < len(prompts) * n:
+            log.info("%d of %d requests already answered (journal); sending %d", len(prompts) * n - len(todo),
+                     len(prompts) * n, len(todo))
+        self.usage = collections.Counter()
+        if todo:
+            asyncio.run(self.send_all(todo, req, journal, fp, records))
+        outputs = []
+        for p in prompts:
+            recs = [records.get(f"{p.key}/{j}", {"ok": False, "error": "not sent"}) for j in range(n)]
+            failed = [r["error"] for r in recs if not r.get("ok")]
+            completions = [Completion(r["text"], r["finish_reason"], r["completion_tokens"], topk_arrays(r.get("topk")))
+                           for r in recs if r.get("ok")]
+            outputs.append(Output(completions, max((r.get("prompt_tokens", 0) for r in recs), default=0),
+                                  topk_arrays(recs[0].get("prompt_topk"), p.token_ids, p.score_from),
+                                  failed[0] if failed else None))
+        for r in records.values():  # tokens of every answer in these prompts, this run's or a killed run's
+            if r.get("ok"):
+                self.usage["prompt_tokens"] += r.get("prompt_tokens", 0)
+                self.usage["completion_tokens"] += r["completion_tokens"]
+        return outputs
+
+    def usage_of(self, outputs) -> dict:
+        return dict(self.usage)
+
+    async def send_all(self, todo, req: Request, journal: Path | None, fp: str, records: dict) -> None:
+        import httpx
+        from tqdm.auto import tqdm
+
+        gate = asyncio.Semaphore(self.cfg.max_concurrency)
+        self.pace = {"next": 0.0, "window": collections.deque(), "lock": asyncio.Lock()}
+        sink = open_journal(journal) if journal else None
+        bar = tqdm(total=len(todo), desc="requests", unit="req")
+        limits = httpx.Limits(max_connections=self.cfg.max_concurrency, max_keepalive_connections=self.cfg.max_concurrency)
+        try:
+            async with httpx.AsyncClient(timeout=self.cfg.timeout, headers=self.headers(), limits=limits) as client:
+                async def one(p: Prompt, j: int):
+                    async with gate:
+                        record = await self.request(client, p, j, req)
+                    record.update(key=f"{p.key}/{j}", fp=fp)
+                    records[record["key"]] = record
+                    if sink:
+                        sink.write(json.dumps(record) + "\n")
+                        sink.flush()  # in the OS's hands: survives a SIGKILL of this process
+                    bar.update()
+
+                tasks = [asyncio.ensure_future(one(p, j)) for p, j in todo]
+                try:
+                    await asyncio.gather(*tasks)
+                except BaseException:
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    raise
+        finally:
+            bar.close()
+            if sink:
+                os.fsync(sink.fileno())
+                sink.close()
+
+    async def request(self, client, p: Prompt, j: int, req: Request) -> dict:
+        """One (problem, sample) request with retries: a journal record, ok or with its last error."""
+        path, body = self.body(p, j, req)
+        errors = 0
+        for attempt in range(self.cfg.max_retries + 1):
+            replica = await self.pick()
+            await self.throttle()
+            replica["inflight"] += 1
+            self.usage["requests"] += 1
+            try:
+                resp = await client.post(f"{replica['url']}{path}", json=body)
+                data = self.answer(resp)
+                record = self.parse(data, req)
+                replica["fails"] = 0
+                self.window_add(record["prompt_tokens"] + record["completion_tokens"])
+                return {"ok": True, "retries": attempt, "errors": errors, **record}
+            except Retry as e:
+                error, after, down = str(e), e.after, e.down
+            except Exception as e:
+                import httpx
+
+                if not isinstance(e, (httpx.TimeoutException, httpx.TransportError)):
+                    raise
+                error, after, down = f"{type(e).__name__}: {e or 'no detail'}", None, not isinstance(e, httpx.TimeoutException)
+            finally:
+                replica["inflight"] -= 1
+            errors += 1
+            self.usage["errors"] += 1
+            delay = after if after is not None else self.cfg.retry_backoff * 2 ** attempt * random.uniform(0.5, 1.5)
+            if down:
+                replica["fails"] += 1
+                replica["down_until"] = time.monotonic() + max(delay, min(30.0, 2.0 ** replica["fails"]))
+            if attempt < self.cfg.max_retries:
+                self.usage["retries"] += 1
+                log.debug("request %s/%d: %s; retrying in %.1f s", p.key, j, error, delay)
+                await asyncio.sleep(min(delay, 300.0))
+        return {"ok": False, "retries": self.cfg.max_retries, "errors": errors, "error": error}
+
+    def body(self, p: Prompt, j: int, req: Request) -> tuple[str, dict]:
+        s = req.sampling
+        body = {"model": self.model, "n": 1, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
+                "seed": chunk_seed(self.cfg.seed, p.key, j) & 0x7FFFFFFF}
+        if s.stop:
+            body["stop"] = s.stop
+        if req.prompt_logprobs_k or self.cfg.api == "completions":
+            path = "/completions"
+            body["prompt"] = p.token_ids
+            if req.prompt_logprobs_k:
+                body.update(prompt_logprobs=req.prompt_logprobs_k, max_tokens=1, temperature=0.0)
+            if req.logprobs_k:
+                body.update(logprobs=req.logprobs_k, return_tokens_as_token_ids=True)
+        else:
+            path = "/chat/completions"
+            body["messages"] = p.messages
+            if req.logprobs_k:
+                body.update(logprobs=True, top_logprobs=req.logprobs_k, return_tokens_as_token_ids=True)
+        return path, body | self.cfg.extra_body
+
+    def answer(self, resp) -> dict:
+        """The JSON of a successful response; a Retry for what may pass, a ConfigError for what won't."""
+        status = resp.status_code
+        if status == 429 or status >= 500:
+            raise Retry(f"HTTP {status}: {resp.text[:200]}", after=retry_after(resp), down=status >= 500)
+        if status in (401, 403):
+            raise ConfigError(f"the server refused {self.key_hint()} ({status}); check the key")
+        if status == 404:
+            raise ConfigError(f"{resp.request.url} answered 404 ({resp.text[:200]}); check base_url (the /v1 root) "
+                              "and the served model name")
+        if status >= 400:
+            text = resp.text[:300]
+            hint = ("; lower sampling.max_tokens or raise the server's --max-model-len" if "context" in text.lower()
+                    or "max_model_len" in text or "maximum" in text.lower() else "")
+            raise ConfigError(f"the server refused a request ({status}): {' '.join(text.split())}{hint}")
+        try:
+            data = resp.json()
+        except ValueError:
+            raise Retry(f"malformed JSON in a {status} answer: {resp.text[:100]!r}") from None
+        if not isinstance(data, dict) or not data.get("choices"):
+            raise Retry("an answer with no choices")
+        return data
+
+    def parse(self, data: dict, req: Request) -> dict:
+        choice, usage = data["choices"][0], data.get("usage") or {}
+        topk = prompt_topk = None
+        if "message" in choice:  # chat
+            msg = choice["message"] or {}
+            text = msg.get("content") or ""
+            reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # DeepSeek's API | vLLM's parsers
+            if reasoning:
+                text = f"<{req.think_tag}>\n{reasoning.strip()}\n</{req.think_tag}>\n\n{text.lstrip()}"
+            if req.logprobs_k:
+                content = (choice.get("logprobs") or {}).get("content") or []
+                topk = {"k": req.logprobs_k, "sampled": [token_id(t["token"]) for t in content],
+                        "pos": [[[token_id(c["token"]), c["logprob"]] for c in t.get("top_logprobs") or []] for t in content]}
+        elif "text" in choice:  # completions
+            text = choice["text"] or ""
+            if req.logprobs_k:
+                lp = choice.get("logprobs") or {}
+                topk = {"k": req.logprobs_k, "sampled": [token_id(t) for t in lp.get("tokens") or []],
+                        "pos": [[[token_id(t), v] for t, v in (d or {}).items()] for d in lp.get("top_logprobs") or []]}
+            if req.prompt_logprobs_k:
+                prompt_topk = choice.get("prompt_logprobs") or data.get("prompt_logprobs")
+                if prompt_topk is None:
+                    raise ConfigError("the server returned no prompt_logprobs: scoring through the openai backend needs "
+                                      "a vLLM server (its completions API takes prompt_logprobs)")
+                prompt_topk = [[[int(t), v["logprob"]] for t, v in (d or {}).items() if 1 <= v.get("rank", 1) <= req.prompt_logprobs_k]
+                               for d in prompt_topk]
+        else:
+            raise Retry("an answer whose choice has neither message nor text")
+        tokens = usage.get("completion_tokens")
+        if tokens is None:
+            tokens = len(topk["sampled"]) if topk else 0
+        return {"text": text, "finish_reason": str(choice.get("finish_reason") or "stop"),
+                "prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": tokens,
+                "topk": topk, "prompt_topk": prompt_topk and {"k": req.prompt_logprobs_k, "pos": prompt_topk}}
+
+    # ------------------------------------------------------------ replicas and limits
+
+    async def pick(self) -> dict:
+        """The healthy replica with the fewest requests in flight; waits when every replica is backing off."""
+        while True:
+            now = time.monotonic()
+            healthy = [r for r in self.replicas if r["down_until"] <= now]
+            if healthy:
+                return min(healthy, key=lambda r: r["inflight"])
+            await asyncio.sleep(min(r["down_until"] for r in self.replicas) - now)
+
+    async def throttle(self) -> None:
+        rpm, tpm = self.cfg.requests_per_minute, self.cfg.tokens_per_minute
+        if not rpm and not tpm:
+            return
+        async with self.pace["lock"]:
+            if rpm:
+                now = time.monotonic()
+                wait = self.pace["next"] - now
+                self.pace["next"] = max(now, self.pace["next"]) + 60.0 / rpm
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            window = self.pace["window"]
+            while tpm and window and sum(n for _, n in window) >= tpm:
+                await asyncio.sleep(max(0.0, window[0][0] + 60.0 - time.monotonic()))
+                while window and window[0][0] + 60.0 <= time.monotonic():
+                    window.popleft()
+
+    def window_add(self, tokens: int) -> None:
+        if self.cfg.tokens_per_minute:
+            self.pace["window"].append((time.monotonic(), tokens))
+
+
+def longest_of(prompts: list[Prompt]) -> list[Prompt]:
+    """The longest prompt by tokens (or, for chat prompts, by characters: one /tokenize call)."""
+    if not prompts:
+        return []
+    size = (lambda p: len(p.token_ids)) if prompts[0].token_ids is not None else (lambda p: len(json.dumps(p.messages)))
+    return [max(prompts, key=size)]
+
+
+def token_id(token: str) -> int:
+    """vLLM's `token_id:123` (return_tokens_as_token_ids); other servers send text, which can't be mapped."""
+    if isinstance(token, int) or str(token).lstrip("-").isdigit():
+        return int(token)
+    if not str(token).startswith("token_id:"):
+        raise ConfigError("the server returned log-prob tokens as text, not ids: teacher log-probs through the openai "
+                          "backend need a vLLM server (return_tokens_as_token_ids)")
+    return int(token.split(":", 1)[1])
+
+
+def topk_arrays(stored, tokens: list[int] | None = None, first: int = 0):
+    """Journal form -> what kd.encode takes: (ids [T,k], log-probs [T,k], token ids [T]), from position `first`.
+
+    Prompt log-probs carry no sampled ids (`tokens`, the scored sequence, gives them); position 0 has none."""
+    if not stored:
+        return None
+    import numpy as np
+
+    from seqdistill.kd import LOGPROB_FLOOR
+
+    k, positions = stored["k"], stored["pos"][first:]
+    sampled = stored.get("sampled", tokens)[first : first + len(positions)]
+    ids = np.zeros((len(positions), k), np.int64)
+    lps = np.full((len(positions), k), LOGPROB_FLOOR, np.float32)
+    for i, pairs in enumerate(positions):
+        for r, (t, v) in enumerate(sorted(pairs, key=lambda tv: -tv[1])[:k]):
+            ids[i, r], lps[i, r] = t, max(v, LOGPROB_FLOOR)
+    return ids, lps, np.asarray(sampled, np.int64)
+
+
+def retry_after(resp) -> float | None:
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def read_journal(path: Path, fp: str) -> dict:
+    """Answered requests of this very config; a torn last line (killed mid-write) is skipped."""
+    records = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("fp") == fp and (r.get("ok") or r["key"] not in records):
+                records[r["key"]] = r
+    return records
+
+
+def open_journal(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = open(path, "a")
+    if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        sink.write("\n")  # a killed write left half a line: start on a fresh one
+    return sink
