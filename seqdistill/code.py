@@ -40,7 +40,9 @@ PYTHON_TAGS = ("python", "py", "python3", "")
 
 @dataclass
 class CodeConfig:
-    timeout: float = 6.0  # seconds for each stdin test case, each call-based case and each test program
+    # CPU seconds for each stdin test case, each call-based case and each test program; the wall clock
+    # allows twice that plus a second, so a loaded machine (vLLM beside it) doesn't fail right programs
+    timeout: float = 6.0
     memory_mb: int = 1024  # address space of each program; more is the verdict `memory`
     output_mb: float = 8.0  # stdout + stderr of one run; more is a wrong_output
     workers: int | None = None  # programs run at once; None: the CPU cores of this machine
@@ -67,8 +69,10 @@ class CodeConfig:
             errors.append(f"code.max_cases must be at least 1 (or null for all), got {self.max_cases}")
         return errors
 
-    def limits(self) -> sandbox.Limits:
-        return sandbox.Limits(timeout=self.timeout, memory_mb=self.memory_mb, output_mb=self.output_mb)
+    def limits(self, cases: int = 1) -> sandbox.Limits:
+        """Limits of one run of `cases` cases: the wall clock of each case, plus a second."""
+        wall = (2 * self.timeout + 1) * cases + 1
+        return sandbox.Limits(timeout=wall, memory_mb=self.memory_mb, output_mb=self.output_mb)
 
 
 @dataclass
@@ -307,8 +311,7 @@ def _run_program(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
 def _run_call(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
     """One run calls the function on every case (each with its own alarm); values compared here."""
     cases = tests["cases"][: cfg.max_cases]
-    limits = cfg.limits()
-    limits.timeout = cfg.timeout * (len(cases) + 1)
+    limits = cfg.limits(len(cases))
     job = {"mode": "call", "source": code, "fn_name": tests["fn_name"], "case_timeout": cfg.timeout,
            "inputs": [c["args"] for c in cases]}
     result = sandbox.run(job, limits, kind)
@@ -331,7 +334,6 @@ def _run_call(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
 def _run_stdin(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
     """A fresh run per case, its stdout compared with the expected output."""
     limits, seconds = cfg.limits(), 0.0
-    limits.timeout = cfg.timeout + 1  # the harness's own alarm usually answers first, at cfg.timeout
     for i, case in enumerate(tests["cases"][: cfg.max_cases]):
         job = {"mode": "stdin", "source": code, "case_timeout": cfg.timeout}
         result = sandbox.run(job, limits, kind, stdin=case["input"])

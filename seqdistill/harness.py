@@ -115,7 +115,10 @@ def child(job: dict, write_end: int) -> None:
 
 
 def alarm(seconds: float) -> None:
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    """Limit the next case to `seconds` of CPU time, and to twice that plus a second of wall time
+    (a sleeping program uses no CPU; a loaded machine stretches the wall clock)."""
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.setitimer(signal.ITIMER_REAL, 2 * seconds + 1 if seconds else 0)
 
 
 def on_alarm(signum, frame):
@@ -126,6 +129,7 @@ def run(job: dict) -> dict:
     mode, seconds = job["mode"], job["case_timeout"]
     sys.argv = ["solution.py"]
     signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGPROF, on_alarm)
     try:
         code = compile(job["source"], "solution.py", "exec")
     except (SyntaxError, ValueError) as e:

@@ -46,7 +46,7 @@ _uids = itertools.count()
 
 @dataclass
 class Limits:
-    timeout: float = 6.0  # wall seconds for one run (a call-based case or test program gets as much CPU)
+    timeout: float = 6.0  # wall seconds for the whole run; its CPU-time limit is one second more
     memory_mb: int = 1024  # address space of the program
     output_mb: float = 8.0  # stdout + stderr; more kills the run
     file_mb: int = 16  # largest file the program may write

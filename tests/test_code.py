@@ -16,7 +16,7 @@ from seqdistill import code, sandbox
 from seqdistill.code import CodeConfig
 from seqdistill.config import ConfigError
 
-CFG = CodeConfig(timeout=2, workers=2)
+CFG = CodeConfig(timeout=1, workers=2)  # CPU seconds per case; wall 3 s
 
 
 def fenced(program: str) -> str:
@@ -185,7 +185,7 @@ def timed(program: str, tests: dict = ECHO):
 def test_adversarial_verdicts(program, expected, nothing_left):
     out, seconds = timed(program)
     assert out.status == expected, out
-    assert seconds < 6
+    assert seconds < 5
 
 
 @pytest.mark.skipif(not isolated(), reason="no network namespace here; the test would reach the network")
@@ -315,5 +315,5 @@ def test_parallel_runs_do_not_disturb_each_other(nothing_left):
     threads = ("import threading\nout = []\nts = [threading.Thread(target=out.append, args=(i,)) for i in range(8)]\n"
                "[t.start() for t in ts]\n[t.join() for t in ts]\nprint('done' if len(out) == 8 else 'lost')")
     items = [(fenced(bomb), ECHO), *[(fenced(threads), ECHO)] * 6]
-    verdicts = code.verify_many(items, CodeConfig(timeout=2, workers=2))
+    verdicts = code.verify_many(items, CFG)
     assert [v.status for v in verdicts] == ["timeout"] + ["passed"] * 6
