@@ -45,7 +45,7 @@ class CodeConfig:
     timeout: float = 6.0
     memory_mb: int = 1024  # address space of each program; more is the verdict `memory`
     output_mb: float = 8.0  # stdout + stderr of one run; more is a wrong_output
-    workers: int | None = None  # programs run at once; None: the CPU cores of this machine
+    workers: int | None = None  # programs run at once; None: the CPU cores this process may use
     isolation: str = "auto"  # auto (unshare, else bwrap) | unshare | bwrap | none
     allow_unisolated: bool = False  # run untrusted code without isolation where none can be made
     float_tolerance: float = 1e-6  # absolute or relative difference at which numbers count as equal
@@ -365,5 +365,5 @@ def verify_many(items: list[tuple[str, dict | str]], cfg: CodeConfig, think_tag:
     import os
 
     sandbox.isolation(cfg.isolation, cfg.allow_unisolated)  # refuse before starting anything
-    with ThreadPoolExecutor(cfg.workers or os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(cfg.workers or len(os.sched_getaffinity(0))) as pool:
         return list(pool.map(lambda item: verify_program(item[0], item[1], cfg, think_tag), items))
