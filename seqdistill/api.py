@@ -130,7 +130,7 @@ class OpenAIEngine:
                            for r in recs if r.get("ok")]
             outputs.append(Output(completions, max((r.get("prompt_tokens", 0) for r in recs), default=0),
                                   topk_arrays(recs[0].get("prompt_topk"), p.token_ids, p.score_from),
-                                  failed[0] if failed else None))
+                                  failed[0] if failed else None, len(failed)))
         for r in records.values():  # tokens of every answer in these prompts, this run's or a killed run's
             if r.get("ok"):
                 self.usage["prompt_tokens"] += r.get("prompt_tokens", 0)

@@ -175,7 +175,8 @@ class Output:
     completions: list[Completion]
     prompt_tokens: int
     prompt_topk: tuple | None = None  # score: (ids, log-probs, token ids) per prompt position from score_from
-    error: str | None = None  # the request failed after all retries
+    error: str | None = None  # a request for this prompt failed after all retries (the first error) ...
+    failed: int = 0  # ... and how many of its requests did
 
 
 @dataclass
@@ -392,16 +393,17 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
         outputs = eng.sample([prompts[i] for i in idx], req, journal=journal)
         seconds = time.perf_counter() - start
         rows = [row for i, out in zip(idx, outputs) if out.error is None for row in to_rows(i, out)]
-        errors = {prompts[i].key: out.error for i, out in zip(idx, outputs) if out.error is not None}
+        errors = {prompts[i].key: {"requests": out.failed or 1, "error": out.error}
+                  for i, out in zip(idx, outputs) if out.error is not None}
         sidecar = {"rows": len(rows), "seconds": seconds,
                    "tokens": sum(c.tokens for o in outputs for c in o.completions),
                    "usage": getattr(eng, "usage_of", lambda o: {})(outputs), "failed": errors}
         store.write_parquet(rows, parts[k], features=features)
         store.write_text(parts[k].with_suffix(".json"), json.dumps(sidecar))  # written last: marks the chunk
         if errors:
-            failed += len(errors)
-            log.warning("chunk %d/%d: %d requests failed after retries (first: %s); rerun to retry only those",
-                        k + 1, len(chunks), len(errors), next(iter(errors.values())))
+            failed += sum(e["requests"] for e in errors.values())
+            log.warning("chunk %d/%d: requests for %d prompts failed after retries (first: %s); rerun to retry only those",
+                        k + 1, len(chunks), len(errors), next(iter(errors.values()))["error"])
         else:
             journal.unlink(missing_ok=True)
         log.info("chunk %d/%d done: %d rows, %.0f generated tok/s", k + 1, len(chunks), len(rows),
@@ -435,7 +437,7 @@ def chunk_summary(parts: list[Path], cfg: EngineConfig) -> dict:
     """Seconds, generated tokens and (server backend) requests, retries, errors, tokens and cost of all chunks."""
     metas = [json.loads(p.with_suffix(".json").read_text()) for p in parts if p.with_suffix(".json").is_file()]
     out = {"seconds": sum(m["seconds"] for m in metas), "tokens": sum(m.get("tokens", 0) for m in metas),
-           "failed_requests": sum(len(m.get("failed") or {}) for m in metas)}
+           "failed_requests": sum(e["requests"] for m in metas for e in (m.get("failed") or {}).values())}
     usage: dict = {}
     for m in metas:
         for key, value in (m.get("usage") or {}).items():

@@ -206,7 +206,7 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
                                     chunk_size=cfg.chunk_size, to_rows=to_rows, desc=f"{m.label()} on {b.name}")
     summary = engine.chunk_summary(parts, cfg.engine_of(m))
     if summary["failed_requests"]:
-        return [e for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
+        return [e["error"] for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
     samples = store.read_parquet(parts).to_list()
     per_problem = {}
     for r in samples:

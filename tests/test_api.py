@@ -1,0 +1,163 @@
+"""The OpenAI-compatible backend against a fault-injecting server on 127.0.0.1 (no engine, no model):
+every fault gets its documented behaviour, nothing is lost or sent twice, bad input fails before any request."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fault_server import FaultServer
+
+from seqdistill import config as configlib
+from seqdistill import generate, store
+from seqdistill.config import ConfigError
+from seqdistill.generate import GenerateConfig
+
+KEY_ENV, KEY = "SEQDISTILL_TEST_KEY", "sk-test-0123456789abcdef"
+
+
+def make_cfg(server, out, *overrides, problems=5, n=2):
+    return configlib.load(GenerateConfig, None, [
+        f"model={server.model}", f"output_dir={out}", f"problems.num_problems={problems}", f"sampling.n={n}",
+        "sampling.max_tokens=64", "chunk_size=2", "answer.extraction=last_number", "prompt.template=number",
+        "engine.backend=openai", f"engine.base_url={server.url}", "engine.timeout=1", "engine.max_retries=8",
+        "engine.retry_backoff=0.01", "engine.max_concurrency=2", *overrides,
+    ])
+
+
+def samples(out):
+    rows = list(store.read_parquet([out / "data" / "train.parquet", out / "data" / "dropped.parquet"]))
+    return sorted(rows, key=lambda r: (r["problem_index"], r["sample_index"]))
+
+
+def test_every_fault_retried_and_nothing_lost(tmp_path):
+    with FaultServer(hang=2.0) as server:
+        server.faults = ["429", "500", "503", "hang", "drop", "badjson", "empty"]
+        stats = generate.run(make_cfg(server, tmp_path / "gen"))
+    rows = samples(tmp_path / "gen")
+    assert [(r["problem_index"], r["sample_index"]) for r in rows] == [(p, s) for p in range(5) for s in range(2)]
+    assert stats["requests"]["retries"] == 7 and stats["requests"]["errors"] == 7 and stats["failed_requests"] == 0
+    assert stats["requests"]["requests"] == 10 + 7 == server.requests
+    assert set(server.answered.values()) == {1} and len(server.answered) == 10  # each answered once
+    first = min(server.arrivals.values(), key=lambda times: times[0])  # the 429 came first, with Retry-After: 1
+    assert first[1] - first[0] >= 0.95
+    assert 0 < stats["funnel"]["kept"] < 10  # right and wrong answers both verified
+
+
+def test_reasoning_content_is_the_think_block_and_length_is_truncated(tmp_path):
+    with FaultServer() as server:
+        server.reasoning = True
+        server.faults = ["length"]
+        generate.run(make_cfg(server, tmp_path / "gen", "filters.require_think=true"))
+    rows = samples(tmp_path / "gen")
+    truncated = [r for r in rows if r["drop_reason"] == "truncated"]
+    assert len(truncated) == 1 and truncated[0]["finish_reason"] == "length"
+    text = next(r for r in rows if r["finish_reason"] == "stop")["completion"]
+    assert text.startswith("<think>\nI add ") and "\n</think>\n\nThe answer is" in text
+    assert any(r["keep"] for r in rows)  # balanced think blocks pass the think filter
+
+
+def test_failed_requests_reported_and_rerun_sends_only_those(tmp_path):
+    with FaultServer() as server:
+        cfg = make_cfg(server, tmp_path / "gen", "engine.max_retries=1")
+        question = generate.select_problems(cfg)[3]["question"]
+        server.always[question] = "500"
+        stats = generate.run(cfg)
+        assert stats["failed_requests"] == 2 and stats["samples"] == 8
+        assert 3 not in {r["problem_index"] for r in samples(tmp_path / "gen")}
+        server.always.clear()
+        before = server.requests
+        stats = generate.run(make_cfg(server, tmp_path / "gen", "engine.max_retries=1"))
+        assert server.requests - before == 2  # only the failed ones
+    assert stats["failed_requests"] == 0 and len(samples(tmp_path / "gen")) == 10
+    assert not list((tmp_path / "gen").rglob("*.journal.jsonl"))  # complete chunks drop their journal
+
+
+def test_replicas_share_the_work_and_a_dead_one_is_skipped(tmp_path):
+    with FaultServer() as a, FaultServer() as b:
+        dead = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+        generate.run(make_cfg(a, tmp_path / "gen", f"engine.base_url=[{dead}, {a.url}, {b.url}]", problems=8))
+        assert a.requests > 0 and b.requests > 0 and a.requests + b.requests == 16
+    assert len(samples(tmp_path / "gen")) == 16
+
+
+def test_rate_limit_paces_requests(tmp_path):
+    with FaultServer() as server:
+        start = time.monotonic()
+        generate.run(make_cfg(server, tmp_path / "gen", "engine.requests_per_minute=600", problems=3))
+        assert time.monotonic() - start >= 0.5  # 6 requests, one every 0.1 s
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["engine.served_model=nope"], r"model 'nope' is not served at http://127.0.0.1:\d+/v1; it serves: fake-teacher"),
+    (["engine.base_url=http://127.0.0.1:9/v1"], r"cannot reach http://127.0.0.1:9/v1/models \(ConnectError"),
+    ([f"engine.api_key_env={KEY_ENV}_WRONG"], rf"api_key_env names {KEY_ENV}_WRONG, which is not set"),
+    (["sampling.top_k=20"], r"sampling.top_k is not part of the OpenAI API; .*engine.extra_body"),
+    (["prompt.prefill=<think>"], r"prompt.prefill can't be sent through the chat API; use engine.api: completions"),
+    (["engine.base_url=localhost:8000"], r"base_url 'localhost:8000' must start with http"),
+])
+def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
+    with FaultServer() as server:
+        with pytest.raises(ConfigError, match=message):
+            generate.run(make_cfg(server, tmp_path / "gen", *overrides))
+        assert server.requests == 0
+    assert not (tmp_path / "gen" / "samples").exists()
+
+
+def cli(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "seqdistill", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+def test_refused_key_is_one_line_and_never_written(tmp_path):
+    out = tmp_path / "gen"
+    with FaultServer(key=KEY) as server:
+        args = ["generate", "--set", f"model={server.model}", f"output_dir={out}", "engine.backend=openai",
+                f"engine.base_url={server.url}", f"engine.api_key_env={KEY_ENV}", "problems.num_problems=2",
+                "sampling.n=1", "prompt.template=number", "answer.extraction=last_number"]
+        refused = cli(*args, env={KEY_ENV: "sk-wrong-key-000"})
+        assert refused.returncode == 2 and server.requests == 0
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"refused the key in ${KEY_ENV} (401)" in errors[0]
+        assert "sk-wrong-key-000" not in refused.stderr + refused.stdout
+        ok = cli(*args, env={KEY_ENV: KEY})
+        assert ok.returncode == 0, ok.stderr[-2000:]
+    written = "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file()) + ok.stdout + ok.stderr
+    assert KEY not in written and KEY_ENV in (out / "seqdistill_config.yaml").read_text()
+    assert "requests" in json.loads((out / "stats.json").read_text())
+
+
+def test_killed_runs_resume_exactly_once(tmp_path):
+    """SIGKILL a server-backed generate at random moments, rerun until it finishes: every (problem, sample)
+    once, and the server answers no request twice but the few in flight at each kill."""
+    out, rng, kills = tmp_path / "gen", random.Random(0), 0
+    with FaultServer(delay=0.03) as server:
+        args = ["generate", "--set", f"model={server.model}", f"output_dir={out}", "engine.backend=openai",
+                f"engine.base_url={server.url}", "engine.max_concurrency=2", "problems.num_problems=40",
+                "sampling.n=2", "chunk_size=8", "prompt.template=number", "answer.extraction=last_number"]
+        for attempt in range(5):
+            proc = subprocess.Popen([sys.executable, "-m", "seqdistill", *args], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            if attempt == 4:  # the last run goes to the end
+                assert proc.wait(timeout=300) == 0
+                break
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and not list(out.rglob("*.journal.jsonl")) and time.monotonic() < deadline:
+                time.sleep(0.05)  # requests are being answered: kill somewhere in the next 0.6 s
+            time.sleep(rng.uniform(0.0, 0.6))
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                kills += 1
+            proc.wait()
+        assert kills >= 2
+        answered = server.answered
+    rows = samples(out)
+    keys = [(r["problem_index"], r["sample_index"]) for r in rows]
+    assert sorted(keys) == [(p, s) for p in range(40) for s in range(2)]
+    assert len(answered) == 80
+    assert sum(answered.values()) - 80 <= 2 * kills  # at most the requests in flight (concurrency 2) per kill
