@@ -96,8 +96,8 @@ def child(job: dict, write_end: int) -> None:
             os.setgid(uid)
             os.setuid(uid)
         limits = job["limits"]
-        for name, value in limits.items():
-            resource.setrlimit(getattr(resource, name), (value, value))
+        for name, value in limits.items():  # CPU: SIGXCPU at the soft limit (a timeout), SIGKILL a second later
+            resource.setrlimit(getattr(resource, name), (value, value + (name == "RLIMIT_CPU")))
         os.chdir(job["cwd"])
         report = run(job)
     except BaseException as e:  # a failure of the harness itself, reported rather than hidden
