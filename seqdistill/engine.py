@@ -121,6 +121,9 @@ class SamplingConfig:
             errors.append(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.temperature < 0:
             errors.append(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature == 0 and self.n > 1:
+            errors.append(f"temperature 0 is greedy: every sample would be the same, and vLLM refuses n > 1; set n: 1 "
+                          f"or a temperature above 0 (got n {self.n})")
         if not 0 < self.top_p <= 1:
             errors.append(f"top_p must be in (0, 1], got {self.top_p}")
         if not (self.top_k == -1 or self.top_k >= 0):
