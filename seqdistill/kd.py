@@ -25,7 +25,9 @@ fell outside, as uint32. k=20 on a 49,152-token vocabulary: 60.6 bytes/token; on
 Beyond logits (online teacher only; losses in seqdistill.kd_features), each added as weight * term:
 hidden states (kd.hidden_states), self-attention distributions (kd.attention) and relations between
 a sequence's tokens (kd.relations). Layers are numbered as `output_hidden_states` counts them:
-0 the embeddings (hidden states only), 1..L the outputs of transformer blocks 1..L.
+0 the embeddings (hidden states only), 1..L the outputs of transformer blocks 1..L. With kd.on_policy
+the student samples the completions of a share of the batches itself (GKD) and learns from the
+teacher's distributions on them (seqdistill.kd_trainer).
 """
 
 from __future__ import annotations
