@@ -76,7 +76,7 @@ class AttentionKD:
 @dataclass
 class RelationsKD:
     weight: float = 0.0  # > 0 adds weight * relation loss per sequence (last hidden state, assistant tokens)
-    kind: str = "distance"  # distance | angle (RKD, Huber loss) | attention_relation (MiniLMv2 value relation, last block)
+    kind: str = "distance"  # distance | angle (RKD, Huber loss) | attention_relation (MiniLMv2 value relation, last block, batch x heads x T^2 memory)
     max_tokens: int = 64  # tokens per sequence, evenly spaced: distance O(N^2), angle O(N^3) memory
     heads: int = 4  # attention_relation only: relation heads; must divide both models' value sizes (kv heads x head dim)
 
