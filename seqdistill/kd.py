@@ -184,6 +184,9 @@ def layer_pairs(layers, n_student: int, n_teacher: int) -> list[tuple[int, int]]
 
 def check_models(cfg: KDConfig, student, teacher, length: int) -> list[str]:
     """What needs both models' configs (transformers PretrainedConfig) and the longest training sequence."""
+    if not cfg.features():
+        return []
+    student, teacher = (c.get_text_config() if hasattr(c, "get_text_config") else c for c in (student, teacher))
     errors = []
     n_s, n_t = student.num_hidden_layers, teacher.num_hidden_layers
     for name, first in (("hidden_states", 0), ("attention", 1)):

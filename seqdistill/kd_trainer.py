@@ -89,7 +89,7 @@ class KDTrainer(SFTTrainer):
             self.setup_features()
 
     def setup_features(self):
-        cfg, student, teacher = self.kd_config, self.model.config, self.teacher_model.config
+        cfg, student, teacher = self.kd_config, self.model.config.get_text_config(), self.teacher_model.config.get_text_config()
         self.hidden_pairs = kd.layer_pairs(cfg.hidden_states.layers, student.num_hidden_layers, teacher.num_hidden_layers)
         self.attention_pairs = kd.layer_pairs(cfg.attention.layers, student.num_hidden_layers, teacher.num_hidden_layers)
         if cfg.hidden_states.weight > 0:
