@@ -76,9 +76,10 @@ class AttentionKD:
 @dataclass
 class RelationsKD:
     weight: float = 0.0  # > 0 adds weight * relation loss per sequence (last hidden state, assistant tokens)
-    kind: str = "distance"  # distance | angle (RKD, Huber loss) | attention_relation (MiniLMv2 value relation, last block, batch x heads x T^2 memory)
+    kind: str = "distance"  # distance | angle (RKD, Huber loss) | attention_relation (MiniLMv2 value relation, last block)
     max_tokens: int = 64  # tokens per sequence, evenly spaced: distance O(N^2), angle O(N^3) memory
     heads: int = 4  # attention_relation only: relation heads; must divide both models' value sizes (kv heads x head dim)
+    max_length: int = 1024  # attention_relation only: longest sequence allowed (batch x heads x T^2 memory)
 
     def validate(self) -> list[str]:
         errors = check_weight(self.weight)
@@ -88,6 +89,8 @@ class RelationsKD:
             errors.append(f"max_tokens must be at least 3, got {self.max_tokens}")
         if self.heads < 1:
             errors.append(f"heads must be at least 1, got {self.heads}")
+        if self.max_length < 1:
+            errors.append(f"max_length must be at least 1, got {self.max_length}")
         return errors
 
 
@@ -202,6 +205,10 @@ def check_models(cfg: KDConfig, student, teacher, length: int) -> list[str]:
                       f"training sequence has T={length} > kd.attention.max_length {cfg.attention.max_length}: "
                       "lower max_length or raise kd.attention.max_length")
     if cfg.relations.weight > 0 and cfg.relations.kind == "attention_relation":
+        if length > cfg.relations.max_length:
+            errors.append(f"kd.relations attention_relation keeps batch x heads x T x T relations (O(T^2) memory) and the "
+                          f"longest training sequence has T={length} > kd.relations.max_length {cfg.relations.max_length}: "
+                          "lower max_length or raise kd.relations.max_length")
         for name, c in (("student", student), ("teacher", teacher)):
             size = value_size(c)
             if size % cfg.relations.heads:

@@ -357,6 +357,8 @@ def test_bad_settings_are_refused_when_the_config_is_read(overrides, message, pa
     (["kd.relations.weight=1", "kd.relations.kind=attention_relation", "kd.relations.heads=5"],
      "kd.relations.heads 5 does not divide the student's value size 64"),
     (["kd.on_policy.fraction=0.5", "assistant_only_loss=false"], "kd.on_policy .* set assistant_only_loss true"),
+    (["kd.relations.weight=1", "kd.relations.kind=attention_relation", "kd.relations.max_length=16"],
+     r"T=\d+ > kd.relations.max_length 16: lower max_length or raise kd.relations.max_length"),
 ])
 def test_bad_layers_and_lengths_are_refused_before_the_models_load(overrides, message, pair, tmp_path):
     from seqdistill.config import ConfigError
