@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def prepare_online(cfg, student: str, longest: int, model_kwargs: dict) -> dict:
-    """Before any model loads: the feature terms against both models' configs; eager attention when needed.
+    """Before any model loads: feature and on-policy settings against both models' configs; eager attention if needed.
 
     Returns the teacher's extra from_pretrained keywords; sets the student's in model_kwargs."""
     from transformers import AutoConfig
@@ -198,18 +198,20 @@ class KDTrainer(SFTTrainer):
             from trl.experimental.gkd import GKDTrainer
 
         policy, tokenizer = self.kd_config.on_policy, self.processing_class
+        inputs = self._prepare_inputs(inputs)  # on the model's device (accelerate's loader usually did it already)
         real = inputs["attention_mask"].bool()
         starts = [int((row != -100).nonzero()[0]) if (row != -100).any() else int(r.sum())
                   for row, r in zip(inputs["labels"], real)]  # the first completion token of each row
         width = max(starts)
-        prompts = torch.full((len(starts), width), tokenizer.pad_token_id, dtype=torch.long, device=real.device)
+        end = tokenizer.convert_tokens_to_ids(self.args.eos_token) if self.args.eos_token else tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+        prompts = torch.full((len(starts), width), pad, dtype=torch.long, device=real.device)
         prompt_mask = torch.zeros_like(prompts)
         for b, start in enumerate(starts):
             prompts[b, width - start :] = inputs["input_ids"][b, :start]
             prompt_mask[b, width - start :] = 1
-        end = tokenizer.convert_tokens_to_ids(self.args.eos_token) if self.args.eos_token else tokenizer.eos_token_id
         generation = GenerationConfig(max_new_tokens=policy.max_new_tokens, do_sample=True, temperature=policy.temperature,
-                                      top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=end)
+                                      top_k=0, top_p=1.0, pad_token_id=pad, eos_token_id=end)
         with torch.no_grad(), unwrap_model_for_generation(
                 model, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as unwrapped:
             ids, mask, labels = GKDTrainer.generate_on_policy_outputs(
