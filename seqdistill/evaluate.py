@@ -15,19 +15,21 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import engine, metrics, models, problems as problemslib, prompts, store
+from seqdistill import engine, metrics, models, problems as problemslib, prompts, store, verify
 from seqdistill import config as configlib
+from seqdistill.code import CodeConfig
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.problems import PRESETS, ProblemsConfig
 from seqdistill.prompts import PromptConfig
-from seqdistill.verify import AnswerConfig, extract_answer, is_equivalent
+from seqdistill.verify import AnswerConfig
 
 log = logging.getLogger(__name__)
 EMBEDDED_HELDOUT = "embedded-heldout"
@@ -81,6 +83,7 @@ class EvalConfig:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4))  # R1: temperature 0.6, top_p 0.95
     engine: EngineConfig = field(default_factory=EngineConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)  # the sandbox that runs code benchmarks' tests
     pass_k: list[int] = field(default_factory=lambda: [1])  # pass@k and maj@k for each k (k <= samples); n always added
     greedy: bool = False  # temperature 0 and one sample per problem
     chunk_size: int = 256  # problems per part file: the unit of resume (each chunk is seeded on its own)
@@ -128,6 +131,10 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
     out = Path(cfg.output_dir)
     # ---- check everything before any engine starts or request is sent ----
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
+    if any(verify.is_code(row) for rows in benchmarks.values() for row in rows):
+        from seqdistill import sandbox
+
+        sandbox.isolation(cfg.code.isolation, cfg.code.allow_unisolated)  # refused here, not after sampling
     resolved = {m.model: models.resolve(m.model) for m in cfg.models}
     for m in cfg.models:
         check_adapter(m, resolved[m.model])
@@ -199,7 +206,9 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
             decode = models.load_tokenizer(models.resolve(m.model)).decode
         prompt = decode(batch[i].token_ids) if batch[i].token_ids is not None else "\n".join(
             f"{msg['role']}: {msg['content']}" for msg in batch[i].messages)  # exactly what the model read
-        return [record(cfg, rows[i], prompt, j, c) for j, c in enumerate(output.completions)]
+        texts = [cfg.prompt.prefill + c.text for c in output.completions]
+        judged = verify.judge_many(texts, [rows[i]] * len(texts), cfg.answer, cfg.code)  # programs run in parallel
+        return [record(rows[i], prompt, j, text, c, v) for j, (text, c, v) in enumerate(zip(texts, output.completions, judged))]
 
     # every model sees the same seeds; a resume draws the same
     parts = engine.sample_in_chunks(get_engine, batch, where / "chunks", req, seed_key=(cfg.engine_of(m).seed,),
@@ -208,13 +217,16 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     if summary["failed_requests"]:
         return [e["error"] for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
     samples = store.read_parquet(parts).to_list()
-    per_problem = {}
+    per_problem, code = {}, verify.is_code(rows[0])
     for r in samples:
         p = per_problem.setdefault(r["problem_id"], {"gold": r["gold"], "answers": [], "correct": [], "truncated": [], "lengths": []})
-        for key, value in (("answers", r["answer"]), ("correct", r["correct"]), ("truncated", r["finish_reason"] == "length"),
+        for key, value in (("answers", None if code else r["answer"]), ("correct", r["correct"]), ("truncated", r["finish_reason"] == "length"),
                            ("lengths", r["response_tokens"])):
             p[key].append(value)
     result = metrics.score(list(per_problem.values()), sorted(set(cfg.pass_k) | {n}))
+    if code:  # no majority vote over programs: maj@k is not defined for code
+        result = {k: v for k, v in result.items() if not k.startswith("maj@")}
+        result["verdicts"] = dict(collections.Counter(r["verdict"] for r in samples).most_common())
     seconds = summary["seconds"]
     tokens = sum(r["response_tokens"] for r in samples)
     result.update({
@@ -237,13 +249,11 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     return []
 
 
-def record(cfg, row: dict, prompt: str, j: int, completion) -> dict:
-    """One sample: its prompt, response, extracted answer and verdict."""
-    text = cfg.prompt.prefill + completion.text
-    answer = extract_answer(text, cfg.answer)
+def record(row: dict, prompt: str, j: int, text: str, completion, judged: verify.Judgement) -> dict:
+    """One sample: its prompt, response, extracted answer (a program for code) and verdict."""
     return {"problem_id": row["id"], "sample_index": j, "question": row["question"], "prompt": prompt, "gold": row["answer"],
-            "response": text, "answer": answer, "correct": is_equivalent(answer, row["answer"]),
-            "finish_reason": completion.finish_reason, "response_tokens": completion.tokens}
+            "response": text, "answer": judged.answer, "correct": judged.correct, "verdict": judged.verdict,
+            "verdict_detail": judged.detail, "finish_reason": completion.finish_reason, "response_tokens": completion.tokens}
 
 
 def collect(cfg: EvalConfig, out: Path) -> dict:
@@ -269,7 +279,7 @@ def table(results: dict) -> str:
             r = per_bench[b]
             k = r["samples_per_problem"]
             cells += [f"{r['pass@1']:.3f} ± {r['pass@1_stderr']:.3f}"]
-            cells += [f"{r[f'pass@{k}']:.3f}", f"{r[f'maj@{k}']:.3f}"] if k > 1 else []
+            cells += [f"{r[f'pass@{k}']:.3f}", f"{r[f'maj@{k}']:.3f}" if f"maj@{k}" in r else "n/a"] if k > 1 else []
             cells += [f"{r['truncated_share']:.1%}"]
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(next(iter(results.values())).values()))

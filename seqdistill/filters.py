@@ -150,7 +150,7 @@ def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerC
                 kept_shingles.append(shingles)
         record = {**sample, "answer": answer, "correct": correct, "keep": reason is None, "drop_reason": reason}
         if problem is not None:
-            record["verdict_detail"] = detail
+            record["verdict_detail"] = detail if is_code(problem) else None  # None: not a code problem
         out.append(record)
     return out
 

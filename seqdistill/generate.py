@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqdistill import card, engine, filters, kd, models, problems as problemslib, prompts, store
+from seqdistill.code import CodeConfig
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.filters import FilterConfig
@@ -42,6 +43,7 @@ class GenerateConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)  # the sandbox that runs code problems' tests
     teacher_logprobs: bool = False  # also store the teacher's top-k log-probs per token, for logit KD in sft
     logprobs_k: int = 20  # k of those top-k log-probs
     chunk_size: int = 256  # problems per part file: the unit of resume
@@ -68,6 +70,7 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
     # ---- everything that can fail is checked before the engine starts or a request is sent ----
     model_path = models.resolve(cfg.model)
     rows = select_problems(cfg)
+    isolation = check_sandbox(cfg.code, rows)
     template = prompts.load_template(cfg.prompt.template)
     users = [prompts.render(template, row) for row in rows]
     batch = engine.make_prompts(model_path, cfg.engine, cfg.prompt, users, [row["_index"] for row in rows])
@@ -79,7 +82,7 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
     # ---- sample chunk by chunk; each finished chunk is one atomic file ----
     def to_rows(i: int, output: engine.Output) -> list[dict]:
         samples = build_samples(cfg, rows[i], users[i], output, vocab)
-        return filters.apply(samples, rows[i]["answer"], cfg.filters, cfg.answer, think)
+        return filters.apply(samples, rows[i]["answer"], cfg.filters, cfg.answer, think, problem=rows[i], code_cfg=cfg.code)
 
     req = engine.Request(cfg.sampling, logprobs_k=cfg.logprobs_k if cfg.teacher_logprobs else 0,
                          think_tag=cfg.answer.think_tag)
@@ -89,8 +92,15 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
         parts = engine.sample_in_chunks(get_engine, batch, shard_dir, req, chunk_size=cfg.chunk_size, to_rows=to_rows,
                                         seed_key=(cfg.engine.seed, cfg.shard_index, cfg.num_shards),
                                         features=sample_features(), desc=f"shard {cfg.shard_index}")
-    store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(parts), "problems": len(rows)}))
+    store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(parts), "problems": len(rows), "isolation": isolation}))
     return assemble(cfg, out)
+
+
+def check_sandbox(cfg: CodeConfig, rows: list[dict]) -> str | None:
+    """Code problems need a sandbox that works on this machine: found out before any sampling."""
+    from seqdistill import sandbox, verify
+
+    return sandbox.isolation(cfg.isolation, cfg.allow_unisolated) if any(map(verify.is_code, rows)) else None
 
 
 def select_problems(cfg: GenerateConfig) -> list[dict]:
@@ -142,8 +152,20 @@ def sample_features():
         "sample_index": integer, "question": text, "gold": text, "completion": text, "finish_reason": text,
         "prompt_tokens": integer, "completion_tokens": integer, "teacher": text, "prefill": text,
         "teacher_topk": Value("binary"), "answer": text,
-        "correct": Value("bool"), "keep": Value("bool"), "drop_reason": text,
+        "correct": Value("bool"), "keep": Value("bool"), "drop_reason": text, "verdict_detail": text,
     })
+
+
+def verifiers(samples, isolations: list) -> dict:
+    """Which checker judged how many samples: math-verify, or the problem's tests in which sandbox."""
+    from seqdistill import sandbox
+
+    code = sum(1 for d in samples["verdict_detail"] if d is not None)
+    out = {"math-verify": len(samples) - code, "tests": code}
+    kinds = {k for k in isolations if k}
+    if kinds:
+        out["sandbox"] = "; ".join(sandbox.describe(k) for k in sorted(kinds))
+    return out
 
 
 def assemble(cfg: GenerateConfig, out: Path) -> dict:
@@ -161,6 +183,7 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     store.write_parquet(train, out / "data" / "train.parquet")
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
+    stats["verifier"] = verifiers(samples, [json.loads((d / "DONE").read_text()).get("isolation") for d in shard_dirs])
     summary = engine.chunk_summary(parts, cfg.engine)
     stats["failed_requests"] = summary["failed_requests"]
     if "usage" in summary:

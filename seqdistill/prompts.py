@@ -24,6 +24,11 @@ USER_DIR = Path("prompts")  # a user's own templates, relative to the working di
 _SAID: set[tuple[str, str]] = set()  # (model, prefill) pairs already logged as present in the chat template
 
 
+# fields of a problem a template never sees: the gold answer, code tests and reference solutions
+HIDDEN = ("answer", "tests", "test", "canonical_solution", "input_output", "verification_info",
+          "private_test_cases")
+
+
 @dataclass
 class PromptConfig:
     template: str = "r1"  # built-in name (r1, number, marker), prompts/NAME.jinja in the working dir, or a .jinja path
@@ -65,10 +70,10 @@ def load_template(name: str):
 
 
 def render(template, problem: dict) -> str:
-    """The user message for one problem; the gold answer is never shown to the model."""
+    """The user message for one problem; the gold answer, tests and reference solutions are never shown."""
     from jinja2 import UndefinedError
 
-    fields = {k: v for k, v in problem.items() if k != "answer"}
+    fields = {k: v for k, v in problem.items() if k not in HIDDEN}
     try:
         return template.render(**fields).strip()
     except UndefinedError as e:

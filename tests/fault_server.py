@@ -22,6 +22,7 @@ class FaultServer:
         self.faults: list[str] = []  # 429 | 500 | 503 | hang | drop | badjson | empty | length
         self.always: dict[str, str] = {}  # substring of a prompt -> fault on every request for it
         self.reasoning = False  # answer with reasoning_content, as DeepSeek's API
+        self.reply = None  # (prompt, seed) -> answer text, instead of the sum
         self.requests = 0  # completion requests received
         self.answered: Counter = Counter()  # (prompt, seed) -> answers fully sent
         self.arrivals: dict = defaultdict(list)  # (prompt, seed) -> monotonic times of arrival
@@ -107,7 +108,7 @@ class FaultServer:
                 time.sleep(server.delay)
                 numbers = [int(n) for n in re.findall(r"\d+", prompt)]
                 answer = sum(numbers) + (body.get("seed") or 0) % 2
-                text = f"Adding them up, the answer is {answer}."
+                text = server.reply(prompt, body.get("seed") or 0) if server.reply else f"Adding them up, the answer is {answer}."
                 message = {"role": "assistant", "content": text}
                 if server.reasoning:
                     message = {"role": "assistant", "content": f"The answer is {answer}.",

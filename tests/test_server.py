@@ -89,11 +89,22 @@ def test_greedy_generate_through_the_server_matches_in_process(tiny_llm, tiny_ll
 
 
 def test_seeded_sampling_through_the_server_is_reproducible(tiny_llama, vllm_server, tmp_path):
-    first = generate.run(gen_cfg(tiny_llama, tmp_path / "a", "sampling.temperature=1.0", *served(vllm_server)))
-    generate.run(gen_cfg(tiny_llama, tmp_path / "b", "sampling.temperature=1.0", *served(vllm_server)))
+    # one request at a time: the same batch shapes on both runs (bf16 numerics vary with the batch)
+    one = served(vllm_server, "engine.max_concurrency=1")
+    first = generate.run(gen_cfg(tiny_llama, tmp_path / "a", "sampling.temperature=1.0", *one))
+    generate.run(gen_cfg(tiny_llama, tmp_path / "b", "sampling.temperature=1.0", *one))
     a, b = rows_of(tmp_path / "a"), rows_of(tmp_path / "b")
     assert [r["completion"] for r in a] == [r["completion"] for r in b]
     assert len({r["completion"] for r in a}) > 1 and first["funnel"]["generated"] == 12
+
+
+def test_context_too_small_for_the_server_is_refused_before_sampling(tiny_llama, vllm_server, tmp_path):
+    from seqdistill.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"longest prompt \(\d+ tokens\) \+ sampling.max_tokens \(1020\) exceeds the "
+                                          r"server's context \(1024\); .*--max-model-len"):
+        generate.run(gen_cfg(tiny_llama, tmp_path / "gen", "sampling.max_tokens=1020", *served(vllm_server)))
+    assert not (tmp_path / "gen" / "samples").exists()
 
 
 def test_eval_table_mixes_a_served_model_with_an_in_process_one(tiny_llm, tiny_llama, vllm_server, tmp_path):
