@@ -38,6 +38,10 @@ class Retry(Exception):
         self.after, self.down = after, down
 
 
+class Refused(Exception):
+    """A 4xx for this one request (a content filter, a prompt too long): not retried, recorded as failed."""
+
+
 class OpenAIEngine:
     def __init__(self, model: str, cfg: EngineConfig):
         self.model, self.cfg = model, cfg
@@ -46,6 +50,7 @@ class OpenAIEngine:
             raise ConfigError(f"engine.api_key_env names {cfg.api_key_env}, which is not set: export {cfg.api_key_env}=...")
         self.replicas = [{"url": str(u).rstrip("/"), "down_until": 0.0, "fails": 0, "inflight": 0} for u in cfg.base_url]
         self.usage: collections.Counter = collections.Counter()
+        self.pace = {"next": 0.0, "window": collections.deque(), "lock": None}
 
     def close(self) -> None:
         pass
@@ -112,14 +117,15 @@ class OpenAIEngine:
         return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
-        fp = self.fingerprint(req)
+        from seqdistill.engine import prompts_digest
+
+        fp = f"{self.fingerprint(req)}-{prompts_digest(prompts)}"  # answers of these very prompts, these settings
         records = read_journal(journal, fp) if journal else {}
         n = req.sampling.n
         todo = [(p, j) for p in prompts for j in range(n) if not records.get(f"{p.key}/{j}", {}).get("ok")]
         if len(todo) < len(prompts) * n:
             log.info("%d of %d requests already answered (journal); sending %d", len(prompts) * n - len(todo),
                      len(prompts) * n, len(todo))
-        self.usage = collections.Counter()
         if todo:
             asyncio.run(self.send_all(todo, req, journal, fp, records))
         outputs = []
@@ -131,10 +137,14 @@ class OpenAIEngine:
             outputs.append(Output(completions, max((r.get("prompt_tokens", 0) for r in recs), default=0),
                                   topk_arrays(recs[0].get("prompt_topk"), p.token_ids, p.score_from),
                                   failed[0] if failed else None, len(failed)))
-        for r in records.values():  # tokens of every answer in these prompts, this run's or a killed run's
-            if r.get("ok"):
-                self.usage["prompt_tokens"] += r.get("prompt_tokens", 0)
-                self.usage["completion_tokens"] += r["completion_tokens"]
+        self.usage = collections.Counter()  # from the journal: this run's answers and a killed run's
+        for r in (records.get(f"{p.key}/{j}") for p in prompts for j in range(n)):
+            if r:
+                self.usage["requests"] += r.get("errors", 0) + bool(r.get("ok"))
+                self.usage["retries"] += r.get("retries", 0)
+                self.usage["errors"] += r.get("errors", 0)
+                self.usage["prompt_tokens"] += r.get("prompt_tokens", 0) if r.get("ok") else 0
+                self.usage["completion_tokens"] += r.get("completion_tokens", 0) if r.get("ok") else 0
         return outputs
 
     def usage_of(self, outputs) -> dict:
@@ -145,7 +155,7 @@ class OpenAIEngine:
         from tqdm.auto import tqdm
 
         gate = asyncio.Semaphore(self.cfg.max_concurrency)
-        self.pace = {"next": 0.0, "window": collections.deque(), "lock": asyncio.Lock()}
+        self.pace["lock"] = asyncio.Lock()  # one per event loop; the pacing itself spans chunks
         sink = open_journal(journal) if journal else None
         bar = tqdm(total=len(todo), desc="requests", unit="req")
         limits = httpx.Limits(max_connections=self.cfg.max_concurrency, max_keepalive_connections=self.cfg.max_concurrency)
@@ -180,35 +190,37 @@ class OpenAIEngine:
         path, body = self.body(p, j, req)
         errors = 0
         for attempt in range(self.cfg.max_retries + 1):
-            replica = await self.pick()
             await self.throttle()
+            replica = await self.pick()
             replica["inflight"] += 1
-            self.usage["requests"] += 1
             try:
                 resp = await client.post(f"{replica['url']}{path}", json=body)
                 data = self.answer(resp)
-                record = self.parse(data, req)
+                try:
+                    record = self.parse(data, req)
+                except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+                    raise Retry(f"a malformed answer ({type(e).__name__}: {e})") from None
                 replica["fails"] = 0
                 self.window_add(record["prompt_tokens"] + record["completion_tokens"])
                 return {"ok": True, "retries": attempt, "errors": errors, **record}
             except Retry as e:
                 error, after, down = str(e), e.after, e.down
+            except Refused as e:  # this request will not pass however often it is sent: recorded, the run goes on
+                return {"ok": False, "retries": attempt, "errors": errors + 1, "error": str(e)}
             except Exception as e:
                 import httpx
 
-                if not isinstance(e, (httpx.TimeoutException, httpx.TransportError)):
+                if not isinstance(e, (httpx.TimeoutException, httpx.TransportError, httpx.DecodingError)):
                     raise
                 error, after, down = f"{type(e).__name__}: {e or 'no detail'}", None, not isinstance(e, httpx.TimeoutException)
             finally:
                 replica["inflight"] -= 1
             errors += 1
-            self.usage["errors"] += 1
             delay = after if after is not None else self.cfg.retry_backoff * 2 ** attempt * random.uniform(0.5, 1.5)
             if down:
                 replica["fails"] += 1
-                replica["down_until"] = time.monotonic() + max(delay, min(30.0, 2.0 ** replica["fails"]))
+                replica["down_until"] = time.monotonic() + min(300.0, max(delay, min(30.0, 2.0 ** replica["fails"])))
             if attempt < self.cfg.max_retries:
-                self.usage["retries"] += 1
                 log.debug("request %s/%d: %s; retrying in %.1f s", p.key, j, error, delay)
                 await asyncio.sleep(min(delay, 300.0))
         return {"ok": False, "retries": self.cfg.max_retries, "errors": errors, "error": error}
@@ -236,7 +248,7 @@ class OpenAIEngine:
     def answer(self, resp) -> dict:
         """The JSON of a successful response; a Retry for what may pass, a ConfigError for what won't."""
         status = resp.status_code
-        if status == 429 or status >= 500:
+        if status in (408, 429) or status >= 500:
             raise Retry(f"HTTP {status}: {resp.text[:200]}", after=retry_after(resp), down=status >= 500)
         if status in (401, 403):
             raise ConfigError(f"the server refused {self.key_hint()} ({status}); check the key")
@@ -247,7 +259,7 @@ class OpenAIEngine:
             text = resp.text[:300]
             hint = ("; lower sampling.max_tokens or raise the server's --max-model-len" if "context" in text.lower()
                     or "max_model_len" in text or "maximum" in text.lower() else "")
-            raise ConfigError(f"the server refused a request ({status}): {' '.join(text.split())}{hint}")
+            raise Refused(f"the server refused the request ({status}): {' '.join(text.split())}{hint}")
         try:
             data = resp.json()
         except ValueError:
@@ -288,7 +300,7 @@ class OpenAIEngine:
         if tokens is None:
             tokens = len(topk["sampled"]) if topk else 0
         return {"text": text, "finish_reason": str(choice.get("finish_reason") or "stop"),
-                "prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": tokens,
+                "prompt_tokens": usage.get("prompt_tokens") or 0, "completion_tokens": tokens or 0,
                 "topk": topk, "prompt_topk": prompt_topk and {"k": req.prompt_logprobs_k, "pos": prompt_topk}}
 
     # ------------------------------------------------------------ replicas and limits

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,10 @@ class EngineConfig:
         for name in ("requests_per_minute", "tokens_per_minute"):
             if (getattr(self, name) or 1) <= 0:
                 errors.append(f"{name} must be > 0 (or null for no limit)")
-        if self.api_key_env and self.api_key_env not in os.environ:
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            errors.append("api_key_env must be the NAME of an environment variable holding the key (e.g. "
+                          "OPENAI_API_KEY), not the key itself")
+        elif self.api_key_env and self.api_key_env not in os.environ:
             errors.append(f"api_key_env names {self.api_key_env}, which is not set: export {self.api_key_env}=... "
                           "(the key is read from there and never written anywhere)")
         return errors
@@ -97,7 +101,8 @@ class EngineConfig:
 # settings that change how fast or where samples come, not which: a resumed run may change them
 OPERATIONAL = tuple(f"engine.{k}" for k in ("base_url", "api_key_env", "max_concurrency", "requests_per_minute",
                                              "tokens_per_minute", "timeout", "max_retries", "retry_backoff",
-                                             "price_input", "price_output", "in_process"))
+                                             "price_input", "price_output", "in_process", "gpu_memory_utilization",
+                                             "kv_cache_memory_bytes", "enable_prefix_caching"))
 
 
 @dataclass
@@ -384,7 +389,8 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
     chunks = [range(i, min(i + chunk_size, len(prompts))) for i in range(0, len(prompts), chunk_size)]
     parts = [where / f"chunk-{k:05d}.parquet" for k in range(len(chunks))]
     store.remove_stale_temps(where)
-    todo = [k for k in range(len(chunks)) if not chunk_done(parts[k])]
+    digests = [prompts_digest([prompts[i] for i in idx]) for idx in chunks]
+    todo = [k for k in range(len(chunks)) if not chunk_done(parts[k], digests[k])]
     log.info("%s%d prompts in %d chunks, %d to sample", f"{desc}: " if desc else "", len(prompts), len(chunks), len(todo))
     failed = 0
     for k in todo:
@@ -398,7 +404,7 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
         rows = [row for i, out in zip(idx, outputs) if out.error is None for row in to_rows(i, out)]
         errors = {prompts[i].key: {"requests": out.failed or 1, "error": out.error}
                   for i, out in zip(idx, outputs) if out.error is not None}
-        sidecar = {"rows": len(rows), "seconds": seconds,
+        sidecar = {"rows": len(rows), "prompts": digests[k], "seconds": seconds,
                    "tokens": sum(c.tokens for o in outputs for c in o.completions),
                    "usage": getattr(eng, "usage_of", lambda o: {})(outputs), "failed": errors}
         store.write_parquet(rows, parts[k], features=features)
@@ -416,8 +422,14 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
     return parts
 
 
-def chunk_done(part: Path) -> bool:
-    """A chunk is reused only when whole: its sidecar names no failures and its row count matches the file."""
+def prompts_digest(prompts: list[Prompt]) -> str:
+    """What a chunk was asked: an edited problem file or template, or another dataset, is not reused."""
+    what = [(p.key, p.token_ids, p.messages, p.score_from) for p in prompts]
+    return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def chunk_done(part: Path, digest: str) -> bool:
+    """A chunk is reused only when whole (its row count matches its sidecar), for the same prompts, with no failures."""
     sidecar = part.with_suffix(".json")
     if not (part.is_file() and sidecar.is_file()):
         return False
@@ -432,6 +444,10 @@ def chunk_done(part: Path) -> bool:
         return False
     if rows != meta.get("rows", rows):
         log.warning("%s holds %d rows, its sidecar says %d; sampling that chunk again", part, rows, meta["rows"])
+        return False
+    if meta.get("prompts") != digest:
+        log.warning("%s was sampled from other prompts (an edited problem file, template or dataset); sampling it again",
+                    part)
         return False
     return not meta.get("failed")
 

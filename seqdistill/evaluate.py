@@ -122,8 +122,9 @@ class EvalConfig:
 
 
 def output_layout(cfg: EvalConfig) -> store.Layout:
+    per_model = tuple(f"models.*.{key}" for key in engine.OPERATIONAL)  # a model's own engine, as eval's
     return store.Layout(owned=(*[m.label() for m in cfg.models], "results.json", "results.md"), marker="results.json",
-                        ignore=engine.OPERATIONAL)
+                        ignore=(*engine.OPERATIONAL, *per_model))
 
 
 def run(cfg: EvalConfig, llms: dict | None = None) -> dict:

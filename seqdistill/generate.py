@@ -190,8 +190,11 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
         stats["requests"] = summary["usage"]
     if cfg.teacher_logprobs:
         stats["teacher_logprobs"] = kd.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(cfg.model)))
-    store.write_text(out / "stats.json", json.dumps(stats, indent=2))
     store.write_text(out / "README.md", card.dataset_card(cfg, stats))
+    if stats["failed_requests"]:  # no stats.json: the stage is not done, and `seqdistill run` reruns it
+        raise ConfigError(f"{stats['failed_requests']} requests failed after retries; {out}/data holds the rest "
+                          "(see its README); rerun the same command to retry only those")
+    store.write_text(out / "stats.json", json.dumps(stats, indent=2))
     if cfg.push_to_hub:
         import datasets
 

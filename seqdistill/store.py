@@ -87,15 +87,21 @@ class Layout:
 
 
 def drop(data: dict, keys: tuple[str, ...]) -> dict:
-    """`data` without the dotted `keys`."""
+    """`data` without the dotted `keys`; `*` stands for every item of a list (`models.*.engine.base_url`)."""
     data = json.loads(json.dumps(data, default=str))
+
+    def remove(node, parts: list[str]) -> None:
+        if parts[0] == "*" and isinstance(node, list):
+            for item in node:
+                remove(item, parts[1:])
+        elif isinstance(node, dict):
+            if len(parts) == 1:
+                node.pop(parts[0], None)
+            else:
+                remove(node.get(parts[0]), parts[1:])
+
     for key in keys:
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        remove(data, key.split("."))
     return data
 
 

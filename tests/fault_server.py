@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FaultServer:
     def __init__(self, model: str = "fake-teacher", key: str | None = None, delay: float = 0.0, hang: float = 3.0):
         self.model, self.key, self.delay, self.hang = model, key, delay, hang
-        self.faults: list[str] = []  # 429 | 500 | 503 | hang | drop | badjson | empty | length
+        self.faults: list[str] = []  # 400 | 429 | 500 | 503 | hang | drop | badjson | empty | length
         self.always: dict[str, str] = {}  # substring of a prompt -> fault on every request for it
         self.reasoning = False  # answer with reasoning_content, as DeepSeek's API
         self.reply = None  # (prompt, seed) -> answer text, instead of the sum
@@ -91,6 +91,8 @@ class FaultServer:
                     fault = next((f for marker, f in server.always.items() if marker in prompt), None)
                     if fault is None and server.faults:
                         fault = server.faults.pop(0)
+                if fault == "400":
+                    return self.send(400, {"error": {"message": "injected: this prompt is refused"}})
                 if fault in ("429", "500", "503"):
                     return self.send(int(fault), {"error": {"message": f"injected {fault}"}},
                                      {"Retry-After": "1"} if fault == "429" else None)

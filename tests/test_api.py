@@ -70,15 +70,56 @@ def test_failed_requests_reported_and_rerun_sends_only_those(tmp_path):
         cfg = make_cfg(server, tmp_path / "gen", "engine.max_retries=1")
         question = generate.select_problems(cfg)[3]["question"]
         server.always[question] = "500"
-        stats = generate.run(cfg)
-        assert stats["failed_requests"] == 2 and stats["samples"] == 8
+        with pytest.raises(ConfigError, match="2 requests failed after retries; .*rerun the same command"):
+            generate.run(cfg)
+        assert len(samples(tmp_path / "gen")) == 8 and not (tmp_path / "gen" / "stats.json").exists()
         assert 3 not in {r["problem_index"] for r in samples(tmp_path / "gen")}
+        assert "2 requests failed after retries" in (tmp_path / "gen" / "README.md").read_text()
         server.always.clear()
         before = server.requests
         stats = generate.run(make_cfg(server, tmp_path / "gen", "engine.max_retries=1"))
         assert server.requests - before == 2  # only the failed ones
     assert stats["failed_requests"] == 0 and len(samples(tmp_path / "gen")) == 10
     assert not list((tmp_path / "gen").rglob("*.journal.jsonl"))  # complete chunks drop their journal
+
+
+def test_a_refused_request_is_recorded_not_retried_and_the_run_finishes(tmp_path):
+    with FaultServer() as server:
+        cfg = make_cfg(server, tmp_path / "gen")
+        question = generate.select_problems(cfg)[1]["question"]
+        server.always[question] = "400"
+        with pytest.raises(ConfigError, match="2 requests failed after retries"):
+            generate.run(cfg)
+        assert server.requests == 10  # the two refused ones were sent once each
+    assert len(samples(tmp_path / "gen")) == 8
+
+
+def test_edited_problems_are_sampled_again_and_the_rest_reused(tmp_path):
+    source = tmp_path / "problems.jsonl"
+    rows = [{"id": f"p{i}", "question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(6)]
+    source.write_text("\n".join(map(json.dumps, rows)))
+    with FaultServer() as server:
+        generate.run(make_cfg(server, tmp_path / "gen", f"problems.source={source}", problems=6))
+        rows[4]["question"] = "What is 40 plus 40?"  # chunk 2 of 3 (chunk_size 2)
+        source.write_text("\n".join(map(json.dumps, rows)))
+        before = server.requests
+        generate.run(make_cfg(server, tmp_path / "gen", f"problems.source={source}", problems=6))
+        assert server.requests - before == 4  # the edited chunk's 2 problems x 2 samples, nothing else
+    assert "What is 40 plus 40?" in {r["question"] for r in samples(tmp_path / "gen")}
+
+
+def test_a_models_own_server_settings_are_not_part_of_the_eval_identity(tmp_path):
+    from seqdistill import evaluate
+    from seqdistill.evaluate import EvalConfig
+
+    def cfg(url, concurrency):
+        return configlib.load(EvalConfig, None, [f"output_dir={tmp_path / 'eval'}", f"models=[{{model: m, name: served, "
+                              f"engine: {{backend: openai, base_url: {url}, max_concurrency: {concurrency}}}}}]"])
+
+    layout = evaluate.output_layout(cfg("http://a:8000/v1", 8))
+    layout.prepare(tmp_path / "eval", cfg("http://a:8000/v1", 8), overwrite=False)
+    assert layout.changes(tmp_path / "eval", cfg("http://b:8000/v1", 64)) == []
+    assert layout.state(str(tmp_path / "eval") + "/", cfg("http://b:8000/v1", 64)) == "same"
 
 
 def test_replicas_share_the_work_and_a_dead_one_is_skipped(tmp_path):
