@@ -152,6 +152,8 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
     metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / seconds, 1)
     store.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     store.write_text(out / "model" / "README.md", model_card(cfg, data, metrics))
+    if (out / "merged").is_dir():
+        store.write_text(out / "merged" / "README.md", model_card(cfg, data, metrics, merged=True))
     return SFTResult(metrics, trainer)
 
 

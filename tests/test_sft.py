@@ -128,6 +128,10 @@ def test_full_finetune_and_merge_load_in_vllm(tiny_llama, traces, tmp_path):
     sft.run(make_cfg(tiny_llama, traces, tmp_path / "full", "method=full", "max_steps=1"))
     sft.run(make_cfg(tiny_llama, traces, tmp_path / "lora", "max_steps=1", "merge=true"))
     paths = [str(tmp_path / "full" / "model"), str(tmp_path / "lora" / "merged")]
+    from huggingface_hub import ModelCard
+
+    merged_card = ModelCard.load(tmp_path / "lora" / "merged" / "README.md")  # the merged model has its own card
+    assert merged_card.data.library_name == "transformers" and "LoRA adapter merged into the base weights" in merged_card.text
     # a process of its own: vLLM engines in one process must not overlap the session's engines
     proc = subprocess.run([sys.executable, "-c", LOAD_IN_VLLM, *paths], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
