@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -76,8 +76,17 @@ class EngineConfig:
             errors.append(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len is not None and self.max_model_len < 16:
             errors.append(f"max_model_len must be at least 16, got {self.max_model_len}")
+        if self.backend == "vllm" and self.data_parallel_size > 1:  # vLLM 0.32: LLM(data_parallel_size>1) is refused
+            errors.append("data_parallel_size > 1 needs one engine process per rank, which vllm.LLM in this process "
+                          "can't be: serve the model with `vllm serve MODEL --data-parallel-size N` and set "
+                          "backend: openai, or split the run with num_shards (one job per GPU)")
         if self.backend != "openai":
             return errors
+        vllm_only = [f.name for f in fields(self) if f.name in VLLM_ONLY and getattr(self, f.name) != f.default
+                     and not (f.name == "extra" and not self.extra)]
+        if vllm_only:
+            errors.append(f"{', '.join(vllm_only)} configure the in-process vllm backend and do nothing for backend "
+                          "openai; set them on the server (vllm serve flags) and remove them here")
         if not self.base_url:
             errors.append("backend openai needs base_url (e.g. http://127.0.0.1:8000/v1, or a list of replicas)")
         errors += [f"base_url {u!r} must start with http:// or https://" for u in self.base_url
@@ -98,6 +107,8 @@ class EngineConfig:
         return errors
 
 
+VLLM_ONLY = ("dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+             "kv_cache_memory_bytes", "enforce_eager", "in_process", "extra")
 # settings that change how fast or where samples come, not which: a resumed run may change them
 OPERATIONAL = tuple(f"engine.{k}" for k in ("base_url", "api_key_env", "max_concurrency", "requests_per_minute",
                                              "tokens_per_minute", "timeout", "max_retries", "retry_backoff",
@@ -153,9 +164,6 @@ def check_backend(engine: EngineConfig, sampling: SamplingConfig | None = None, 
     if prefill and engine.api == "chat":
         errors.append("prompt.prefill can't be sent through the chat API; use engine.api: completions "
                       "(the prompt is rendered here with the model's chat template) or drop the prefill")
-    if engine.data_parallel_size > 1 or engine.tensor_parallel_size > 1:
-        errors.append("tensor/data_parallel_size configure the vllm backend; scale an openai backend with "
-                      "more base_url replicas (e.g. vllm serve --data-parallel-size N)")
     return errors
 
 

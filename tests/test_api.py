@@ -145,6 +145,7 @@ def test_rate_limit_paces_requests(tmp_path):
     (["prompt.prefill=<think>"], r"prompt.prefill can't be sent through the chat API; use engine.api: completions"),
     (["engine.base_url=localhost:8000"], r"base_url 'localhost:8000' must start with http"),
     (["sampling.max_tokens=5000"], r"\+ sampling.max_tokens \(5000\) exceeds the server's context \(4096\)"),
+    (["engine.max_model_len=2048"], r"max_model_len configure the in-process vllm backend and do nothing for backend openai"),
 ])
 def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
     with FaultServer() as server:
@@ -152,6 +153,12 @@ def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
             generate.run(make_cfg(server, tmp_path / "gen", *overrides))
         assert server.requests == 0
     assert not (tmp_path / "gen" / "samples").exists()
+
+
+def test_in_process_data_parallel_is_refused_with_the_way_that_works():
+    with pytest.raises(ConfigError, match=r"data_parallel_size > 1 needs one engine process per rank.*vllm serve MODEL "
+                                          r"--data-parallel-size N.*num_shards"):
+        configlib.load(GenerateConfig, None, ["engine.data_parallel_size=8"])
 
 
 def cli(*args, env=None, **kwargs):
