@@ -108,6 +108,19 @@ def test_edited_problems_are_sampled_again_and_the_rest_reused(tmp_path):
     assert "What is 40 plus 40?" in {r["question"] for r in samples(tmp_path / "gen")}
 
 
+def test_a_torn_chunk_is_set_aside_and_sampled_again(tmp_path):
+    with FaultServer() as server:
+        generate.run(make_cfg(server, tmp_path / "gen"))
+        whole = [(r["problem_index"], r["sample_index"], r["completion"]) for r in samples(tmp_path / "gen")]
+        chunk = next((tmp_path / "gen" / "samples").glob("*/chunk-00001.parquet"))
+        chunk.write_bytes(chunk.read_bytes()[:100])  # a copy cut short, as a full disk or a bad sync leaves it
+        before = server.requests
+        generate.run(make_cfg(server, tmp_path / "gen"))
+        assert server.requests - before == 4  # that chunk's 2 problems x 2 samples
+    assert chunk.with_suffix(".parquet.bad").exists()
+    assert [(r["problem_index"], r["sample_index"], r["completion"]) for r in samples(tmp_path / "gen")] == whole
+
+
 def test_a_models_own_server_settings_are_not_part_of_the_eval_identity(tmp_path):
     from seqdistill import evaluate
     from seqdistill.evaluate import EvalConfig
