@@ -96,6 +96,9 @@ def verifier_line(st: dict) -> str:
     parts = [f"{v['math-verify']} samples against the gold answer with math-verify"] if v["math-verify"] else []
     if v["tests"]:
         parts.append(f"{v['tests']} programs against the problem's tests, {v.get('sandbox', 'in a sandbox')}")
+    if v.get("reasoning-gym"):
+        tasks = ", ".join(f"{task} {n}" for task, n in v["reasoning-gym"].items())
+        parts.append(f"{sum(v['reasoning-gym'].values())} answers by their reasoning-gym task's own score_answer ({tasks})")
     return "; ".join(parts) or "no samples"
 
 

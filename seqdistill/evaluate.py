@@ -4,7 +4,7 @@
     seqdistill eval --set 'models=[{model: Qwen/Qwen2.5-1.5B-Instruct}]' 'benchmarks=[{name: gsm8k}, {name: math-500}]'
 
 For every model and benchmark: k samples per problem from vLLM, answers extracted and
-checked with math-verify, and pass@1 (mean over the k samples, with its standard error), unbiased
+checked with math-verify (code: the tests; reasoning-gym: the task's own checker), and pass@1 (mean over the k samples, with its standard error), unbiased
 pass@k, maj@k (equivalent answers vote together), the share of responses cut at max_tokens and the
 mean response length. Writes OUTPUT_DIR/MODEL/BENCHMARK/{samples.parquet,results.json},
 OUTPUT_DIR/results.json and OUTPUT_DIR/results.md (a side-by-side table). Problems are sampled in
@@ -218,9 +218,10 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     if summary["failed_requests"]:
         return [e["error"] for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
     samples = store.read_parquet(parts).to_list()
-    per_problem, code = {}, verify.is_code(rows[0])
+    per_problem, code, exact = {}, verify.is_code(rows[0]), verify.is_reasoning_gym(rows[0])
     for r in samples:
-        p = per_problem.setdefault(r["problem_id"], {"gold": r["gold"], "answers": [], "correct": [], "truncated": [], "lengths": []})
+        p = per_problem.setdefault(r["problem_id"], {"gold": r["gold"], "answers": [], "correct": [], "truncated": [],
+                                                     "lengths": [], "exact": exact})
         for key, value in (("answers", None if code else r["answer"]), ("correct", r["correct"]), ("truncated", r["finish_reason"] == "length"),
                            ("lengths", r["response_tokens"])):
             p[key].append(value)

@@ -2,9 +2,12 @@
 
 Order (one reason per sample, the first that applies):
   truncated -> unbalanced_think, no_answer -> too_short, too_long -> repetitive -> wrong_answer
+  -> too_easy, too_hard (the problem's pass rate outside `pass_rate`)
   -> duplicate, near_duplicate (within a problem) -> over_limit (at most k kept per problem).
 Code problems (rows with `tests`) have `no_code` for `no_answer` and, for `wrong_answer`, the verdict
 of their tests in the sandbox: wrong_output, runtime_error, timeout, memory or syntax_error.
+reasoning-gym rows (with `rg_task`) are judged by their task's own checker (seqdistill.verify).
+A problem's pass rate is its correct samples over all its samples (open-r1 keeps 0.1 to 0.9).
 The funnel counts the samples that survive each stage.
 """
 
@@ -14,7 +17,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from seqdistill.verify import AnswerConfig, extract_answer, is_code, is_equivalent, judge_many
+from seqdistill.verify import AnswerConfig, extract_for, is_code, is_equivalent, is_reasoning_gym, judge_many, verifier_name
 
 CODE_FAILURES = ["wrong_output", "runtime_error", "timeout", "memory", "syntax_error"]  # seqdistill.code verdicts
 # funnel stage -> the drop reasons that end a sample at that stage
@@ -22,6 +25,7 @@ STAGES = {
     "finished": ["truncated"],
     "formatted": ["unbalanced_think", "no_answer", "no_code", "too_short", "too_long", "repetitive"],
     "correct": ["wrong_answer", *CODE_FAILURES],
+    "in_band": ["too_easy", "too_hard"],
     "deduplicated": ["duplicate", "near_duplicate"],
     "kept": ["over_limit"],
 }
@@ -41,6 +45,8 @@ class FilterConfig:
     # with a question field, or preset=path (mawps=../shared/benchmarks/mawps/test.jsonl)
     decontaminate: list[str] = field(default_factory=list)
     decontaminate_ngram: int = 8
+    # [lo, hi]: keep only problems whose teacher pass rate (correct / samples) lies in the band; None: all
+    pass_rate: list[float] | None = None
 
     def validate(self) -> list[str]:
         errors = []
@@ -52,6 +58,10 @@ class FilterConfig:
             errors.append(f"near_duplicate must be in (0, 1], got {self.near_duplicate}")
         if self.max_per_problem is not None and self.max_per_problem < 1:
             errors.append(f"max_per_problem must be at least 1 (or null for no limit), got {self.max_per_problem}")
+        if self.pass_rate is not None:
+            band = self.pass_rate
+            if len(band) != 2 or not 0 <= band[0] <= band[1] <= 1:
+                errors.append(f"pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got {band}")
         return errors
 
 
@@ -84,12 +94,10 @@ def check_sample(sample: dict, gold: str, cfg: FilterConfig, answer_cfg: AnswerC
 
 
 def check_format(sample: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool,
-                 code: bool = False) -> tuple[str | None, str | None]:
+                 problem: dict | None = None) -> tuple[str | None, str | None]:
     """(answer, drop reason or None) up to the `formatted` stage; for code the answer is the program."""
-    from seqdistill.code import extract_code
-
-    text = sample["completion"]
-    answer = extract_code(text, answer_cfg.think_tag) if code else extract_answer(text, answer_cfg)
+    text, code = sample["completion"], is_code(problem)
+    answer = extract_for(text, problem, answer_cfg)
     if sample["finish_reason"] != "stop":
         return answer, "truncated"
     if think:
@@ -107,11 +115,11 @@ def check_format(sample: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, thin
     return answer, None
 
 
-def check_code(samples: list[dict], problem: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool,
-               code_cfg=None) -> list[tuple[str | None, str | None, str]]:
-    """(program, drop reason or None, failing case) per sample of a code problem; the formatted ones
-    run against the problem's tests in the sandbox, several at a time."""
-    checked = [(*check_format(s, cfg, answer_cfg, think, code=True), "") for s in samples]
+def check_judged(samples: list[dict], problem: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool,
+                 code_cfg=None) -> list[tuple[str | None, str | None, str]]:
+    """(answer, drop reason or None, detail) per sample of a code or reasoning-gym problem: the formatted
+    ones are judged by `verify.judge_many` (programs run in the sandbox, several at a time)."""
+    checked = [(*check_format(s, cfg, answer_cfg, think, problem), "") for s in samples]
     todo = [i for i, (_, reason, _) in enumerate(checked) if reason is None]
     judged = judge_many([samples[i]["completion"] for i in todo], [problem] * len(todo), answer_cfg, code_cfg)
     for i, j in zip(todo, judged):
@@ -125,17 +133,22 @@ def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerC
 
     `problem` (the problem row) picks the verifier: a code row (with `tests`) runs its tests in the
     sandbox under `code_cfg` (seqdistill.code.CodeConfig; None: its defaults) and each sample also
-    gets `verdict_detail` (the first failing case or the error); any other row is checked against `gold`.
+    gets `verdict_detail` (the first failing case or the error); a reasoning-gym row is scored by its
+    task's checker (`verdict_detail`: the score); any other row is checked against `gold`. Each sample
+    gets `verifier` (verify.verifier_name).
     """
-    if is_code(problem):
-        checked = check_code(samples, problem, cfg, answer_cfg, think, code_cfg)
+    if is_code(problem) or is_reasoning_gym(problem):
+        checked = check_judged(samples, problem, cfg, answer_cfg, think, code_cfg)
     else:
         checked = [(*check_sample(s, gold, cfg, answer_cfg, think), "") for s in samples]
+    band = band_reason(sum(reason is None for _, reason, _ in checked), len(samples), cfg.pass_rate)
     kept_texts: list[str] = []
     kept_shingles: list[set] = []
     out = []
     for sample, (answer, reason, detail) in zip(samples, checked):
         correct = reason is None
+        if reason is None and band:
+            reason = band
         if reason is None:
             normalized = " ".join(sample["completion"].split())
             shingles = set(ngrams(words(normalized), 3))
@@ -149,18 +162,30 @@ def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerC
                 kept_texts.append(normalized)
                 kept_shingles.append(shingles)
         record = {**sample, "answer": answer, "correct": correct, "keep": reason is None, "drop_reason": reason}
-        if problem is not None:
-            record["verdict_detail"] = detail if is_code(problem) else None  # None: not a code problem
+        if problem is not None:  # detail: a code problem's failing case, a reasoning-gym score; else None
+            record["verdict_detail"] = detail if is_code(problem) or is_reasoning_gym(problem) else None
+            record["verifier"] = verifier_name(problem)
         out.append(record)
     return out
 
 
+def band_reason(correct: int, total: int, band: list[float] | None) -> str | None:
+    """too_easy / too_hard when a problem's pass rate falls outside the band, else None."""
+    if band is None or total == 0:
+        return None
+    rate = correct / total
+    return "too_easy" if rate > band[1] else "too_hard" if rate < band[0] else None
+
+
 def funnel(reasons: list[str | None]) -> dict[str, int]:
-    """Samples left after each stage: generated -> finished -> formatted -> correct -> deduplicated -> kept."""
+    """Samples left after each stage: generated -> finished -> formatted -> correct -> (in_band, when the
+    pass-rate band dropped any) -> deduplicated -> kept."""
     counts = Counter(reasons)
     left = len(reasons)
     out = {"generated": left}
     for stage, stage_reasons in STAGES.items():
+        if stage == "in_band" and not any(counts[r] for r in stage_reasons):
+            continue
         left -= sum(counts[r] for r in stage_reasons)
         out[stage] = left
     return out

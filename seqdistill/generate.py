@@ -152,16 +152,21 @@ def sample_features():
         "sample_index": integer, "question": text, "gold": text, "completion": text, "finish_reason": text,
         "prompt_tokens": integer, "completion_tokens": integer, "teacher": text, "prefill": text,
         "teacher_topk": Value("binary"), "answer": text,
-        "correct": Value("bool"), "keep": Value("bool"), "drop_reason": text, "verdict_detail": text,
+        "correct": Value("bool"), "keep": Value("bool"), "drop_reason": text, "verdict_detail": text, "verifier": text,
     })
 
 
 def verifiers(samples, isolations: list) -> dict:
-    """Which checker judged how many samples: math-verify, or the problem's tests in which sandbox."""
+    """Which checker judged how many samples: math-verify, the problem's tests (in which sandbox), or a
+    reasoning-gym task's own checker (counts per task)."""
+    from collections import Counter
+
     from seqdistill import sandbox
 
-    code = sum(1 for d in samples["verdict_detail"] if d is not None)
-    out = {"math-verify": len(samples) - code, "tests": code}
+    counts = Counter(samples["verifier"])
+    out = {"math-verify": counts.pop("math-verify", 0), "tests": counts.pop("tests", 0)}
+    if counts:
+        out["reasoning-gym"] = {k.removeprefix("reasoning-gym:"): v for k, v in sorted(counts.items())}
     kinds = {k for k in isolations if k}
     if kinds:
         out["sandbox"] = "; ".join(sandbox.describe(k) for k in sorted(kinds))

@@ -1,5 +1,7 @@
 """Benchmark metrics over k samples per problem: pass@1 with its standard error, unbiased pass@k,
-and majority vote with answers grouped by mathematical equivalence (math-verify), not by string."""
+and majority vote with answers grouped by mathematical equivalence (math-verify), not by string;
+problems marked `exact` (reasoning-gym tasks, whose answers need not be math) vote by exact answer
+string, and the vote is right when the task's checker judged that answer correct."""
 
 from __future__ import annotations
 
@@ -29,14 +31,17 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def majority(answers: list[str | None]) -> str | None:
-    """The most common answer, equivalent answers voting together (1/2 with 0.5); ties: the earliest."""
+def majority(answers: list[str | None], exact: bool = False) -> str | None:
+    """The most common answer, equivalent answers voting together (1/2 with 0.5; `exact`: the same
+    string, surrounding spaces aside); ties: the earliest."""
     groups: list[list[str]] = []
     for answer in answers:
         if answer is None:
             continue
+        if exact:
+            answer = answer.strip()
         for group in groups:
-            if answer == group[0] or is_equivalent(answer, group[0]):
+            if answer == group[0] or (not exact and is_equivalent(answer, group[0])):
                 group.append(answer)
                 break
         else:
@@ -46,8 +51,21 @@ def majority(answers: list[str | None]) -> str | None:
     return max(groups, key=len)[0]  # max keeps the first of equal-size groups
 
 
+def majority_correct(p: dict, k: int) -> bool:
+    """Whether the majority of the first k answers is right: math-verify against the gold, or (exact) the
+    verdict of a sample that gave that answer."""
+    exact = p.get("exact", False)
+    vote = majority(p["answers"][:k], exact)
+    if vote is None:
+        return False
+    if not exact:
+        return is_equivalent(vote, p["gold"])
+    return next(c for a, c in zip(p["answers"][:k], p["correct"]) if a is not None and a.strip() == vote)
+
+
 def score(per_problem: list[dict], ks: list[int]) -> dict:
-    """Metrics from one record per problem: {"gold", "answers", "correct", "truncated", "lengths"}."""
+    """Metrics from one record per problem: {"gold", "answers", "correct", "truncated", "lengths"} and
+    optionally "exact" (majority by answer string, judged by the sample's own verdict)."""
     n = min(len(p["correct"]) for p in per_problem)
     p1, se = mean_and_stderr([sum(p["correct"]) / len(p["correct"]) for p in per_problem])
     out = {"problems": len(per_problem), "samples_per_problem": n, "pass@1": p1, "pass@1_stderr": se}
@@ -55,8 +73,7 @@ def score(per_problem: list[dict], ks: list[int]) -> dict:
         if k > n:
             raise ValueError(f"pass@{k} needs k <= n={n} samples per problem")
         out[f"pass@{k}"] = sum(pass_at_k(len(p["correct"]), sum(p["correct"]), k) for p in per_problem) / len(per_problem)
-        votes = [majority(p["answers"][:k]) for p in per_problem]
-        out[f"maj@{k}"] = sum(v is not None and is_equivalent(v, p["gold"]) for v, p in zip(votes, per_problem)) / len(per_problem)
+        out[f"maj@{k}"] = sum(majority_correct(p, k) for p in per_problem) / len(per_problem)
     lengths = [x for p in per_problem for x in p["lengths"]]
     out["truncated_share"] = sum(sum(p["truncated"]) for p in per_problem) / max(1, len(lengths))
     out["mean_response_tokens"] = sum(lengths) / max(1, len(lengths))

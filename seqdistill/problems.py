@@ -1,4 +1,4 @@
-"""Problem sources: the embedded arithmetic set, a local JSONL/JSON/Parquet/CSV file, or a hub dataset.
+"""Problem sources: the embedded arithmetic set, reasoning-gym tasks, a local JSONL/JSON/Parquet/CSV file, or a hub dataset.
 
 Every source becomes the same rows: `id`, `question`, `answer` (the gold answer as a string), plus
 the source's own fields for prompt templates. Field mapping is configurable; presets name the
@@ -8,20 +8,33 @@ Code problems (`tests` set to a schema, or a code preset: humaneval, mbpp, livec
 tests instead of a gold answer: `tests` is a JSON string of the tests in `seqdistill.code`'s internal
 form (stdin cases, call-based cases, or a test program), and `answer` is the function to write
 (HumanEval's entry_point) or "". A row with a non-empty `tests` is verified by running its tests.
+
+reasoning-gym problems (`source: reasoning-gym`, `tasks`) are drawn from the task generators of the
+reasoning-gym package, seeded. A weighted mix draws round(num_problems * weight / total) problems per
+task (largest remainder), interleaved in a seeded order so any prefix or shard is a mix. A question
+belongs to train or held-out by a hash of its text (the embedded set's rule), and each split draws from
+its own seed space: the two splits never share a question, whatever the seed or count. Rows carry
+`rg_task`, `rg_metadata` (the task's metadata, JSON) and `rg_entry` (JSON: task config, seed, size and
+index, from which the verifier regenerates the task's exact entry for its own `score_answer`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from seqdistill import arithmetic
 from seqdistill.config import ConfigError
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+REASONING_GYM = "reasoning-gym"
+RG_CANDIDATES = 20  # candidates drawn per wanted problem (duplicates and the other split's questions are skipped)
 
 
 @dataclass
@@ -61,13 +74,20 @@ PRESETS: dict[str, Preset] = {
 
 
 @dataclass
+class RGTask:
+    name: str  # a reasoning-gym task: chain_sum, basic_arithmetic, gsm_symbolic, word_sorting, ...
+    weight: float = 1.0  # share of the problems drawn from this task (weights are normalised)
+    config: dict = field(default_factory=dict)  # the task's own settings (size, difficulty), e.g. {max_terms: 3}
+
+
+@dataclass
 class ProblemsConfig:
-    # "embedded" (the arithmetic set shipped here), a local file (.jsonl/.json/.parquet/.csv),
-    # or a hub dataset name. Empty with a preset: the preset's hub dataset.
+    # "embedded" (the arithmetic set shipped here), "reasoning-gym" (with tasks), a local file
+    # (.jsonl/.json/.parquet/.csv), or a hub dataset name. Empty with a preset: the preset's hub dataset.
     source: str = "embedded"
     preset: str | None = None
     subset: str | None = None  # hub dataset config name
-    split: str | None = None  # hub split; embedded: train | heldout (default train)
+    split: str | None = None  # hub split; embedded and reasoning-gym: train | heldout (default train)
     question_fields: list[str] | None = None  # joined with a space (SVAMP: Body + Question)
     answer_field: str | None = None
     answer_format: str | None = None  # plain | gsm8k ("... #### 18") | boxed (last \boxed{})
@@ -76,9 +96,11 @@ class ProblemsConfig:
     # code problems: the schema of their tests (auto, input_output, verification_info, livecodebench,
     # humaneval, mbpp); None: problems with a gold answer
     tests: str | None = None
-    num_problems: int | None = None  # first N problems; None: all (embedded: 500)
+    num_problems: int | None = None  # first N problems; None: all (embedded, reasoning-gym: 500)
+    # reasoning-gym: a task name, or a list of {name, weight, config} (a weighted mix)
+    tasks: str | list[RGTask] | None = None
+    seed: int = 0  # embedded and reasoning-gym: the draw's seed
     # embedded set only: the difficulty knob
-    seed: int = 0
     min_steps: int = 1
     max_steps: int = 2
     max_operand: int = 20
@@ -102,7 +124,11 @@ class ProblemsConfig:
             errors.append(f"operations must use only + - * /, got {self.operations!r}")
         if self.source == "embedded" and self.split not in (None, "train", "heldout"):
             errors.append(f"the embedded set has splits train and heldout, got {self.split!r}")
-        if self.source != "embedded" and self.is_local_like() and not Path(self.source).exists():
+        if self.source == REASONING_GYM:
+            errors += check_tasks(self.tasks, self.split)
+        elif self.tasks is not None:
+            errors.append(f"tasks is for source: {REASONING_GYM}, but source is {self.source!r}")
+        if self.source not in ("embedded", REASONING_GYM) and self.is_local_like() and not Path(self.source).exists():
             errors.append(f"problem file {self.source} does not exist")
         return errors
 
@@ -117,7 +143,7 @@ class ProblemsConfig:
             out.source, out.subset = preset.hub, out.subset or preset.subset
             if preset.package_file:  # shipped in a PyPI package: offline
                 out.source = f"package:{preset.package_file}"
-        if out.source == "embedded":
+        if out.source in ("embedded", REASONING_GYM):
             out.split = out.split or "train"
             out.num_problems = out.num_problems or 500
             out.question_fields, out.answer_field, out.answer_format = ["question"], "answer", "plain"
@@ -135,6 +161,8 @@ class ProblemsConfig:
 def load(cfg: ProblemsConfig) -> list[dict]:
     """Rows with id, question and gold answer (plus the source's own fields), in a fixed order."""
     cfg = cfg.resolved()
+    if cfg.source == REASONING_GYM:
+        return _rg_rows(cfg)
     if cfg.source == "embedded":
         return arithmetic.generate(cfg.num_problems, cfg.split, cfg.seed, cfg.min_steps, cfg.max_steps,
                                    cfg.max_operand, cfg.operations)
@@ -252,3 +280,103 @@ def multiple_choice(question: str, right: str, wrong: list[str], key: str) -> tu
     letters = "ABCDEFGH"[: len(options)]
     lines = [f"{letter}) {option.strip()}" for letter, option in zip(letters, options)]
     return question + "\n\n" + "\n".join(lines), letters[options.index(right)]
+
+
+
+# ---- reasoning-gym ----
+
+def rg_tasks(tasks: str | list[RGTask] | None) -> list[RGTask]:
+    return [RGTask(tasks)] if isinstance(tasks, str) else list(tasks or [])
+
+
+def check_tasks(tasks, split: str | None) -> list[str]:
+    """Task names, weights and each task's own settings, checked by building the task (no model needed)."""
+    import difflib
+
+    specs = rg_tasks(tasks)
+    if not specs:
+        return [f"source {REASONING_GYM} needs tasks: a task name (chain_sum) or a list of {{name, weight, config}}"]
+    errors = [] if split in (None, "train", "heldout") else [f"reasoning-gym splits are train and heldout, got {split!r}"]
+    try:
+        import reasoning_gym
+    except ImportError:
+        return errors + ["source reasoning-gym needs the reasoning-gym package: pip install reasoning-gym"]
+    known = sorted(n for n in reasoning_gym.factory.DATASETS if n != "composite")
+    for spec in specs:
+        if spec.weight <= 0:
+            errors.append(f"task {spec.name}: weight must be > 0, got {spec.weight}")
+        if spec.name not in known:
+            close = difflib.get_close_matches(spec.name, known, n=5, cutoff=0.5)
+            hint = f"close: {', '.join(close)}" if close else f"known: {', '.join(known)}"
+            errors.append(f"unknown reasoning-gym task {spec.name!r}; {hint}")
+            continue
+        try:
+            _rg_dataset(spec.name, json.dumps(spec.config, sort_keys=True), 0, 1)
+        except TypeError:
+            keys = [f.name for f in dataclasses.fields(reasoning_gym.factory.DATASETS[spec.name][1]) if f.name not in ("seed", "size")]
+            wrong = sorted(set(spec.config) - set(keys))
+            errors.append(f"task {spec.name} has no setting(s) {', '.join(wrong) or '?'}; it takes: {', '.join(keys)}")
+        except Exception as e:  # the task's own validation (AssertionError, ValueError)
+            errors.append(f"task {spec.name} refuses config {spec.config}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+    return errors
+
+
+@lru_cache(maxsize=256)
+def _rg_dataset(name: str, config_json: str, seed: int, size: int):
+    import reasoning_gym
+
+    return reasoning_gym.create_dataset(name, seed=seed, size=size, **json.loads(config_json))
+
+
+@lru_cache(maxsize=100_000)
+def _rg_item(name: str, config_json: str, seed: int, size: int, index: int) -> dict:
+    return _rg_dataset(name, config_json, seed, size)[index]
+
+
+def rg_entry(row: dict) -> tuple:
+    """(the task's dataset object, its exact entry) for a reasoning-gym row: regenerated, not parsed back from JSON."""
+    e = json.loads(row["rg_entry"])
+    key = (row["rg_task"], json.dumps(e["config"], sort_keys=True), e["seed"], e["size"])
+    return _rg_dataset(*key), _rg_item(*key, e["index"])
+
+
+def _allocate(total: int, weights: list[float]) -> list[int]:
+    """Largest-remainder split of `total` by weights."""
+    shares = [total * w / sum(weights) for w in weights]
+    counts = [int(s) for s in shares]
+    for i in sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _rg_rows(cfg: ProblemsConfig) -> list[dict]:
+    """`num_problems` problems of one split, per task by weight, interleaved in a seeded order."""
+    specs = rg_tasks(cfg.tasks)
+    counts = _allocate(cfg.num_problems, [s.weight for s in specs])
+    per_task = [iter(_rg_draw(spec, n, cfg.split, cfg.seed)) for spec, n in zip(specs, counts)]
+    order = [t for t, n in enumerate(counts) for _ in range(n)]
+    random.Random(f"seqdistill-rg-order-{cfg.seed}").shuffle(order)
+    return [next(per_task[t]) for t in order]
+
+
+def _rg_draw(spec: RGTask, n: int, split: str, seed: int) -> list[dict]:
+    """n distinct problems of a task whose question text belongs to `split`, from that split's own seed space."""
+    if n == 0:
+        return []
+    task_seed = int(hashlib.sha256(f"seqdistill-rg-{split}-{seed}-{spec.name}".encode()).hexdigest()[:8], 16)
+    size, config_json = RG_CANDIDATES * n + 100, json.dumps(spec.config, sort_keys=True)
+    rows, seen = [], set()
+    for index in range(size):
+        item = _rg_item(spec.name, config_json, task_seed, size, index)
+        question = item["question"]
+        if question in seen or arithmetic.split_of(question) != split:
+            continue
+        seen.add(question)
+        rows.append({"id": f"rg-{spec.name}-{seed}-{split}-{index}", "question": question,
+                     "answer": "" if item["answer"] is None else str(item["answer"]), "rg_task": spec.name,
+                     "rg_metadata": json.dumps(item.get("metadata", {}), default=str),
+                     "rg_entry": json.dumps({"config": spec.config, "seed": task_seed, "size": size, "index": index})})
+        if len(rows) == n:
+            return rows
+    raise ConfigError(f"task {spec.name} gave only {len(rows)} distinct {split} problems in {size} draws, "
+                      f"{n} wanted; lower num_problems or its weight, or widen the task's config")

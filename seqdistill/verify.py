@@ -2,7 +2,13 @@
 
 `generate` uses it to keep correct traces and `eval` to score models, so both read answers the
 same way. `judge` picks the verifier per problem: code rows (with `tests`) run their tests in the
-sandbox (`seqdistill.code`), every other row is compared with its gold answer.
+sandbox (`seqdistill.code`), reasoning-gym rows (with `rg_task`) are scored by their task's own
+`score_answer` (correct at a score >= `answer.rg_threshold`), every other row is compared with its
+gold answer by math-verify.
+
+A reasoning-gym answer may be any text (sorted words, a move list), so under `extraction: auto` it is
+the last `<answer>...</answer>` after the think block (what reasoning-gym's own prompts ask for), else
+the last \\boxed{}, else the whole text after the think block; the other extraction modes apply as set.
 """
 
 from __future__ import annotations
@@ -17,15 +23,20 @@ NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 @dataclass
 class AnswerConfig:
     # boxed: the last \boxed{...}; last_number: the last number; marker: what follows the last
-    # `marker`; auto: boxed when there is one, else the last number.
+    # `marker`; auto: boxed when there is one, else the last number (reasoning-gym rows: the last
+    # <answer>...</answer>, else boxed, else the whole text after the think block).
     extraction: str = "auto"
     marker: str = "The answer is"
     think_tag: str = "think"  # responses with an unclosed <think> block have no answer
+    rg_threshold: float = 1.0  # reasoning-gym rows: correct when the task's score_answer (0 to 1) reaches this
 
     def validate(self) -> list[str]:
+        errors = []
         if self.extraction not in ("auto", "boxed", "last_number", "marker"):
-            return [f"extraction must be auto, boxed, last_number or marker, got {self.extraction!r}"]
-        return []
+            errors.append(f"extraction must be auto, boxed, last_number or marker, got {self.extraction!r}")
+        if not 0 < self.rg_threshold <= 1:
+            errors.append(f"rg_threshold must be in (0, 1], got {self.rg_threshold}")
+        return errors
 
 
 def strip_think(text: str, tag: str = "think") -> str | None:
@@ -79,6 +90,45 @@ def extract_answer(text: str, cfg: AnswerConfig) -> str | None:
     return last_boxed(body) or last_number(body)
 
 
+def last_tag(text: str, tag: str = "answer") -> str | None:
+    """Content of the last <tag>...</tag> (reasoning-gym's answer format)."""
+    found = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
+    return found[-1].strip() if found else None
+
+
+def extract_free_answer(text: str, cfg: AnswerConfig) -> str | None:
+    """A reasoning-gym answer: <answer> tags, else \\boxed{}, else the whole final text (auto); else as `extract_answer`."""
+    if cfg.extraction != "auto":
+        return extract_answer(text, cfg)
+    body = strip_think(text, cfg.think_tag)
+    if body is None:
+        return None
+    answer = last_tag(body)
+    if answer is None:
+        answer = last_boxed(body) or body.strip()
+    return answer or None
+
+
+def extract_for(text: str, problem: dict | None, cfg: AnswerConfig) -> str | None:
+    """The answer as the problem's verifier reads it (a program for code rows)."""
+    if is_code(problem):
+        from seqdistill.code import extract_code
+
+        return extract_code(text, cfg.think_tag)
+    return extract_free_answer(text, cfg) if is_reasoning_gym(problem) else extract_answer(text, cfg)
+
+
+def rg_score(answer: str | None, problem: dict) -> float:
+    """The task's own score_answer on its exact entry; an answer the checker chokes on scores 0."""
+    from seqdistill.problems import rg_entry
+
+    dataset, entry = rg_entry(problem)
+    try:
+        return float(dataset.score_answer(answer, entry))
+    except Exception:
+        return 0.0
+
+
 @lru_cache(maxsize=100_000)
 def _parse(text: str):
     from math_verify import parse
@@ -113,8 +163,20 @@ def is_code(problem: dict | None) -> bool:
     return bool(problem and problem.get("tests"))
 
 
+def is_reasoning_gym(problem: dict | None) -> bool:
+    return bool(problem and problem.get("rg_task"))
+
+
+def verifier_name(problem: dict | None) -> str:
+    """math-verify, tests, or reasoning-gym:TASK: which checker judges this problem's answers."""
+    if is_code(problem):
+        return "tests"
+    return f"reasoning-gym:{problem['rg_task']}" if is_reasoning_gym(problem) else "math-verify"
+
+
 def judge(text: str, problem: dict, cfg: AnswerConfig, code_cfg=None) -> Judgement:
-    """One response against one problem row: tests in the sandbox for code rows, math-verify for the rest."""
+    """One response against one problem row: tests in the sandbox for code rows, the task's checker for
+    reasoning-gym rows, math-verify for the rest."""
     return judge_many([text], [problem], cfg, code_cfg)[0]
 
 
@@ -125,6 +187,13 @@ def judge_many(texts: list[str], problems: list[dict], cfg: AnswerConfig, code_c
     for i, (text, problem) in enumerate(zip(texts, problems)):
         if is_code(problem):
             runs.append(i)
+            continue
+        if is_reasoning_gym(problem):
+            answer = extract_free_answer(text, cfg)
+            score = rg_score(answer, problem) if answer is not None else 0.0
+            correct = score >= cfg.rg_threshold
+            verdict = "passed" if correct else "no_answer" if answer is None else "wrong_answer"
+            out[i] = Judgement(answer, correct, verdict, f"score {score:.3g}")
             continue
         answer = extract_answer(text, cfg)
         correct = is_equivalent(answer, problem["answer"])
