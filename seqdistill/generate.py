@@ -173,6 +173,20 @@ def verifiers(samples, isolations: list) -> dict:
     return out
 
 
+def pass_rates(samples) -> dict:
+    """Problems by how many of their samples the teacher got right ("1/4": 3 problems), and how many
+    problems contribute no trace to the dataset (filters.pass_rate selects on this rate)."""
+    from collections import Counter
+
+    per: dict[str, list[int]] = {}
+    for pid, correct, keep in zip(samples["problem_id"], samples["correct"], samples["keep"]):
+        c = per.setdefault(pid, [0, 0, 0])
+        c[0], c[1], c[2] = c[0] + correct, c[1] + 1, c[2] + keep
+    hist = Counter((n, c) for c, n, _ in per.values())
+    return {"problems_solved": {f"{c}/{n}": hist[n, c] for n, c in sorted(hist)},
+            "problems_without_trace": sum(1 for _, _, k in per.values() if k == 0)}
+
+
 def assemble(cfg: GenerateConfig, out: Path) -> dict:
     """Join every shard's chunks into data/train.parquet and data/dropped.parquet, once all shards are done."""
     shard_dirs = [out / "samples" / f"shard-{i:05d}-of-{cfg.num_shards:05d}" for i in range(cfg.num_shards)]
@@ -189,6 +203,7 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
     stats["verifier"] = verifiers(samples, [json.loads((d / "DONE").read_text()).get("isolation") for d in shard_dirs])
+    stats["pass_rate"] = pass_rates(samples)
     summary = engine.chunk_summary(parts, cfg.engine)
     stats["failed_requests"] = summary["failed_requests"]
     if "usage" in summary:

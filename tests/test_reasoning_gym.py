@@ -115,6 +115,8 @@ def test_pass_rate_band_drops_exactly_the_problems_outside_it(tmp_path):
     assert reasons == {(1, "too_hard"): sum(c == 1 for c in rights.values()),
                        (4, "too_easy"): 4 * sum(c == 4 for c in rights.values())}
     assert stats["funnel"]["correct"] - stats["funnel"]["in_band"] == sum(reasons.values())
+    assert stats["pass_rate"] == {"problems_solved": {"0/4": 2, "1/4": 2, "2/4": 2, "3/4": 1, "4/4": 1},
+                                  "problems_without_trace": 5}  # 0/4 and 1/4 (too hard) and 4/4 (too easy)
 
 
 def test_band_reason():
