@@ -183,8 +183,10 @@ def pass_rates(samples) -> dict:
         c = per.setdefault(pid, [0, 0, 0])
         c[0], c[1], c[2] = c[0] + correct, c[1] + 1, c[2] + keep
     hist = Counter((n, c) for c, n, _ in per.values())
+    band = {reason: len({p for p, r in zip(samples["problem_id"], samples["drop_reason"]) if r == reason})
+            for reason in ("too_easy", "too_hard")}
     return {"problems_solved": {f"{c}/{n}": hist[n, c] for n, c in sorted(hist)},
-            "problems_without_trace": sum(1 for _, _, k in per.values() if k == 0)}
+            "problems_without_trace": sum(1 for _, _, k in per.values() if k == 0), **band}
 
 
 def assemble(cfg: GenerateConfig, out: Path) -> dict:
@@ -211,6 +213,11 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     if cfg.teacher_logprobs:
         stats["teacher_logprobs"] = kd.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(cfg.model)))
     store.write_text(out / "README.md", card.dataset_card(cfg, stats))
+    if cfg.filters.pass_rate and not stats["funnel"]["kept"]:
+        r = stats["pass_rate"]
+        raise ConfigError(f"filters.pass_rate {cfg.filters.pass_rate} left no problems: {r['too_easy']} too easy, "
+                          f"{r['too_hard']} too hard, {r['problems_solved'].get(f'0/{cfg.sampling.n}', 0)} never solved; "
+                          "widen the band (and pass --overwrite: the filters run as samples arrive)")
     if stats["failed_requests"]:  # no stats.json: the stage is not done, and `seqdistill run` reruns it
         raise ConfigError(f"{stats['failed_requests']} requests failed after retries; {out}/data holds the rest "
                           "(see its README); rerun the same command to retry only those")

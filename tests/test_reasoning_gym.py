@@ -116,7 +116,16 @@ def test_pass_rate_band_drops_exactly_the_problems_outside_it(tmp_path):
                        (4, "too_easy"): 4 * sum(c == 4 for c in rights.values())}
     assert stats["funnel"]["correct"] - stats["funnel"]["in_band"] == sum(reasons.values())
     assert stats["pass_rate"] == {"problems_solved": {"0/4": 2, "1/4": 2, "2/4": 2, "3/4": 1, "4/4": 1},
-                                  "problems_without_trace": 5}  # 0/4 and 1/4 (too hard) and 4/4 (too easy)
+                                  "problems_without_trace": 5, "too_easy": 1, "too_hard": 2}
+
+
+def test_a_band_that_leaves_no_problems_says_how_many_fell_on_each_side(tmp_path):
+    with FaultServer() as server:
+        server.reply = answerer(generate.select_problems(gen_cfg(server, tmp_path / "gen")), lambda *_: True)
+        with pytest.raises(ConfigError, match=r"filters.pass_rate \[0.0, 0.5\] left no problems: 8 too easy, 0 too hard, "
+                                              "0 never solved; widen the band"):
+            generate.run(gen_cfg(server, tmp_path / "gen", "filters.pass_rate=[0, 0.5]", "filters.near_duplicate=1.0"))
+    assert not (tmp_path / "gen" / "stats.json").exists()
 
 
 def test_band_reason():
