@@ -295,29 +295,31 @@ def check_tasks(tasks, split: str | None) -> list[str]:
 
     specs = rg_tasks(tasks)
     if not specs:
-        return [f"source {REASONING_GYM} needs tasks: a task name (chain_sum) or a list of {{name, weight, config}}"]
-    errors = [] if split in (None, "train", "heldout") else [f"reasoning-gym splits are train and heldout, got {split!r}"]
+        return [f"tasks: source {REASONING_GYM} needs a task name (chain_sum) or a list of {{name, weight, config}}"]
+    errors = [] if split in (None, "train", "heldout") else [f"split must be train or heldout for reasoning-gym, got {split!r}"]
     try:
         import reasoning_gym
     except ImportError:
-        return errors + ["source reasoning-gym needs the reasoning-gym package: pip install reasoning-gym"]
+        return errors + ["source: reasoning-gym needs the reasoning-gym package: pip install reasoning-gym"]
     known = sorted(n for n in reasoning_gym.factory.DATASETS if n != "composite")
     for spec in specs:
         if spec.weight <= 0:
-            errors.append(f"task {spec.name}: weight must be > 0, got {spec.weight}")
+            errors.append(f"tasks[{spec.name}].weight must be > 0, got {spec.weight}")
         if spec.name not in known:
             close = difflib.get_close_matches(spec.name, known, n=5, cutoff=0.5)
             hint = f"close: {', '.join(close)}" if close else f"known: {', '.join(known)}"
-            errors.append(f"unknown reasoning-gym task {spec.name!r}; {hint}")
+            errors.append(f"tasks: unknown reasoning-gym task {spec.name!r}; {hint}")
             continue
         try:
             _rg_dataset(spec.name, json.dumps(spec.config, sort_keys=True), 0, 1)
         except TypeError:
             keys = [f.name for f in dataclasses.fields(reasoning_gym.factory.DATASETS[spec.name][1]) if f.name not in ("seed", "size")]
             wrong = sorted(set(spec.config) - set(keys))
-            errors.append(f"task {spec.name} has no setting(s) {', '.join(wrong) or '?'}; it takes: {', '.join(keys)}")
+            errors.append(f"tasks[{spec.name}].config: the task has no setting(s) {', '.join(wrong) or '?'}; "
+                          f"it takes: {', '.join(keys)}")
         except Exception as e:  # the task's own validation (AssertionError, ValueError)
-            errors.append(f"task {spec.name} refuses config {spec.config}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+            errors.append(f"tasks[{spec.name}].config {spec.config} refused by the task: "
+                          f"{(str(e).splitlines() or [type(e).__name__])[0]}")
     return errors
 
 

@@ -154,14 +154,14 @@ def test_eval_on_a_reasoning_gym_benchmark(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["problems.tasks=chain_summ"], "unknown reasoning-gym task 'chain_summ'; close: chain_sum, decimal_chain_sum"),
-    (["problems.tasks=[{name: chain_sum, config: {terms: 3}}]"], "task chain_sum has no setting(s) terms; it takes: min_terms, max_terms"),
+    (["problems.tasks=chain_summ"], "problems.tasks: unknown reasoning-gym task 'chain_summ'; close: chain_sum, decimal_chain_sum"),
+    (["problems.tasks=[{name: chain_sum, config: {terms: 3}}]"], "problems.tasks[chain_sum].config: the task has no setting(s) terms; it takes: min_terms, max_terms"),
     (["problems.tasks=[{name: chain_sum, config: {min_terms: 5, max_terms: 2}}]"],
-     "task chain_sum refuses config {'min_terms': 5, 'max_terms': 2}: max_terms must be >= min_terms"),
-    (["problems.tasks=[{name: chain_sum, weight: 0}]"], "task chain_sum: weight must be > 0"),
-    (["problems.split=test"], "reasoning-gym splits are train and heldout, got 'test'"),
-    (["filters.pass_rate=[0.9, 0.1]"], "pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1"),
-    (["answer.rg_threshold=0"], "rg_threshold must be in (0, 1]"),
+     "problems.tasks[chain_sum].config {'min_terms': 5, 'max_terms': 2} refused by the task: max_terms must be >= min_terms"),
+    (["problems.tasks=[{name: chain_sum, weight: 0}]"], "problems.tasks[chain_sum].weight must be > 0"),
+    (["problems.split=test"], "problems.split must be train or heldout for reasoning-gym, got 'test'"),
+    (["filters.pass_rate=[0.9, 0.1]"], "filters.pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1"),
+    (["answer.rg_threshold=0"], "answer.rg_threshold must be in (0, 1]"),
 ])
 def test_bad_input_is_one_line_before_any_request(tmp_path, overrides, message):
     with FaultServer() as server:
