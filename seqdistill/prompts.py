@@ -26,7 +26,7 @@ _SAID: set[tuple[str, str]] = set()  # (model, prefill) pairs already logged as 
 
 # fields of a problem a template never sees: the gold answer, code tests and reference solutions
 HIDDEN = ("answer", "tests", "test", "canonical_solution", "input_output", "verification_info",
-          "private_test_cases")
+          "private_test_cases", "rg_metadata", "rg_entry")
 
 
 @dataclass
