@@ -144,17 +144,17 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
     groups = {}  # one engine per base model and engine settings (a model's adapters share it)
     for m in cfg.models:
         groups.setdefault((m.model, json.dumps(configlib.to_dict(cfg.engine_of(m)), sort_keys=True)), []).append(m)
-    batches = {}
-    for (base, _), entries in groups.items():
-        eng_cfg = cfg.engine_of(entries[0])
-        batches[base, id(entries[0])] = {name: engine.make_prompts(resolved[base], eng_cfg, cfg.prompt, texts, range(len(texts)))
-                                         for name, texts in users.items()}
-        engine.preflight(resolved[base], eng_cfg, batches[base, id(entries[0])], cfg.sampling.max_tokens)
+    batches = {}  # group -> benchmark -> prompts, as that group's backend takes them
+    for key, entries in groups.items():
+        base, eng_cfg = key[0], cfg.engine_of(entries[0])
+        batches[key] = {name: engine.make_prompts(resolved[base], eng_cfg, cfg.prompt, texts, range(len(texts)))
+                        for name, texts in users.items()}
+        engine.preflight(resolved[base], eng_cfg, batches[key], cfg.sampling.max_tokens)
     output_layout(cfg).prepare(out, cfg, cfg.overwrite)
 
     failures = []
-    for (base, _), entries in groups.items():
-        eng_cfg, batch = cfg.engine_of(entries[0]), batches[base, id(entries[0])]
+    for key, entries in groups.items():
+        base, eng_cfg, batch = key[0], cfg.engine_of(entries[0]), batches[key]
         lora = [m for m in entries if m.adapter]
         extra = {"enable_lora": True, "max_lora_rank": max(adapter_rank(m.adapter) for m in lora)} if lora else {}
         opener = lambda: engine.open_engine(resolved[base], eng_cfg, (llms or {}).get(base), **extra)  # noqa: E731
