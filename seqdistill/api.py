@@ -52,8 +52,8 @@ class OpenAIEngine:
         self.usage: collections.Counter = collections.Counter()
         self.pace = {"next": 0.0, "window": collections.deque(), "lock": None}
 
-    def close(self) -> None:
-        pass
+    def start_chunk(self, *key) -> None:
+        pass  # every request carries its own seed (see `body`)
 
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
@@ -97,7 +97,7 @@ class OpenAIEngine:
                 log.warning("%s; requests go to the other replicas until it answers", p)
             url, entry = next(iter(served.items()))
             if entry.get("max_model_len"):
-                longest = max(self.prompt_length(client, url, p) for group in prompts.values() for p in longest_of(group))
+                longest = max(self.prompt_length(client, url, longest_of(group)) for group in prompts.values() if group)
                 if longest + max_tokens > entry["max_model_len"]:
                     raise ConfigError(f"the longest prompt ({longest} tokens) + sampling.max_tokens ({max_tokens}) exceeds "
                                       f"the server's context ({entry['max_model_len']}); lower sampling.max_tokens or "
@@ -336,12 +336,11 @@ class OpenAIEngine:
             self.pace["window"].append((time.monotonic(), tokens))
 
 
-def longest_of(prompts: list[Prompt]) -> list[Prompt]:
+def longest_of(prompts: list[Prompt]) -> Prompt:
     """The longest prompt by tokens (or, for chat prompts, by characters: one /tokenize call)."""
-    if not prompts:
-        return []
-    size = (lambda p: len(p.token_ids)) if prompts[0].token_ids is not None else (lambda p: len(json.dumps(p.messages)))
-    return [max(prompts, key=size)]
+    if prompts[0].token_ids is not None:
+        return max(prompts, key=lambda p: len(p.token_ids))
+    return max(prompts, key=lambda p: len(json.dumps(p.messages)))
 
 
 def token_id(token: str) -> int:

@@ -237,11 +237,7 @@ def open_engine(model: str, cfg: EngineConfig, llm=None, **vllm_kwargs):
     if cfg.backend == "openai":
         from seqdistill.api import OpenAIEngine
 
-        eng = OpenAIEngine(cfg.served_model or model, cfg)
-        try:
-            yield eng
-        finally:
-            eng.close()
+        yield OpenAIEngine(cfg.served_model or model, cfg)  # holds no connection between calls: nothing to release
         return
     own = llm is None
     eng = VLLMEngine(load_vllm(model, cfg, **vllm_kwargs) if own else llm, cfg)
@@ -374,11 +370,8 @@ class VLLMEngine:
             outputs.append(Output(completions, len(p.token_ids), prompt_topk))
         return outputs
 
-    def prompt_tokens(self, prompts: list[Prompt]) -> int:
-        return max(len(p.token_ids) for p in prompts)
-
-    def tokenizer(self):
-        return self.llm.get_tokenizer()
+    def usage_of(self, outputs: list[Output]) -> dict:
+        return {}  # no requests: nothing to count beyond the tokens
 
 
 # ---------------------------------------------------------------- the one sampling loop
@@ -403,8 +396,7 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
     failed = 0
     for k in todo:
         idx, eng = chunks[k], get_engine()
-        if hasattr(eng, "start_chunk"):
-            eng.start_chunk(*seed_key, k)  # a resumed chunk draws what an uninterrupted run drew
+        eng.start_chunk(*seed_key, k)  # a resumed chunk draws what an uninterrupted run drew
         journal = parts[k].with_suffix(".journal.jsonl")
         start = time.perf_counter()
         outputs = eng.sample([prompts[i] for i in idx], req, journal=journal)
@@ -414,7 +406,7 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
                   for i, out in zip(idx, outputs) if out.error is not None}
         sidecar = {"rows": len(rows), "prompts": digests[k], "seconds": seconds,
                    "tokens": sum(c.tokens for o in outputs for c in o.completions),
-                   "usage": getattr(eng, "usage_of", lambda o: {})(outputs), "failed": errors}
+                   "usage": eng.usage_of(outputs), "failed": errors}
         store.write_parquet(rows, parts[k], features=features)
         store.write_text(parts[k].with_suffix(".json"), json.dumps(sidecar))  # written last: marks the chunk
         if errors:

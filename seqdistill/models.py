@@ -134,5 +134,10 @@ def vocab_size(path: str) -> int:
     """Rows of the model's output layer (can exceed the tokenizer's length: 151936 vs 151665 for Qwen2.5)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # a served name (deepseek-reasoner) or no hub: the config can't be read here
+        raise ConfigError(f"teacher log-probs need the model's config to store token ids, and {path!r} has none "
+                          f"here ({str(e).splitlines()[0]}); name a local model directory or a hub id you can "
+                          "reach as the model (engine.served_model keeps the server's name)") from e
     return config.get_text_config().vocab_size

@@ -158,6 +158,7 @@ def test_rate_limit_paces_requests(tmp_path):
     (["prompt.prefill=<think>"], r"prompt.prefill can't be sent through the chat API; use engine.api: completions"),
     (["engine.base_url=localhost:8000"], r"base_url 'localhost:8000' must start with http"),
     (["sampling.max_tokens=5000"], r"\+ sampling.max_tokens \(5000\) exceeds the server's context \(4096\)"),
+    (["teacher_logprobs=true"], r"teacher log-probs need the model's config to store token ids, and 'fake-teacher' has none"),
     (["engine.max_model_len=2048"], r"max_model_len configure the in-process vllm backend and do nothing for backend openai"),
 ])
 def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
