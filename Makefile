@@ -10,6 +10,10 @@ BIN = $(VENV)/bin
 
 .PHONY: setup quickstart test docs
 setup: $(VENV)/.installed-$(VLLM)
+	@# tests/test_view.py opens `seqdistill view` pages in headless Chromium: Debian's package, as root (non-fatal)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || \
+	  echo "chromium not installed: tests/test_view.py skips its browser checks"; }
 
 $(VENV)/.installed-$(VLLM): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

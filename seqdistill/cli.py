@@ -78,6 +78,18 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", parents=[common],
                          help="rebuild RUN_DIR/report.md and its figures from a run's artifacts")
     rep.add_argument("run_dir")
+    v = sub.add_parser("view", parents=[common],
+                       help="write one self-contained HTML page to browse a run's traces and eval samples",
+                       description="Write an HTML page (no server, opens from disk) to browse kept and dropped traces "
+                                   "by drop reason, problem and verdict, and each model's eval samples side by side.")
+    v.add_argument("path", metavar="RUN_DIR|DATASET_DIR", help="a `seqdistill run` run_dir, or a generate or eval output_dir")
+    v.add_argument("-o", "--output", metavar="FILE", help="where to write the page (default: DIR/view.html)")
+    from seqdistill.view import MAX_CHARS, MAX_TRACES
+
+    v.add_argument("--max-traces", type=int, default=MAX_TRACES,
+                   help=f"at most this many teacher traces, and as many eval samples, in the page (default {MAX_TRACES})")
+    v.add_argument("--max-chars", type=int, default=MAX_CHARS,
+                   help=f"characters kept of each think block and answer: head and tail (default {MAX_CHARS})")
     c = sub.add_parser("config", parents=[common],
                        help="print a stage's default config as YAML, with each setting's help",
                        description="Print a stage's full default config as YAML (a starting point for --config).")
@@ -187,6 +199,10 @@ def main(argv: list[str] | None = None) -> None:
             from seqdistill import report
 
             print(f"report: {report.write(args.run_dir)}")
+        elif args.command == "view":
+            from seqdistill import view
+
+            print(f"page: {view.write(args.path, args.output, args.max_traces, args.max_chars)}")
         elif args.command == "sft":
             from seqdistill import sft
 
