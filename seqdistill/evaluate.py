@@ -86,6 +86,7 @@ class EvalConfig:
     code: CodeConfig = field(default_factory=CodeConfig)  # the sandbox that runs code benchmarks' tests
     pass_k: list[int] = field(default_factory=lambda: [1])  # pass@k and maj@k for each k (k <= samples); n always added
     greedy: bool = False  # temperature 0 and one sample per problem
+    compare: list[list[str]] = field(default_factory=list)  # [[baseline, model], ...] by name: pass@1 difference ± paired s.e. and flipped problems
     chunk_size: int = 256  # problems per part file: the unit of resume (each chunk is seeded on its own)
     overwrite: bool = False
 
@@ -106,10 +107,21 @@ class EvalConfig:
             errors.append(f"chunk_size must be at least 1, got {self.chunk_size}")
         if not self.models or not self.benchmarks:
             errors.append("give at least one model and one benchmark")
+        errors += self.compare_problems()
         for b in self.benchmarks:
             n = 1 if self.greedy else self.samples(b)
             errors += [f"benchmarks[{b.name}]: pass@{k} needs k <= samples per problem ({n}); "
                        "raise samples or lower pass_k" for k in self.pass_k if k > n]
+        return errors
+
+    def compare_problems(self) -> list[str]:
+        labels, errors = [m.label() for m in self.models], []
+        for i, pair in enumerate(self.compare):
+            unknown = [name for name in pair if name not in labels]
+            if len(pair) != 2 or pair[0] == pair[1]:
+                errors.append(f"compare[{i}] must name two different models as [baseline, model], got {pair}")
+            elif unknown:
+                errors.append(f"compare[{i}]: no model named {unknown[0]!r}; models are {', '.join(labels)}")
         return errors
 
     def engine_of(self, m: ModelEntry) -> EngineConfig:
@@ -218,13 +230,8 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     if summary["failed_requests"]:
         return [e["error"] for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
     samples = store.read_parquet(parts).to_list()
-    per_problem, code, exact = {}, verify.is_code(rows[0]), verify.is_reasoning_gym(rows[0])
-    for r in samples:
-        p = per_problem.setdefault(r["problem_id"], {"gold": r["gold"], "answers": [], "correct": [], "truncated": [],
-                                                     "lengths": [], "exact": exact})
-        for key, value in (("answers", None if code else r["answer"]), ("correct", r["correct"]), ("truncated", r["finish_reason"] == "length"),
-                           ("lengths", r["response_tokens"])):
-            p[key].append(value)
+    code, exact = verify.is_code(rows[0]), verify.is_reasoning_gym(rows[0])
+    per_problem = per_problem_records(samples, code, exact)
     result = metrics.score(list(per_problem.values()), sorted(set(cfg.pass_k) | {n}))
     if code:  # no majority vote over programs: maj@k is not defined for code
         result = {k: v for k, v in result.items() if not k.startswith("maj@")}
@@ -259,12 +266,43 @@ def record(row: dict, prompt: str, j: int, text: str, completion, judged: verify
 
 
 def collect(cfg: EvalConfig, out: Path) -> dict:
-    """All results, as JSON and as a Markdown table with one row per model and one column group per benchmark."""
+    """All results, as JSON and as a Markdown table with one row per model and one column group per benchmark;
+    each `compare` pair's paired comparison goes under results[model][benchmark]["compare"][baseline]."""
     results = {m.label(): {b.name: json.loads((out / m.label() / b.name / "results.json").read_text())
                            for b in cfg.benchmarks} for m in cfg.models}
+    entries = {m.label(): m for m in cfg.models}
+    for base, model in cfg.compare:
+        for b in cfg.benchmarks:
+            records = [read_per_problem(out / name / b.name / "samples.parquet") for name in (base, model)]
+            ids = sorted(records[0])
+            if sorted(records[1]) != ids:  # same benchmark rows by construction; a torn output directory is not
+                raise ConfigError(f"compare {base} vs {model} on {b.name}: the two answered different problems; "
+                                  "rerun eval with --overwrite")
+            paired = metrics.paired(*[[r[i]["correct"] for i in ids] for r in records])
+            paired["same_seeds"] = cfg.engine_of(entries[base]).seed == cfg.engine_of(entries[model]).seed
+            results[model][b.name].setdefault("compare", {})[base] = paired
     store.write_text(out / "results.json", json.dumps(results, indent=2))
     store.write_text(out / "results.md", table(results))
     return results
+
+
+def per_problem_records(samples: list[dict], code: bool = False, exact: bool = False) -> dict[str, dict]:
+    """One record per problem from its samples, as metrics.score takes them (code: no answers to vote on;
+    exact: majority by answer string)."""
+    per_problem = {}
+    for r in samples:
+        p = per_problem.setdefault(r["problem_id"], {"gold": r["gold"], "answers": [], "correct": [], "truncated": [],
+                                                     "lengths": [], "exact": exact})
+        for key, value in (("answers", None if code else r["answer"]), ("correct", r["correct"]), ("truncated", r["finish_reason"] == "length"),
+                           ("lengths", r["response_tokens"])):
+            p[key].append(value)
+    return per_problem
+
+
+def read_per_problem(path: Path, code: bool = False, exact: bool = False) -> dict[str, dict]:
+    """The per-problem records of a saved MODEL/BENCHMARK/samples.parquet, samples in order."""
+    rows = sorted(store.read_parquet([path]).to_list(), key=lambda r: (r["problem_id"], r["sample_index"]))
+    return per_problem_records(rows, code, exact)
 
 
 def table(results: dict) -> str:
@@ -287,4 +325,23 @@ def table(results: dict) -> str:
     first = next(iter(next(iter(results.values())).values()))
     sampling = first["settings"]["sampling"]
     how = "greedy" if sampling["greedy"] else f"temperature {sampling['temperature']}, top_p {sampling['top_p']}"
-    return "\n".join(lines) + f"\n\npass@1 is the mean over k samples per problem ± its standard error; {how}.\n"
+    return "\n".join(lines) + f"\n\npass@1 is the mean over k samples per problem ± its standard error; {how}.\n" + paired_table(results)
+
+
+def paired_table(results: dict) -> str:
+    """The `compare` pairs: difference in pass@1 ± paired standard error and flipped problems (empty without pairs)."""
+    lines, seeds = [], []
+    for model, per_bench in results.items():
+        for bench, r in per_bench.items():
+            for base, c in r.get("compare", {}).items():
+                seeds.append(c["same_seeds"])
+                lines.append(f"| {bench} | {model} − {base}{'' if c['same_seeds'] else ' *'} | {c['delta_pass@1']:+.3f} ± "
+                             f"{c['delta_pass@1_stderr']:.3f} | {c['gained']} | {c['lost']} | {c['problems']} |")
+    if not lines:
+        return ""
+    return ("\n| benchmark | model − baseline | Δ pass@1 ± paired s.e. | gained | lost | problems |\n"
+            "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines) + "\n\nBoth models answered the same problems"
+            + (" with the same seeds" if all(seeds) else " (* with different engine seeds)") + ". Δ pass@1 is the mean over problems of the "
+            "difference in each problem's share of right samples; its paired s.e. is sd(differences)/√problems. "
+            "A problem counts as solved when at least half of its samples are right: gained = solved by the model, "
+            "not by the baseline; lost = the reverse.\n")

@@ -78,3 +78,25 @@ def score(per_problem: list[dict], ks: list[int]) -> dict:
     out["truncated_share"] = sum(sum(p["truncated"]) for p in per_problem) / max(1, len(lengths))
     out["mean_response_tokens"] = sum(lengths) / max(1, len(lengths))
     return out
+
+
+def solved(correct: list[bool]) -> bool:
+    """A problem counts as solved when at least half of its samples are right (with one sample: that one)."""
+    return 2 * sum(correct) >= len(correct)
+
+
+def paired(baseline: list[list[bool]], model: list[list[bool]]) -> dict:
+    """Two models on the same problems (aligned lists, one list of verdicts per problem): the mean difference
+    of per-problem pass@1 estimates, model minus baseline, with its paired standard error sd(d_i)/sqrt(P),
+    and the problems that flipped: `gained` (unsolved by the baseline, solved by the model; see `solved`) and
+    `lost` (the reverse); `better`/`worse` count problems whose share of right samples rose/fell."""
+    if len(baseline) != len(model):
+        raise ValueError(f"paired comparison needs the same problems, got {len(baseline)} and {len(model)}")
+    diffs = [sum(m) / len(m) - sum(b) / len(b) for b, m in zip(baseline, model)]
+    delta, se = mean_and_stderr(diffs)
+    return {
+        "problems": len(diffs), "delta_pass@1": delta, "delta_pass@1_stderr": se,
+        "gained": sum(not solved(b) and solved(m) for b, m in zip(baseline, model)),
+        "lost": sum(solved(b) and not solved(m) for b, m in zip(baseline, model)),
+        "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs),
+    }

@@ -41,6 +41,8 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
     raw = configlib.read(path, overrides)
     # eval may name what this pipeline's sft stage will write (e.g. RUN_DIR/sft/merged)
     planned = [Path(str(raw.get("run_dir", PipelineConfig.run_dir))) / "sft"] if raw.get("sft") is not None else []
+    # without eval.models, eval.compare names the default models, which exist only after the build
+    compare = raw["eval"].pop("compare", None) if isinstance(raw.get("eval"), dict) and "models" not in raw["eval"] else None
     with models.planned(*planned):
         cfg = configlib.build(PipelineConfig, raw)
     run = Path(cfg.run_dir)
@@ -64,6 +66,10 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
         cfg.eval.output_dir = str(run / "eval")
         if "models" not in (raw.get("eval") or {}):
             cfg.eval.models = default_models(cfg)
+            cfg.eval.compare = default_compare(cfg.eval.models) if compare is None else compare
+            errors = cfg.eval.compare_problems()
+            if errors:
+                raise ConfigError(f"eval.{errors[0]}")
     if not any(getattr(cfg, s) for s in STAGES):
         raise ConfigError(f"pipeline {path} has none of the stages {', '.join(STAGES)}")
     return cfg
@@ -85,6 +91,13 @@ def default_models(cfg: PipelineConfig) -> list[ModelEntry]:
         else:
             entries.append(ModelEntry(cfg.sft.student, name="student-after", adapter=str(out / "model")))
     return entries
+
+
+def default_compare(entries: list[ModelEntry]) -> list[list[str]]:
+    """The distilled student against the untouched one (paired: same problems, same seeds)."""
+    names = [m.name for m in entries]
+    before = next((n for n in names if n in ("student-before", "teacher=student-before")), None)
+    return [[before, "student-after"]] if before and "student-after" in names else []
 
 
 def modules() -> dict:

@@ -74,7 +74,7 @@ def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
         "models": [{"model": tiny_llama, "name": "base"}, {"model": tiny_llama, "name": "student", "adapter": adapter}],
         "benchmarks": [{"name": "embedded-heldout", "num_problems": 4}], "output_dir": str(tmp_path / "eval"),
         "greedy": True, "sampling": {"max_tokens": 8}, "prompt": {"template": "number"},
-        "engine": {"kv_cache_memory_bytes": 128 << 20, "max_model_len": 512},
+        "engine": {"kv_cache_memory_bytes": 128 << 20, "max_model_len": 512}, "compare": [["base", "student"]],
     }))
     # through the real CLI, in a process of its own (vLLM engines in one process must not overlap)
     proc = subprocess.run([sys.executable, "-m", "seqdistill", "eval", "--config", str(config)],
@@ -86,6 +86,11 @@ def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
     base = store.read_parquet([tmp_path / "eval" / "base" / "embedded-heldout" / "samples.parquet"])["response"]
     student = store.read_parquet([tmp_path / "eval" / "student" / "embedded-heldout" / "samples.parquet"])["response"]
     assert len(base) == len(student) == 4 and base != student
+    paired = results["student"]["embedded-heldout"]["compare"]["base"]  # greedy: one sample, so d_i is -1, 0 or 1
+    assert paired["problems"] == 4 and paired["same_seeds"]
+    assert (paired["gained"], paired["lost"]) == (paired["better"], paired["worse"])
+    assert paired["delta_pass@1"] == pytest.approx((paired["gained"] - paired["lost"]) / 4)
+    assert "| embedded-heldout | student − base |" in proc.stdout
 
 
 @pytest.fixture

@@ -50,3 +50,28 @@ def test_score():
     assert out["mean_response_tokens"] == pytest.approx(140 / 8)
     with pytest.raises(ValueError, match="k <= n=4"):
         metrics.score(per_problem, [8])
+
+
+# four problems, four samples each: (baseline, model) verdicts
+PAIRED = [
+    ([True, False, False, False], [True, True, True, False]),  # 0.25 -> 0.75: d = +0.5, gained (1/4 -> 3/4)
+    ([True, True, False, False], [False] * 4),  # 0.5 -> 0: d = -0.5, lost (2 of 4 right is solved)
+    ([False] * 4, [True, False, False, False]),  # 0 -> 0.25: d = +0.25, better but still unsolved
+    ([True] * 4, [True] * 4),  # d = 0
+]
+
+
+def test_paired_difference_and_flips_match_hand_computation():
+    out = metrics.paired([b for b, _ in PAIRED], [m for _, m in PAIRED])
+    # d = [0.5, -0.5, 0.25, 0]: mean 0.0625; squared deviations 0.19140625 + 0.31640625 + 0.03515625 + 0.00390625
+    # = 0.546875; sample variance 0.546875 / 3; s.e. = sqrt(variance) / sqrt(4)
+    assert out["delta_pass@1"] == pytest.approx(0.0625)
+    assert out["delta_pass@1_stderr"] == pytest.approx(math.sqrt(0.546875 / 3) / 2)
+    assert (out["problems"], out["gained"], out["lost"], out["better"], out["worse"]) == (4, 1, 1, 2, 1)
+    # the unpaired s.e. of the difference would be far larger: pairing removes the problems' own spread
+    _, se_base = metrics.mean_and_stderr([sum(b) / 4 for b, _ in PAIRED])
+    _, se_model = metrics.mean_and_stderr([sum(m) / 4 for _, m in PAIRED])
+    assert out["delta_pass@1_stderr"] < math.hypot(se_base, se_model)
+    assert metrics.solved([True]) and not metrics.solved([False]) and metrics.solved([True, False])
+    with pytest.raises(ValueError, match="same problems, got 4 and 3"):
+        metrics.paired([b for b, _ in PAIRED], [m for _, m in PAIRED][:3])

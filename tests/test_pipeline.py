@@ -44,11 +44,18 @@ def test_pipeline_end_to_end_and_skip_on_rerun(tmp_path):
     run = tmp_path / "run"
     for path in ["pipeline.yaml", "generate/data/train.parquet", "generate/README.md", "sft/model/adapter_model.safetensors",
                  "sft/merged/config.json", "sft/metrics.json", "eval/results.md", "report.md", "funnel.png",
-                 "lengths.png", "loss.png", "pass_at_1.png"]:
+                 "lengths.png", "loss.png", "pass_at_1.png", "pass_at_k.png", "pass_rate.png", "length_correctness.png",
+                 "paired_embedded-heldout_student-after_vs_teacher-student-before.png"]:
         assert (run / path).exists(), path
     results = json.loads((run / "eval" / "results.json").read_text())
     assert set(results) == {"teacher=student-before", "student-after"}
-    assert "![funnel](funnel.png)" in (run / "report.md").read_text()
+    paired = results["student-after"]["embedded-heldout"]["compare"]["teacher=student-before"]  # set by `run`
+    assert paired["problems"] == 6 and paired["same_seeds"]
+    text = (run / "report.md").read_text()
+    for section in ("![funnel](funnel.png)", "## Provenance", "| sft |", "## Results", "| student-after − teacher=student-before |",
+                    "(paired)", "### pass@k and maj@k against k", "### How hard the problems were for the teacher",
+                    "### Length and correctness", "### Kept and dropped lengths per reason", "**kept**", "## Student training"):
+        assert section in text, section
 
     again = seqdistill("run", str(recipe))
     assert again.returncode == 0, again.stderr[-3000:]
