@@ -102,6 +102,18 @@ def verifier_line(st: dict) -> str:
     return "; ".join(parts) or "no samples"
 
 
+def pass_rate_section(st: dict) -> str:
+    """Problems by how many of their samples the teacher got right (0/n ... n/n), and those left without a trace."""
+    rates = st.get("pass_rate")
+    if not rates:
+        return ""
+    rows = "\n".join(f"| {solved} | {count} |" for solved, count in rates["problems_solved"].items())
+    band = (f" ({rates['too_easy']} too easy and {rates['too_hard']} too hard for filters.pass_rate)"
+            if rates.get("too_easy") or rates.get("too_hard") else "")
+    return (f"\n## Teacher pass rate\n\n| right samples | problems |\n| --- | --- |\n{rows}\n\n"
+            f"{rates['problems_without_trace']} of {st['problems']} problems contribute no trace{band}.\n")
+
+
 def requests_line(st: dict) -> str:
     """Requests, retries, errors, tokens and cost of a server-backed run (empty for in-process vLLM)."""
     if "requests" not in st:
@@ -162,7 +174,7 @@ Teacher pass@1 on these problems: {st['pass@1']:.3f}; share of problems with at 
 | drop reason | samples |
 | --- | --- |
 {reasons}
-
+{pass_rate_section(st)}
 ## Lengths (completion tokens)
 
 | split | count | mean | p50 | p90 | max |

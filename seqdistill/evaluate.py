@@ -144,6 +144,8 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
     out = Path(cfg.output_dir)
     # ---- check everything before any engine starts or request is sent ----
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
+    for b in cfg.benchmarks:
+        verify.check_golds(benchmarks[b.name], cfg.answer, f"benchmarks[{b.name}]", b.source or b.name)
     if any(verify.is_code(row) for rows in benchmarks.values() for row in rows):
         from seqdistill import sandbox
 

@@ -3,12 +3,15 @@
 Order (one reason per sample, the first that applies):
   truncated -> unbalanced_think, no_answer -> too_short, too_long -> repetitive -> wrong_answer
   -> too_easy, too_hard (the problem's pass rate outside `pass_rate`)
-  -> duplicate, near_duplicate (within a problem) -> over_limit (at most k kept per problem).
+  -> duplicate, near_duplicate (within a problem) -> over_limit (at most k kept per problem: the first ones, or
+  the longest or shortest with `prefer`).
 Code problems (rows with `tests`) have `no_code` for `no_answer` and, for `wrong_answer`, the verdict
 of their tests in the sandbox: wrong_output, runtime_error, timeout, memory or syntax_error.
 reasoning-gym rows (with `rg_task`) are judged by their task's own checker (seqdistill.verify).
 A problem's pass rate is its correct samples over all its samples (open-r1 keeps 0.1 to 0.9).
-The funnel counts the samples that survive each stage.
+The funnel counts the samples that survive each stage. The per-problem stages (`select`: band, duplicates,
+limit) need only each sample's verdict, so `generate` applies them again to stored samples: a rerun that
+changes only `pass_rate`, `near_duplicate`, `max_per_problem` or `prefer` samples nothing again.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ STAGES = {
     "kept": ["over_limit"],
 }
 REASONS = [r for reasons in STAGES.values() for r in reasons]
+PREFER = ("first", "longest", "shortest")
+SELECTION = ("pass_rate", "near_duplicate", "max_per_problem", "prefer")  # settings `select` applies after sampling
 
 
 @dataclass
@@ -41,6 +46,9 @@ class FilterConfig:
     max_repeat_fraction: float = 0.5  # drop when more than this share of n-grams repeat earlier ones
     near_duplicate: float = 0.9  # Jaccard similarity of word 3-gram sets that counts as a near-duplicate
     max_per_problem: int | None = 4  # None: keep every correct, distinct sample
+    # which correct, distinct samples max_per_problem keeps: first (sample order), longest or shortest (completion
+    # tokens; s1 and LIMO prefer long traces); the others are dropped as over_limit
+    prefer: str = "first"
     # eval sets whose questions must not appear in the problems: preset names (gsm8k), local files
     # with a question field, or preset=path (mawps=../shared/benchmarks/mawps/test.jsonl)
     decontaminate: list[str] = field(default_factory=list)
@@ -58,6 +66,8 @@ class FilterConfig:
             errors.append(f"near_duplicate must be in (0, 1], got {self.near_duplicate}")
         if self.max_per_problem is not None and self.max_per_problem < 1:
             errors.append(f"max_per_problem must be at least 1 (or null for no limit), got {self.max_per_problem}")
+        if self.prefer not in PREFER:
+            errors.append(f"prefer must be {', '.join(PREFER)}, got {self.prefer!r}")
         if self.pass_rate is not None:
             band = self.pass_rate
             if len(band) != 2 or not 0 <= band[0] <= band[1] <= 1:
@@ -141,32 +151,48 @@ def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerC
         checked = check_judged(samples, problem, cfg, answer_cfg, think, code_cfg)
     else:
         checked = [(*check_sample(s, gold, cfg, answer_cfg, think), "") for s in samples]
-    band = band_reason(sum(reason is None for _, reason, _ in checked), len(samples), cfg.pass_rate)
-    kept_texts: list[str] = []
-    kept_shingles: list[set] = []
     out = []
     for sample, (answer, reason, detail) in zip(samples, checked):
-        correct = reason is None
-        if reason is None and band:
-            reason = band
-        if reason is None:
-            normalized = " ".join(sample["completion"].split())
-            shingles = set(ngrams(words(normalized), 3))
-            if normalized in kept_texts:
-                reason = "duplicate"
-            elif any(jaccard(shingles, other) >= cfg.near_duplicate for other in kept_shingles):
-                reason = "near_duplicate"
-            elif cfg.max_per_problem is not None and len(kept_texts) >= cfg.max_per_problem:
-                reason = "over_limit"
-            else:
-                kept_texts.append(normalized)
-                kept_shingles.append(shingles)
-        record = {**sample, "answer": answer, "correct": correct, "keep": reason is None, "drop_reason": reason}
+        record = {**sample, "answer": answer, "correct": reason is None, "drop_reason": reason}
         if problem is not None:  # detail: a code problem's failing case, a reasoning-gym score; else None
             record["verdict_detail"] = detail if is_code(problem) or is_reasoning_gym(problem) else None
             record["verifier"] = verifier_name(problem)
         out.append(record)
+    for record, reason in zip(out, select(out, cfg)):
+        record["keep"], record["drop_reason"] = reason is None, reason
     return out
+
+
+def select(samples: list[dict], cfg: FilterConfig) -> list[str | None]:
+    """The drop reason (None: kept) of each judged sample of one problem after the per-problem stages: the
+    pass-rate band, duplicates and near-duplicates of kept samples, and max_per_problem, taking the correct
+    samples in `cfg.prefer` order. Each sample needs `correct`, `completion`, `completion_tokens` and, when
+    not correct, its `drop_reason`, which stays."""
+    band = band_reason(sum(s["correct"] for s in samples), len(samples), cfg.pass_rate)
+    order = list(range(len(samples)))  # sorted() is stable: equal lengths stay in sample order
+    if cfg.prefer != "first":
+        order.sort(key=lambda i: samples[i]["completion_tokens"] * (-1 if cfg.prefer == "longest" else 1))
+    reasons = [None if s["correct"] else s["drop_reason"] for s in samples]
+    kept_texts: list[str] = []
+    kept_shingles: list[set] = []
+    for i in order:
+        if not samples[i]["correct"]:
+            continue
+        if band:
+            reasons[i] = band
+            continue
+        normalized = " ".join(samples[i]["completion"].split())
+        shingles = set(ngrams(words(normalized), 3))
+        if normalized in kept_texts:
+            reasons[i] = "duplicate"
+        elif any(jaccard(shingles, other) >= cfg.near_duplicate for other in kept_shingles):
+            reasons[i] = "near_duplicate"
+        elif cfg.max_per_problem is not None and len(kept_texts) >= cfg.max_per_problem:
+            reasons[i] = "over_limit"
+        else:
+            kept_texts.append(normalized)
+            kept_shingles.append(shingles)
+    return reasons
 
 
 def band_reason(correct: int, total: int, band: list[float] | None) -> str | None:

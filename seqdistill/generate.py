@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, engine, filters, kd, models, problems as problemslib, prompts, store
+from seqdistill import card, engine, filters, kd, models, problems as problemslib, prompts, store, verify
 from seqdistill.code import CodeConfig
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
@@ -30,7 +30,8 @@ from seqdistill.verify import AnswerConfig
 
 log = logging.getLogger(__name__)
 OUTPUT = store.Layout(owned=("samples", "data", "README.md", "stats.json"), marker="stats.json",
-                      ignore=("shard_index", "push_to_hub", *engine.OPERATIONAL))
+                      ignore=("shard_index", "push_to_hub", *engine.OPERATIONAL),
+                      rebuild=tuple(f"filters.{key}" for key in filters.SELECTION), parts="samples")
 
 
 @dataclass
@@ -70,6 +71,7 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
     # ---- everything that can fail is checked before the engine starts or a request is sent ----
     model_path = models.resolve(cfg.model)
     rows = select_problems(cfg)
+    verify.check_golds(rows, cfg.answer, "problems", cfg.problems.source or cfg.problems.preset)
     isolation = check_sandbox(cfg.code, rows)
     template = prompts.load_template(cfg.prompt.template)
     users = [prompts.render(template, row) for row in rows]
@@ -189,6 +191,26 @@ def pass_rates(samples) -> dict:
             "problems_without_trace": sum(1 for _, _, k in per.values() if k == 0), **band}
 
 
+def reselect(samples, cfg: FilterConfig):
+    """keep / drop_reason of stored samples under the current per-problem filters (filters.select: pass-rate
+    band, duplicates, max_per_problem, prefer), so a rerun that changes only those samples nothing again."""
+    columns = samples.select_columns(["problem_id", "correct", "drop_reason", "completion", "completion_tokens"]).to_list()
+    by_problem: dict[str, list[int]] = {}
+    for i, row in enumerate(columns):
+        by_problem.setdefault(row["problem_id"], []).append(i)
+    reasons: list[str | None] = [None] * len(columns)
+    for idx in by_problem.values():
+        for i, reason in zip(idx, filters.select([columns[i] for i in idx], cfg)):
+            reasons[i] = reason
+    if reasons == samples["drop_reason"]:
+        return samples
+    features = sample_features()
+    names = samples.column_names
+    samples = samples.remove_columns(["keep", "drop_reason"])
+    samples = samples.add_column("keep", [r is None for r in reasons], feature=features["keep"])
+    return samples.add_column("drop_reason", reasons, feature=features["drop_reason"]).select_columns(names)
+
+
 def assemble(cfg: GenerateConfig, out: Path) -> dict:
     """Join every shard's chunks into data/train.parquet and data/dropped.parquet, once all shards are done."""
     shard_dirs = [out / "samples" / f"shard-{i:05d}-of-{cfg.num_shards:05d}" for i in range(cfg.num_shards)]
@@ -197,7 +219,7 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
         log.info("shard done; waiting for %s before joining the dataset", ", ".join(missing))
         return {"waiting_for": missing}
     parts = sorted(p for d in shard_dirs for p in d.glob("chunk-*.parquet"))
-    samples = store.read_parquet(parts).sort(["problem_index", "sample_index"])
+    samples = reselect(store.read_parquet(parts).sort(["problem_index", "sample_index"]), cfg.filters)
     timings = [json.loads(p.with_suffix(".json").read_text()) for p in parts]
     train = samples.filter(lambda keep: keep, input_columns="keep")
     dropped = samples.filter(lambda keep: not keep, input_columns="keep").remove_columns("teacher_topk")
@@ -217,7 +239,7 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
         r = stats["pass_rate"]
         raise ConfigError(f"filters.pass_rate {cfg.filters.pass_rate} left no problems: {r['too_easy']} too easy, "
                           f"{r['too_hard']} too hard, {r['problems_solved'].get(f'0/{cfg.sampling.n}', 0)} never solved; "
-                          "widen the band (and pass --overwrite: the filters run as samples arrive)")
+                          "widen the band and rerun: the sampled chunks are kept and reused")
     if stats["failed_requests"]:  # no stats.json: the stage is not done, and `seqdistill run` reruns it
         raise ConfigError(f"{stats['failed_requests']} requests failed after retries; {out}/data holds the rest "
                           "(see its README); rerun the same command to retry only those")

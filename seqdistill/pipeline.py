@@ -128,8 +128,10 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
         if rules.done(stage_cfg.output_dir, stage_cfg) and not dirty:
             print(f"[{stage}] outputs in {stage_cfg.output_dir} match this config; skipped", flush=True)
             continue
-        if dirty or rules.changes(Path(stage_cfg.output_dir), stage_cfg):
-            stage_cfg.overwrite = True  # a changed stage, or one after a stage that ran, starts over
+        out = Path(stage_cfg.output_dir)
+        if dirty or (rules.changes(out, stage_cfg) and not rules.rebuildable(out, stage_cfg)):
+            # a changed stage (unless only settings it rebuilds from its sampled parts), or one after a stage that ran
+            stage_cfg.overwrite = True  # starts over
         elif stage == "sft":
             stage_cfg.resume = True  # an interrupted training continues from its last checkpoint
         print(f"[{stage}] running -> {stage_cfg.output_dir}", flush=True)

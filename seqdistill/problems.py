@@ -34,6 +34,7 @@ from seqdistill.config import ConfigError
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 REASONING_GYM = "reasoning-gym"
+ANSWER_FORMATS = ("plain", "gsm8k", "boxed", "leading_number")  # how a gold answer is cut out of its field
 RG_CANDIDATES = 20  # candidates drawn per wanted problem (duplicates and the other split's questions are skipped)
 
 
@@ -90,7 +91,8 @@ class ProblemsConfig:
     split: str | None = None  # hub split; embedded and reasoning-gym: train | heldout (default train)
     question_fields: list[str] | None = None  # joined with a space (SVAMP: Body + Question)
     answer_field: str | None = None
-    answer_format: str | None = None  # plain | gsm8k ("... #### 18") | boxed (last \boxed{})
+    # plain | gsm8k ("... #### 18") | boxed (last \boxed{}) | leading_number ("9 (apples)" -> 9)
+    answer_format: str | None = None
     id_field: str | None = None
     choices_fields: list[str] | None = None  # multiple choice: fields of the wrong options, shuffled in as A-D
     # code problems: the schema of their tests (auto, input_output, verification_info, livecodebench,
@@ -112,8 +114,8 @@ class ProblemsConfig:
             errors.append(f"preset {self.preset!r} is unknown; known presets: {', '.join(PRESETS)}")
         if self.tests is not None and self.tests != "auto" and self.tests not in _code_schemas():
             errors.append(f"tests schema {self.tests!r} is unknown; known: auto, {', '.join(_code_schemas())}")
-        if self.answer_format not in (None, "plain", "gsm8k", "boxed"):
-            errors.append(f"answer_format must be plain, gsm8k or boxed, got {self.answer_format!r}")
+        if self.answer_format not in (None, *ANSWER_FORMATS):
+            errors.append(f"answer_format must be {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
         if self.num_problems is not None and self.num_problems < 1:
             errors.append(f"num_problems must be at least 1, got {self.num_problems}")
         if not 1 <= self.min_steps <= self.max_steps:
@@ -258,8 +260,9 @@ def _load_table(cfg: ProblemsConfig):
 
 
 def extract_gold(value, answer_format: str) -> str:
-    """The gold answer as a clean string: GSM8K's `#### 18`, a last \\boxed{}, or the value itself."""
-    from seqdistill.verify import last_boxed
+    """The gold answer as a clean string: GSM8K's `#### 18`, a last \\boxed{}, the number it starts with
+    (`9 (apples)` -> 9; a gold that starts otherwise is kept whole, and the gold check reports it), or the value itself."""
+    from seqdistill.verify import last_boxed, leading_number
 
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -268,6 +271,8 @@ def extract_gold(value, answer_format: str) -> str:
         text = text.rsplit("####", 1)[-1].strip()
     elif answer_format == "boxed":
         text = last_boxed(text) or text
+    elif answer_format == "leading_number":
+        text = leading_number(text) or text
     return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
 
 

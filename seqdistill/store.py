@@ -36,6 +36,10 @@ class Layout:
     owned: tuple[str, ...]  # files and folders this stage writes
     marker: str  # written last: its presence means the stage finished
     ignore: tuple[str, ...] = ()  # dotted settings that don't change the outputs (besides output_dir, overwrite)
+    # dotted settings applied after sampling: a run that differs from the saved one only in these keeps the
+    # owned folder `parts` (what was sampled) and rebuilds the rest from it; --overwrite still clears it
+    rebuild: tuple[str, ...] = ()
+    parts: str | None = None
 
     def ignored(self) -> tuple[str, ...]:
         return ("output_dir", "overwrite", *self.ignore)
@@ -50,6 +54,12 @@ class Layout:
         except yaml.YAMLError:
             raise ConfigError(f"{saved} is not valid YAML; move it away or pick another output_dir") from None
         return configlib.diff(drop(old, self.ignored()), drop(configlib.to_dict(cfg), self.ignored()))
+
+    def rebuildable(self, out: Path, cfg) -> bool:
+        """The saved run differs from this one, and only in `rebuild` settings: its `parts` are reused."""
+        diff = self.changes(out, cfg) or []
+        keys = [d.split(":", 1)[0] for d in diff]
+        return bool(keys) and all(any(k == r or k.startswith(r + ".") for r in self.rebuild) for k in keys)
 
     def state(self, out: Path, cfg) -> str:
         out = Path(out)
@@ -67,13 +77,20 @@ class Layout:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"output_dir {out} is a file; pick a directory")
         state = self.state(out, cfg)
-        if state == "different" and not overwrite:
+        if state == "different" and not overwrite and not self.rebuildable(out, cfg):
             diff = self.changes(out, cfg)
             raise ConfigError(f"output directory {out} holds a different run ({'; '.join(diff[:3])}"
                               f"{' ...' if len(diff) > 3 else ''}); use another output_dir, or pass --overwrite to replace it")
         if state == "foreign" and not overwrite:
             raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run; "
                               "pick an empty or new output_dir, or pass --overwrite")
+        if state == "different" and not overwrite:  # only `rebuild` settings changed (refused above otherwise)
+            log.info("only %s changed since the run in %s: %s/ is reused, the rest rebuilt",
+                     "; ".join(self.changes(out, cfg)), out, self.parts)
+            for name in self.owned:
+                path = out / name
+                if name != self.parts:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if state in ("different", "same", "foreign") and overwrite:
             log.warning("overwriting the run in %s", out)
             for name in self.owned + (CONFIG_FILE,):

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+LATEX_COMMAND = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")  # \frac, \text{ cm}: not words of a gold answer
+LEADING_NUMBER = re.compile(r"\s*\\?\$?\s*(" + NUMBER.pattern + ")")  # `9 (apples)`, `$18 (dollars)`
+GOLD_EXAMPLES = 3  # unreadable gold answers shown in the log and the error
 
 
 @dataclass
@@ -29,6 +32,9 @@ class AnswerConfig:
     marker: str = "The answer is"
     think_tag: str = "think"  # responses with an unclosed <think> block have no answer
     rg_threshold: float = 1.0  # reasoning-gym rows: correct when the task's score_answer (0 to 1) reaches this
+    # largest share of gold answers math-verify may fail to read before any sampling starts (0.01: 1%); every
+    # sample of such a problem would score wrong. Code and reasoning-gym rows have their own checkers
+    max_unreadable_gold: float = 0.01
 
     def validate(self) -> list[str]:
         errors = []
@@ -36,6 +42,8 @@ class AnswerConfig:
             errors.append(f"extraction must be auto, boxed, last_number or marker, got {self.extraction!r}")
         if not 0 < self.rg_threshold <= 1:
             errors.append(f"rg_threshold must be in (0, 1], got {self.rg_threshold}")
+        if not 0 <= self.max_unreadable_gold <= 1:
+            errors.append(f"max_unreadable_gold must be in [0, 1], got {self.max_unreadable_gold}")
         return errors
 
 
@@ -71,6 +79,12 @@ def last_boxed(text: str) -> str | None:
 def last_number(text: str) -> str | None:
     found = NUMBER.findall(text)
     return found[-1].replace(",", "").rstrip(".") if found else None
+
+
+def leading_number(text: str) -> str | None:
+    """The number a text starts with (`9 (apples)` -> 9, `$1,200 total` -> 1200); None when it starts otherwise."""
+    found = LEADING_NUMBER.match(text)
+    return found.group(1).replace(",", "") if found else None
 
 
 def extract_answer(text: str, cfg: AnswerConfig) -> str | None:
@@ -148,6 +162,66 @@ def is_equivalent(answer: str | None, gold: str) -> bool:
         return bool(parsed_gold and parsed and verify(parsed_gold, parsed))
     except Exception:  # math-verify raises on odd latex; an unreadable answer is a wrong one
         return False
+
+
+def gold_problem(gold: str, cfg: AnswerConfig) -> str | None:
+    """Why no response could match this gold answer under math-verify and `cfg.extraction`; None when one can.
+
+    Unreadable: empty; nothing math-verify parses; a number with words that survive parsing as symbols
+    (`9 (apples)` parses as 9*a*p*p*l*e*s, so the answer 9 never matches; `9 apples` parses as 9 and is fine);
+    under `extraction: last_number`, anything that isn't a number."""
+    text = str(gold).strip()
+    if not text:
+        return "empty"
+    try:
+        parsed = _parse(text)
+    except Exception:  # math-verify raises on odd latex
+        parsed = None
+    if not parsed:
+        return "math-verify parses nothing"
+    words = re.findall(r"[A-Za-z]{2,}", LATEX_COMMAND.sub(" ", text))
+    if words and NUMBER.search(text) and getattr(parsed[0], "free_symbols", None):
+        return "a number with words"
+    if cfg.extraction == "last_number" and not getattr(parsed[0], "is_number", False):
+        return "not a number, and answer.extraction last_number reads only numbers"
+    return None
+
+
+def check_golds(rows: list[dict], cfg: AnswerConfig, setting: str, source: str) -> dict:
+    """Before any sampling: the share of gold answers the verifier can't read (code and reasoning-gym rows have
+    their own checkers and are skipped), logged with examples; above `cfg.max_unreadable_gold` a one-line
+    ConfigError naming `setting` (problems, benchmarks[NAME]) and a fix. Returns {checked, unreadable, examples}."""
+    import logging
+
+    from seqdistill.config import ConfigError
+
+    log = logging.getLogger(__name__)
+    golds = [row["answer"] for row in rows if not is_code(row) and not is_reasoning_gym(row)]
+    bad = [(gold, why) for gold in golds if (why := gold_problem(gold, cfg))]
+    examples = [f"{_short(gold)} ({why})" for gold, why in bad[:GOLD_EXAMPLES]]
+    if golds:
+        log.info("%s: %d of %d gold answers unreadable by math-verify%s", source, len(bad), len(golds),
+                 f", e.g. {'; '.join(examples)}" if bad else "")
+    if bad and len(bad) > cfg.max_unreadable_gold * len(golds):
+        raise ConfigError(f"{setting}: {len(bad)} of {len(golds)} gold answers of {source} ({len(bad) / len(golds):.1%}) "
+                          f"can't be read by math-verify, so every sample of those problems would score wrong "
+                          f"(e.g. {'; '.join(examples)}); {_gold_fix(bad, setting)}, or fix the file "
+                          f"(answer.max_unreadable_gold: {cfg.max_unreadable_gold} is the share allowed)")
+    return {"checked": len(golds), "unreadable": len(bad), "examples": examples}
+
+
+def _short(text: str, width: int = 40) -> str:
+    text = " ".join(str(text).split())
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def _gold_fix(bad: list[tuple[str, str]], setting: str) -> str:
+    """The likeliest fix for the unreadable golds seen."""
+    if any(why.startswith("not a number") for _, why in bad):
+        return "set answer.extraction: auto (or boxed) for answers that aren't numbers"
+    if sum(leading_number(str(gold)) is not None for gold, _ in bad) > len(bad) / 2:
+        return f"set {setting}.answer_format: leading_number (keeps the number each gold starts with)"
+    return f"point {setting}.answer_field at the answer or set its answer_format (plain, gsm8k, boxed, leading_number)"
 
 
 @dataclass

@@ -56,3 +56,24 @@ def test_decontamination_by_ngram(benchmarks_dir):
     leaked = "Janet\u2019s ducks lay 16 eggs per day. She eats three for breakfast every morning"
     assert filters.is_contaminated(leaked, index, 8)
     assert not filters.is_contaminated("Tom has 3 apples. He buys 4 more. How many apples does Tom have now?", index, 8)
+
+
+@pytest.mark.parametrize("prefer,kept", [("first", [0, 1]), ("longest", [1, 3]), ("shortest", [2, 4])])
+def test_prefer_picks_which_correct_traces_the_limit_keeps(prefer, kept):
+    texts = ["So 5 and 7 make 12.", "Five apples, then seven more apples: counting them all gives twelve, so 12.",
+             "12", "Start from five. Add seven, one at a time: six, seven, eight, nine, ten, eleven, twelve. 12.",
+             "5+7=12", "5 + 7 = 13"]  # the last one is wrong: never kept, whatever its length
+    out = filters.apply([sample(t, i=i) for i, t in enumerate(texts)], "12",
+                        FilterConfig(max_per_problem=2, prefer=prefer), AnswerConfig(extraction="last_number"), False)
+    assert [i for i, o in enumerate(out) if o["keep"]] == kept
+    assert [o["drop_reason"] for o in out].count("over_limit") == 3 and out[5]["drop_reason"] == "wrong_answer"
+    assert filters.funnel([o["drop_reason"] for o in out])["kept"] == 2
+
+
+def test_prefer_ties_keep_sample_order_and_unknown_values_are_refused():
+    texts = ["so a b gives 12", "so c d gives 12", "so e f gives 12"]
+    for prefer in ("longest", "shortest"):
+        out = filters.apply([sample(t, i=i, tokens=5) for i, t in enumerate(texts)], "12",
+                            FilterConfig(max_per_problem=1, prefer=prefer), AnswerConfig(), False)
+        assert [o["drop_reason"] for o in out] == [None, "over_limit", "over_limit"]
+    assert FilterConfig(prefer="long").validate() == ["prefer must be first, longest, shortest, got 'long'"]

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 
 import pytest
+import yaml
 from fault_server import FaultServer
 
 from seqdistill import config as configlib
@@ -117,15 +118,36 @@ def test_pass_rate_band_drops_exactly_the_problems_outside_it(tmp_path):
     assert stats["funnel"]["correct"] - stats["funnel"]["in_band"] == sum(reasons.values())
     assert stats["pass_rate"] == {"problems_solved": {"0/4": 2, "1/4": 2, "2/4": 2, "3/4": 1, "4/4": 1},
                                   "problems_without_trace": 5, "too_easy": 1, "too_hard": 2}
+    card = (tmp_path / "gen" / "README.md").read_text()
+    assert "## Teacher pass rate\n\n| right samples | problems |\n| --- | --- |\n| 0/4 | 2 |\n| 1/4 | 2 |" in card
+    assert "5 of 8 problems contribute no trace (1 too easy and 2 too hard for filters.pass_rate)." in card
 
 
-def test_a_band_that_leaves_no_problems_says_how_many_fell_on_each_side(tmp_path):
+def test_a_band_that_leaves_no_problems_says_how_many_fell_on_each_side_and_a_wider_one_reuses_the_samples(tmp_path):
     with FaultServer() as server:
         server.reply = answerer(generate.select_problems(gen_cfg(server, tmp_path / "gen")), lambda *_: True)
-        with pytest.raises(ConfigError, match=r"filters.pass_rate \[0.0, 0.5\] left no problems: 8 too easy, 0 too hard, "
-                                              "0 never solved; widen the band"):
+        with pytest.raises(ConfigError, match=r"^filters.pass_rate \[0.0, 0.5\] left no problems: 8 too easy, 0 too hard, "
+                                              "0 never solved; widen the band and rerun: the sampled chunks are kept and reused$"):
             generate.run(gen_cfg(server, tmp_path / "gen", "filters.pass_rate=[0, 0.5]", "filters.near_duplicate=1.0"))
-    assert not (tmp_path / "gen" / "stats.json").exists()
+        assert not (tmp_path / "gen" / "stats.json").exists() and server.requests == 16
+        chunks = sorted((tmp_path / "gen" / "samples").rglob("chunk-*.parquet"))
+        stamps = [p.stat().st_mtime_ns for p in chunks]
+        stats = generate.run(gen_cfg(server, tmp_path / "gen", "filters.pass_rate=[0, 1]", "filters.near_duplicate=1.0"))
+        assert server.requests == 16 and stats["funnel"]["kept"] == 16 and stats["pass_rate"]["too_easy"] == 0
+        # the limit and preference are applied again too: one trace per problem, the longest
+        stats = generate.run(gen_cfg(server, tmp_path / "gen", "filters.near_duplicate=1.0", "filters.max_per_problem=1",
+                                     "filters.prefer=longest"))
+        assert server.requests == 16 and stats["funnel"]["kept"] == 8 and stats["drop_reasons"] == {"over_limit": 8}
+    assert [p.stat().st_mtime_ns for p in chunks] == stamps  # the chunks were read, never written again
+    out = samples(tmp_path / "gen")
+    for pid in {r["problem_id"] for r in out}:
+        mine = [r for r in out if r["problem_id"] == pid]
+        assert [r["keep"] for r in mine] == [r["completion_tokens"] == max(m["completion_tokens"] for m in mine) and
+                                             r["sample_index"] == min(m["sample_index"] for m in mine if
+                                                                      m["completion_tokens"] == r["completion_tokens"])
+                                             for r in mine]
+    with FaultServer() as server, pytest.raises(ConfigError, match="holds a different run"):  # other settings: refused
+        generate.run(gen_cfg(server, tmp_path / "gen", "filters.near_duplicate=1.0", "sampling.temperature=0.9"))
 
 
 def test_band_reason():
@@ -159,8 +181,18 @@ def test_eval_on_a_reasoning_gym_benchmark(tmp_path):
     (["problems.tasks=[{name: chain_sum, config: {min_terms: 5, max_terms: 2}}]"],
      "problems.tasks[chain_sum].config {'min_terms': 5, 'max_terms': 2} refused by the task: max_terms must be >= min_terms"),
     (["problems.tasks=[{name: chain_sum, weight: 0}]"], "problems.tasks[chain_sum].weight must be > 0"),
+    (["problems.tasks=[{name: chain_sum, weight: -2}, {name: leg_countin}]"],
+     "problems.tasks[chain_sum].weight must be > 0, got -2"),
+    (["problems.tasks=[{name: chain_sum, weight: -2}, {name: leg_countin}]"],
+     "problems.tasks: unknown reasoning-gym task 'leg_countin'; close: leg_counting"),
+    (["problems.tasks=[{name: leg_counting, config: {max_animals: 3, legs: 4}}]"],
+     "problems.tasks[leg_counting].config: the task has no setting(s) legs; it takes: "),
     (["problems.split=test"], "problems.split must be train or heldout for reasoning-gym, got 'test'"),
     (["filters.pass_rate=[0.9, 0.1]"], "filters.pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1"),
+    (["filters.pass_rate=[0.2, 1.5]"], "filters.pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got [0.2, 1.5]"),
+    (["filters.pass_rate=[-0.1, 0.5]"], "filters.pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got [-0.1, 0.5]"),
+    (["filters.pass_rate=[0.5]"], "filters.pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got [0.5]"),
+    (["filters.prefer=longer"], "filters.prefer must be first, longest, shortest, got 'longer'"),
     (["answer.rg_threshold=0"], "answer.rg_threshold must be in (0, 1]"),
 ])
 def test_bad_input_is_one_line_before_any_request(tmp_path, overrides, message):
@@ -174,3 +206,23 @@ def test_bad_input_is_one_line_before_any_request(tmp_path, overrides, message):
 def test_tasks_without_reasoning_gym_source_is_refused():
     with pytest.raises(ConfigError, match="tasks is for source: reasoning-gym"):
         configlib.load(ProblemsConfig, None, ["tasks=chain_sum"])
+
+
+def test_pipeline_rerun_with_a_wider_band_reuses_the_samples(tmp_path):
+    from seqdistill import pipeline
+
+    with FaultServer() as server:
+        base = gen_cfg(server, tmp_path / "unused")
+        server.reply = answerer(generate.select_problems(base), lambda *_: True)
+        recipe = {"run_dir": str(tmp_path / "run"), "generate": {**configlib.to_dict(base), "filters": {"near_duplicate": 1.0}}}
+        recipe["generate"].pop("output_dir")
+        for band, requests in (([0, 0.5], 16), ([0, 1], 16)):
+            recipe["generate"]["filters"]["pass_rate"] = band
+            (tmp_path / "run.yaml").write_text(yaml.safe_dump(recipe))
+            cfg = pipeline.load(str(tmp_path / "run.yaml"), [])
+            if band[1] < 1:
+                with pytest.raises(ConfigError, match="left no problems: 8 too easy"):
+                    pipeline.run(cfg)
+            else:
+                assert pipeline.run(cfg)["generate"]["funnel"]["kept"] == 16
+            assert server.requests == requests
