@@ -205,6 +205,7 @@ body { margin: 0; background: var(--bg); color: var(--text);
 header { background: #161b26; color: #e8ebf0; padding: 14px 28px 0; }
 header h1 { margin: 0; font-size: 18px; font-weight: 600; letter-spacing: .2px; }
 header h1 .brand { color: #8ea2ff; }
+header h1 #run-name { color: #a3acba; font-weight: 400; margin-left: 6px; }
 header .meta { color: #a3acba; font-size: 12.5px; margin-top: 2px; word-break: break-all; }
 .funnel { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; margin-top: 10px; font-size: 12.5px; }
 .funnel span.stage { background: #242b3a; border-radius: 12px; padding: 2px 10px; color: #d5dae3; }
@@ -372,7 +373,7 @@ function reasonBadge(reason) {
 }
 function verdictBadge(v) {
   const cls = v === "correct" || v === "passed" ? "correct" : v === "no answer" || v === "no_answer" ? "neutral" : "drop";
-  return el("span", {class: "badge " + cls, text: v.replace("_", " ")});
+  return el("span", {class: "badge " + cls, text: v.replace(/_/g, " ")});
 }
 
 // think block folded, the answer part open; search hits in a folded block unfold it
@@ -394,8 +395,7 @@ function haystack(obj, ...extra) {
 }
 
 function header() {
-  const src = GEN || EV;
-  $("run-name").textContent = "";
+  $("run-name").textContent = DATA.source.split("/").filter(Boolean).pop() || DATA.source;
   const parts = [DATA.source];
   if (GEN && GEN.teacher) parts.push("teacher " + GEN.teacher);
   parts.push("page written " + DATA.created);
@@ -417,7 +417,7 @@ function header() {
 // ---- teacher traces
 function setupTraces() {
   if (!GEN) return;
-  for (const [i, p] of GEN.problems.entries()) {
+  for (const p of GEN.problems) {
     const q = p.question.length > 70 ? p.question.slice(0, 70) + "…" : p.question;
     $("problem").append(el("option", {value: p.id, text: `#${p.index} ${q}`}));
   }
@@ -473,7 +473,7 @@ function renderTraces() {
             el("a", {title: "show only this problem", onclick: () => { state.problem = state.problem === p.id ? "" : p.id; update(); }},
               `#${p.index} ${p.id}`),
             el("span", {}, "gold ", el("span", {class: "gold", text: p.gold})),
-            el("span", {text: `${right}/${all.length} right on this page`})),
+            el("span", {text: `${right} of ${all.length} right` + (GEN.traces.length < GEN.total ? " on this page" : "")})),
           el("div", {class: "q"}, marked(p.question, term))));
       list.append(card);
     }
@@ -481,7 +481,7 @@ function renderTraces() {
     card.append(el("article", {class: "trace", "data-reason": t.reason, "data-verdict": t.verdict, "data-problem": p.id},
       el("div", {class: "line"}, reasonBadge(t.reason), el("span", {text: `sample ${t.s}`}),
         el("span", {}, "answer ", el("span", {class: "answer " + (ok ? "ok" : "bad"), text: t.answer === null ? "none" : t.answer})),
-        el("span", {text: `${fmt(t.tokens)} tokens`}), el("span", {text: `finish: ${t.finish}`}),
+        el("span", {text: `${fmt(t.tokens)} tokens`}), t.finish !== "stop" ? el("span", {text: `finish: ${t.finish}`}) : null,
         t.detail ? el("span", {text: t.detail}) : null),
       textBlocks(t, term)));
   }
@@ -494,6 +494,8 @@ function renderTraces() {
 function setupEval() {
   if (!EV) return;
   for (const b of EV.benchmarks) $("bench").append(el("option", {value: b.name, text: b.name}));
+  $("bench").hidden = EV.benchmarks.length < 2;
+  $("show").hidden = Math.max(...EV.benchmarks.map((b) => b.models.length)) < 2;  // nothing to compare
   if (EV.embedded < EV.total) {
     $("eval-omitted").hidden = false;
     $("eval-omitted").textContent = `This page holds ${fmt(EV.embedded)} of the ${fmt(EV.total)} eval samples ` +
@@ -505,7 +507,11 @@ function renderEval() {
   const bench = EV.benchmarks.find((b) => b.name === state.bench) || EV.benchmarks[0];
   $("bench").value = bench.name;
   const term = state.eq.trim().toLowerCase();
-  const n = bench.models.length;
+  const n = bench.models.length, last = bench.models[n - 1];
+  const shows = {differ: "the models differ", gained: `${last} is right more often`, lost: `${last} is right less often`,
+    none: "no model is right"};
+  for (const o of $("show").options) if (o.value) o.textContent = o.value === "differ" || o.value === "none" ?
+    shows[o.value][0].toUpperCase() + shows[o.value].slice(1) : shows[o.value].replace(" is ", " ");
   const rate = (ss) => ss.length ? ss.filter((s) => s.correct).length / ss.length : 0;
   const match = bench.problems.filter((p) => {
     const rates = p.samples.map(rate);
@@ -522,9 +528,10 @@ function renderEval() {
   scores.replaceChildren();
   if (Object.keys(bench.scores).length)
     scores.append(el("table", {class: "scores"}, el("tr", {}, el("th", {text: "model"}), el("th", {text: `${bench.name} pass@1 ± s.e.`})),
-      bench.models.filter((m) => bench.scores[m]).map((m) => el("tr", {}, el("td", {text: m}),
+      bench.models.filter((m) => bench.scores[m] && bench.scores[m]["pass@1"] !== null).map((m) => el("tr", {}, el("td", {text: m}),
         el("td", {class: "num", text: `${bench.scores[m]["pass@1"].toFixed(3)} ± ${bench.scores[m]["pass@1_stderr"].toFixed(3)}`})))));
   $("eval-count").textContent = `${fmt(match.length)} of ${fmt(bench.problems.length)} problems` +
+    (shows[state.show] ? ` where ${shows[state.show]}` : "") + (term ? ` · “${state.eq.trim()}”` : "") +
     (bench.problems.length < bench.total_problems ? ` (${fmt(bench.total_problems)} in the benchmark)` : "") +
     (match.length > evalLimit ? ` · showing the first ${fmt(evalLimit)}` : "");
   $("eval-count").dataset.shown = match.length;

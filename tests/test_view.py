@@ -110,8 +110,9 @@ class DOM(HTMLParser):
                 self.text[ident] = self.text.get(ident, "") + data
 
     def find(self, tag: str, **attrs) -> list[dict]:
-        return [a for t, a in self.tags if t == tag and all(k.replace("_", "-") in a and (v is True or a[k.replace("_", "-")] == v)
-                                                            for k, v in attrs.items())]
+        """Elements by tag and attributes (class_ is class, data_x is data-x; True: present)."""
+        want = {k.rstrip("_").replace("_", "-"): v for k, v in attrs.items()}
+        return [a for t, a in self.tags if t == tag and all(k in a and (v is True or a[k] == v) for k, v in want.items())]
 
 
 def open_page(path: Path, tmp_path: Path, fragment: dict | None = None) -> tuple[DOM, str]:
@@ -161,10 +162,10 @@ def test_search_and_folded_think(page, tmp_path):
 
 @needs_chromium
 def test_trace_text_stays_text(page, tmp_path):
-    dom, text = open_page(page, tmp_path, {"q": "bold"})
-    assert [a["data-reason"] for a in traces(dom)] == ["wrong_answer"]
-    assert dom.text.get("tab-traces") and "pwned" not in text.split("<title>")[1].split("</title>")[0]
-    assert not dom.find("b") and not dom.find("img")  # the trace's tags are text, not elements
+    dom, text = open_page(page, tmp_path, {"problem": "arith-1", "reason": "wrong_answer"})
+    assert [a["data-reason"] for a in traces(dom)] == ["wrong_answer"]  # the page's script ran to the end
+    assert "pwned" not in text.split("<title>")[1].split("</title>")[0]
+    assert "<b>bold</b>" not in text and not dom.find("img")  # the trace's tags are text, not elements
     assert "&lt;/script&gt;&lt;script&gt;document.title=\"pwned\"&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in text
 
 
