@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "generate":
             from seqdistill import generate
 
-            cfg = configlib.load(generate.GenerateConfig, args.config, overrides)
+            cfg = configlib.load(generate.GenerateConfig, args.config, overrides, "generate")
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             stats = generate.run(cfg)
             print_generate_summary(cfg, stats)
         elif args.command == "score":
             from seqdistill import score
 
-            cfg = configlib.load(score.ScoreConfig, args.config, overrides)
+            cfg = configlib.load(score.ScoreConfig, args.config, overrides, "score")
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             stats = score.run(cfg)
             print(f"scored {stats['examples']} traces, {stats['teacher_logprobs']['bytes_per_token']} bytes/token; "
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "eval":
             from seqdistill import evaluate
 
-            cfg = configlib.load(evaluate.EvalConfig, args.config, overrides)
+            cfg = configlib.load(evaluate.EvalConfig, args.config, overrides, "eval")
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             results = evaluate.run(cfg)
             print("\n" + evaluate.table(results))
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "sft":
             from seqdistill import sft
 
-            cfg = configlib.load(sft.SFTStageConfig, args.config, overrides)
+            cfg = configlib.load(sft.SFTStageConfig, args.config, overrides, "sft")
             print("# resolved config\n" + configlib.dump(cfg), flush=True)
             metrics = sft.run(cfg).metrics
             print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "

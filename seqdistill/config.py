@@ -29,22 +29,29 @@ class ConfigError(ValueError):
         super().__init__("; ".join(self.problems))
 
 
-def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None, stage: str = "STAGE"):
     """Build `cls` from an optional YAML file and `key.sub=value` overrides (values parsed as YAML)."""
-    return build(cls, read(path, overrides))
+    return build(cls, read(path, overrides, stage))
 
 
-def read(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """The settings of an optional YAML file with `key.sub=value` overrides applied, not yet checked."""
+def read(path: str | Path | None = None, overrides: list[str] | None = None, stage: str = "STAGE") -> dict:
+    """The settings of an optional YAML file with `key.sub=value` overrides applied, not yet checked.
+
+    An empty file is refused: it is more likely a wrong path or an unsaved editor than a wish for every default."""
     data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} can't be read: {e}") from e
+        if data is None:
+            raise ConfigError(f"config file {path} holds no settings; write the ones you change into it "
+                              f"(`seqdistill config {stage}` prints them all with their defaults)")
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
     for item in overrides or []:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from seqdistill import card, prompts, store
 from seqdistill.config import ConfigError
-from seqdistill.problems import LOCAL_FORMATS
+from seqdistill.problems import LOCAL_FORMATS, read_local, root_cause
 
 log = logging.getLogger(__name__)
 FALLBACK_TEMPLATE = "chat/plain"  # seqdistill/templates/chat/plain.jinja: for students with no chat template
@@ -102,20 +102,43 @@ def load_table(source: str, split: str):
 
     path = Path(source).expanduser()
     if (path / "data" / f"{split}.parquet").is_file():  # a seqdistill generate output
-        stats_file = path / "stats.json"
-        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
-        return store.read_parquet([path / "data" / f"{split}.parquet"]), stats
+        stats_file, data = path / "stats.json", path / "data" / f"{split}.parquet"
+        rebuild = "; rerun `seqdistill generate` with the same settings (it rebuilds the dataset from its sampled chunks)"
+        try:
+            stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
+            table = store.read_parquet([data])
+        except (ValueError, OSError) as e:  # a torn copy: ArrowInvalid and JSONDecodeError are ValueErrors
+            raise ConfigError(f"{stats_file if isinstance(e, json.JSONDecodeError) else data} is unreadable "
+                              f"({root_cause(e)}){rebuild}") from e
+        if len(table) == 0:
+            raise nothing_kept(source, stats)
+        return table, stats
     if path.suffix in LOCAL_FORMATS or source.startswith((".", "/", "~")):
         if not path.exists():
             raise ConfigError(f"dataset {source} does not exist; point at a generate output_dir or a "
                               f"{'/'.join(LOCAL_FORMATS)} file")
         if path.is_dir():
             raise ConfigError(f"dataset directory {source} has no data/{split}.parquet; is it a generate output_dir?")
-        return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train"), None
+        return read_local(path, "dataset"), None
     try:
-        return datasets.load_dataset(source, split=split), None
+        table = datasets.load_dataset(source, split=split)
     except Exception as e:
         raise ConfigError(f"could not load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
+    if len(table) == 0:
+        raise nothing_kept(source, None)
+    return table, None
+
+
+def nothing_kept(source: str, stats: dict | None) -> ConfigError:
+    """An empty training set, said with the generate funnel's biggest drop when there is one."""
+    if not stats or not stats.get("drop_reasons"):
+        return ConfigError(f"dataset {source} has no examples (if it is a generate output, its funnel kept none: "
+                           "see its README.md); generate more problems or samples, or relax the filters")
+    reason, count = max(stats["drop_reasons"].items(), key=lambda item: item[1])
+    funnel = " -> ".join(f"{stage} {n}" for stage, n in stats.get("funnel", {}).items())
+    return ConfigError(f"dataset {source} kept no trace (biggest drop: {reason}, {count} of {stats.get('samples', '?')} "
+                       f"samples; funnel {funnel}); see its README.md, then relax that filter, sample more "
+                       "(sampling.n, problems.num_problems) or pick a stronger teacher")
 
 
 def ensure_chat_template(tokenizer, template: str | None) -> None:
@@ -202,7 +225,7 @@ def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
         log.warning("dataset %s does not name its teacher; tokenizer agreement not checked", cfg.dataset)
         return
     try:
-        teacher_tokenizer = models.load_tokenizer(models.resolve(name))
+        teacher_tokenizer = models.load_tokenizer(models.resolve(name, weights=False))  # only its tokenizer is read
     except ConfigError as e:
         raise ConfigError(f"teacher {name} (whose tokenizer logit KD checks against the student's): {e}") from None
     texts = [m[-1]["content"] for m in table["messages"][:cfg.kd.check_samples]] if "messages" in table.column_names else []

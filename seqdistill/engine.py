@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -76,6 +77,12 @@ class EngineConfig:
             errors.append(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len is not None and self.max_model_len < 16:
             errors.append(f"max_model_len must be at least 16, got {self.max_model_len}")
+        if self.dtype not in VLLM_DTYPES:
+            errors.append(f"dtype must be one of {', '.join(VLLM_DTYPES)} (vLLM's names), got {self.dtype!r}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
+            errors.append(f"kv_cache_memory_bytes must be > 0 (or null for the default), got {self.kv_cache_memory_bytes}")
+        if self.backend == "vllm":
+            errors += unknown_extra(self.extra)
         if self.backend == "vllm" and self.data_parallel_size > 1:  # vLLM 0.32: LLM(data_parallel_size>1) is refused
             errors.append("data_parallel_size > 1 needs one engine process per rank, which vllm.LLM in this process "
                           "can't be: serve the model with `vllm serve MODEL --data-parallel-size N` and set "
@@ -107,6 +114,30 @@ class EngineConfig:
         return errors
 
 
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")  # vllm.config.model.ModelDType
+
+
+def unknown_extra(extra: dict) -> list[str]:
+    """engine.extra keys vllm.LLM does not take: its EngineArgs fields (vLLM is imported only when extra is set)."""
+    if not extra:
+        return []
+    import dataclasses
+    import difflib
+
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:  # load_vllm says how to install it
+        return []
+    known = [f.name for f in dataclasses.fields(EngineArgs)] + ["chat_template"]  # LLM's own keyword
+    errors = []
+    for key in extra:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            errors.append(f"extra.{key} is not a vLLM engine argument" + (f" (did you mean {near[0]}?)" if near else
+                          " (vllm.engine.arg_utils.EngineArgs lists them)"))
+    return errors
+
+
 VLLM_ONLY = ("dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
              "kv_cache_memory_bytes", "enforce_eager", "in_process", "extra")
 # settings that change how fast or where samples come, not which: a resumed run may change them
@@ -131,12 +162,15 @@ class SamplingConfig:
 
     def validate(self) -> list[str]:
         errors = []
-        if self.n < 1:
-            errors.append(f"n must be at least 1, got {self.n}")
+        # vLLM's own rules (vllm.sampling_params.SamplingParams._verify_args), said before any engine starts
+        max_n = int(os.environ.get("VLLM_MAX_N_SEQUENCES", "16384"))
+        if not 1 <= self.n <= max_n:
+            errors.append(f"n must be at least 1, got {self.n}" if self.n < 1 else
+                          f"n must be at most {max_n} (vLLM's VLLM_MAX_N_SEQUENCES), got {self.n}")
         if self.max_tokens < 1:
             errors.append(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            errors.append(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
+            errors.append(f"temperature must be a finite number in [0, 2], got {self.temperature}")
         if self.temperature == 0 and self.n > 1:
             errors.append(f"temperature 0 is greedy: every sample would be the same, and vLLM refuses n > 1; set n: 1 "
                           f"or a temperature above 0 (got n {self.n})")
@@ -146,8 +180,10 @@ class SamplingConfig:
             errors.append(f"top_k must be 0 or -1 (off) or >= 1, got {self.top_k}")
         if not 0 <= self.min_p <= 1:
             errors.append(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            errors.append(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            errors.append(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
+        if any(not s for s in self.stop):
+            errors.append("stop cannot hold an empty string (vLLM refuses it); remove it")
         return errors
 
 

@@ -139,10 +139,9 @@ def output_layout(cfg: EvalConfig) -> store.Layout:
                         ignore=(*engine.OPERATIONAL, *per_model))
 
 
-def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
-    """Score every model on every benchmark; `llms` maps a model reference to a running vLLM engine (tests)."""
-    out = Path(cfg.output_dir)
-    # ---- check everything before any engine starts or request is sent ----
+def check(cfg: EvalConfig):
+    """Everything checked before any engine starts or request is sent (`seqdistill run` calls it before its first
+    stage): (benchmark rows, resolved models, engine groups, prompts per group and benchmark)."""
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
     for b in cfg.benchmarks:
         verify.check_golds(benchmarks[b.name], cfg.answer, f"benchmarks[{b.name}]", b.source or b.name)
@@ -164,6 +163,13 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
         batches[key] = {name: engine.make_prompts(resolved[base], eng_cfg, cfg.prompt, texts, range(len(texts)))
                         for name, texts in users.items()}
         engine.preflight(resolved[base], eng_cfg, batches[key], cfg.sampling.max_tokens)
+    return benchmarks, resolved, groups, batches
+
+
+def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
+    """Score every model on every benchmark; `llms` maps a model reference to a running vLLM engine (tests)."""
+    out = Path(cfg.output_dir)
+    benchmarks, resolved, groups, batches = check(cfg)
     output_layout(cfg).prepare(out, cfg, cfg.overwrite)
 
     failures = []
@@ -194,7 +200,7 @@ def check_adapter(m: ModelEntry, base_path: str) -> None:
     """An adapter must have been trained on the model it is paired with."""
     if not m.adapter:
         return
-    trained_on = json.loads((Path(m.adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    trained_on = adapter_config(m.adapter).get("base_model_name_or_path")
     same = trained_on in (m.model, base_path) or (trained_on and Path(trained_on).exists() and Path(base_path).exists()
                                                   and Path(trained_on).resolve() == Path(base_path).resolve())
     if trained_on and not same:
@@ -203,7 +209,12 @@ def check_adapter(m: ModelEntry, base_path: str) -> None:
 
 
 def adapter_rank(path: str) -> int:
-    return int(json.loads((Path(path) / "adapter_config.json").read_text()).get("r", 16))
+    return int(adapter_config(path).get("r", 16))
+
+
+def adapter_config(path: str) -> dict:
+    return store.read_json(Path(path) / "adapter_config.json", "point at the adapter directory `seqdistill sft` wrote "
+                           "(OUTPUT_DIR/model), or train it again")
 
 
 def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, rows, batch: list, out: Path) -> list[str]:

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from seqdistill.config import ConfigError
 from seqdistill.verify import AnswerConfig, extract_for, is_code, is_equivalent, is_reasoning_gym, judge_many, verifier_name
 
 CODE_FAILURES = ["wrong_output", "runtime_error", "timeout", "memory", "syntax_error"]  # seqdistill.code verdicts
@@ -229,7 +230,11 @@ def contamination_index(sources: list[str], n: int) -> set[tuple]:
             preset, path = src, ""
         else:
             preset, path = None, src
-        for row in load(ProblemsConfig(source=path, preset=preset)):
+        try:
+            rows = load(ProblemsConfig(source=path, preset=preset))
+        except ConfigError as e:
+            raise ConfigError(f"filters.decontaminate {src}: {e}") from e
+        for row in rows:
             grams.update(ngrams(words(row["question"]), n))
     return grams
 

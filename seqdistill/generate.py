@@ -65,10 +65,9 @@ class GenerateConfig:
         return errors
 
 
-def run(cfg: GenerateConfig, llm=None) -> dict:
-    """Generate, filter and write the dataset; returns the stats. `llm` reuses a running vLLM engine (tests)."""
-    out = Path(cfg.output_dir)
-    # ---- everything that can fail is checked before the engine starts or a request is sent ----
+def check(cfg: GenerateConfig):
+    """Everything that can fail, checked before the engine starts or a request is sent (`seqdistill run` calls
+    it before its first stage): (model path, problem rows, sandbox, user prompts, engine prompts, vocab size)."""
     model_path = models.resolve(cfg.model)
     rows = select_problems(cfg)
     verify.check_golds(rows, cfg.answer, "problems", cfg.problems.source or cfg.problems.preset)
@@ -78,6 +77,13 @@ def run(cfg: GenerateConfig, llm=None) -> dict:
     batch = engine.make_prompts(model_path, cfg.engine, cfg.prompt, users, [row["_index"] for row in rows])
     engine.preflight(model_path, cfg.engine, {"problems": batch}, cfg.sampling.max_tokens)
     vocab = models.vocab_size(model_path) if cfg.teacher_logprobs else 0
+    return model_path, rows, isolation, users, batch, vocab
+
+
+def run(cfg: GenerateConfig, llm=None) -> dict:
+    """Generate, filter and write the dataset; returns the stats. `llm` reuses a running vLLM engine (tests)."""
+    out = Path(cfg.output_dir)
+    model_path, rows, isolation, users, batch, vocab = check(cfg)
     think = cfg.filters.require_think if cfg.filters.require_think is not None else f"<{cfg.answer.think_tag}>" in cfg.prompt.prefill
     OUTPUT.prepare(out, cfg, cfg.overwrite)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -51,8 +52,8 @@ def is_local(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.endswith(".gguf") or ref.count("/") > 1 or Path(ref).exists()
 
 
-def check(ref: str) -> list[str]:
-    """Config-time checks of a model reference (no loading)."""
+def check(ref: str, weights: bool = True) -> list[str]:
+    """Config-time checks of a model reference (no loading); `weights`: a local directory must hold them."""
     if ref.startswith("embedded:"):
         name = ref.split(":", 1)[1]
         if name not in EMBEDDED:
@@ -66,12 +67,31 @@ def check(ref: str) -> list[str]:
             return [] if will_exist(path) else [f"model path {ref} does not exist"]
         if path.is_dir() and not (path / "config.json").is_file():
             return [f"model directory {ref} has no config.json; point at a Hugging Face model directory or a .gguf file"]
+        if path.is_dir():
+            try:
+                json.loads((path / "config.json").read_text())
+            except (ValueError, OSError) as e:
+                return [f"{path / 'config.json'} is not valid JSON ({str(e).splitlines()[0]}); is the download complete?"]
+            if weights and not has_weights(path):
+                return [f"model directory {ref} has no weights (*.safetensors, *.bin, a sharded index or a .gguf); "
+                        "is it a tokenizer only, or a download that did not finish?"]
+        elif path.suffix == ".gguf" and not is_gguf(path):
+            return [f"{ref} is not a GGUF file (it does not start with the GGUF magic bytes); is the download complete?"]
     return []
 
 
-def resolve(ref: str) -> str:
+def has_weights(path: Path) -> bool:
+    return any(any(path.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.index.json"))
+
+
+def is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def resolve(ref: str, weights: bool = True) -> str:
     """A path or hub id that transformers, TRL and vLLM load; converts .gguf and embedded models once."""
-    problems = check(ref)
+    problems = check(ref, weights)
     if problems:
         raise ConfigError(problems)
     if ref.startswith("embedded:"):
@@ -98,11 +118,15 @@ def convert_gguf(gguf: Path) -> Path:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     kwargs = {"gguf_file": gguf.name}
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), **kwargs, dtype=torch.bfloat16,
-        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), **kwargs, dtype=torch.bfloat16,
+            quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    except (ValueError, KeyError, IndexError, EOFError, OSError) as e:  # a cut or foreign file, as gguf reads it
+        raise ConfigError(f"could not convert {gguf}: {(str(e).splitlines() or [type(e).__name__])[0]}; "
+                          "is the .gguf download complete, and an architecture transformers reads?") from e
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ interrupted stage resumes (each stage's own resume). RUN_DIR also holds the reso
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ class PipelineConfig:
 
 def load(path: str, overrides: list[str]) -> PipelineConfig:
     """The recipe with overrides, its stages wired together under run_dir."""
-    raw = configlib.read(path, overrides)
+    raw = configlib.read(path, overrides, "run")
     # eval may name what this pipeline's sft stage will write (e.g. RUN_DIR/sft/merged)
     planned = [Path(str(raw.get("run_dir", PipelineConfig.run_dir))) / "sft"] if raw.get("sft") is not None else []
     # without eval.models, eval.compare names the default models, which exist only after the build
@@ -100,6 +101,24 @@ def default_compare(entries: list[ModelEntry]) -> list[list[str]]:
     return [[before, "student-after"]] if before and "student-after" in names else []
 
 
+def preflight(cfg: PipelineConfig, selected: list[str]) -> None:
+    """Before the first stage runs, each stage's own checks on what exists now: generate's (when it will run),
+    sft's dataset (unless generate will rewrite it), eval's benchmarks, prompts and context lengths for the models
+    that exist already (the distilled student appears only after sft)."""
+    from seqdistill import data, evaluate, generate
+
+    generate_runs = "generate" in selected and not layout("generate", cfg.generate).done(cfg.generate.output_dir, cfg.generate)
+    if generate_runs:
+        generate.check(cfg.generate)
+    if "sft" in selected and not generate_runs:
+        data.load_table(cfg.sft.dataset, cfg.sft.dataset_split)
+    if "eval" in selected:
+        now = [m for m in cfg.eval.models if (not models.is_local(m.model) or Path(m.model).expanduser().exists())
+               and (not m.adapter or (Path(m.adapter) / "adapter_config.json").is_file())]
+        if now:
+            evaluate.check(dataclasses.replace(cfg.eval, models=now))
+
+
 def modules() -> dict:
     from seqdistill import evaluate, generate, sft
 
@@ -120,6 +139,7 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
             raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     present = [s for s in STAGES if getattr(cfg, s) is not None]
     selected = [s for s in present if (not only or s in only) and (not start or STAGES.index(s) >= STAGES.index(start))]
+    preflight(cfg, selected)  # a run refused by any stage's checks writes nothing
     configlib.save(cfg, Path(cfg.run_dir) / "pipeline.yaml")
     results, dirty = {}, False
     for stage in selected:

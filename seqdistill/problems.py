@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import random
 import re
 from dataclasses import dataclass, field
@@ -247,16 +248,47 @@ def _load_table(cfg: ProblemsConfig):
         return datasets.load_dataset("json", data_files=_package_file(cfg.source.removeprefix("package:")), split="train")
 
     if cfg.is_local_like():
-        path = Path(cfg.source).expanduser()
-        fmt = LOCAL_FORMATS.get(path.suffix)
-        if fmt is None:
-            raise ConfigError(f"problem file {path} must end in {', '.join(LOCAL_FORMATS)}")
-        return datasets.load_dataset(fmt, data_files=str(path), split="train")
+        return read_local(Path(cfg.source).expanduser(), "problem file")
     try:
         return datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split)
     except Exception as e:  # the hub or the name may be wrong; say which dataset failed
         raise ConfigError(f"could not load hub dataset {cfg.source!r} (subset {cfg.subset}, split {cfg.split}): "
                           f"{str(e).splitlines()[0]}; for a local file give its path as problems.source") from None
+
+
+def read_local(path: Path, what: str):
+    """A local .jsonl/.json/.parquet/.csv file as a dataset: a missing, empty or malformed file is one line that
+    names it (datasets would raise DatasetGenerationError, StopIteration or ArrowInvalid)."""
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    fmt = LOCAL_FORMATS.get(path.suffix)
+    if fmt is None:
+        raise ConfigError(f"{what} {path} must end in {', '.join(LOCAL_FORMATS)}")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{what} {path} is empty")
+    quiet = logging.getLogger("datasets.packaged_modules")  # it logs the parser's error too: said once, below
+    level, _ = quiet.level, quiet.setLevel(logging.CRITICAL)
+    try:
+        table = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except (DatasetGenerationError, ValueError, StopIteration, OSError) as e:  # ArrowInvalid is a ValueError
+        if "corresponds to no data" in str(e):  # a CSV with only its header
+            raise ConfigError(f"{what} {path} has no rows") from e
+        raise ConfigError(f"{what} {path} is not valid {path.suffix.lstrip('.').upper()}: {root_cause(e)}") from e
+    finally:
+        quiet.setLevel(level)
+    if len(table) == 0:
+        raise ConfigError(f"{what} {path} has no rows")
+    return table
+
+
+def root_cause(e: BaseException) -> str:
+    """The first line of the innermost cause (datasets wraps the parser's own message)."""
+    while e.__cause__ or e.__context__:
+        e = e.__cause__ or e.__context__
+    return (str(e).splitlines() or [type(e).__name__])[0][:300]
 
 
 def extract_gold(value, answer_format: str) -> str:

@@ -32,15 +32,16 @@ def write(run_dir: str | Path) -> Path:
     gen, sft, ev = run / "generate", run / "sft", run / "eval"
     if not any(p.is_dir() for p in (gen, sft, ev)):
         raise ConfigError(f"{run} holds no pipeline run (no generate/, sft/ or eval/); give the run_dir of `seqdistill run`")
-    stats = json.loads((gen / "stats.json").read_text()) if (gen / "stats.json").is_file() else None
-    results = json.loads((ev / "results.json").read_text()) if (ev / "results.json").is_file() else None
+    stats = store.read_json(gen / "stats.json") if (gen / "stats.json").is_file() else None
+    results = store.read_json(ev / "results.json") if (ev / "results.json").is_file() else None
+    metrics = store.read_json(sft / "metrics.json") if (sft / "metrics.json").is_file() else None
     parts = [f"# seqdistill run: `{run}`\n", provenance(run, stats, results)]
     if results:
         parts += results_section(run, results)
     if stats:
         parts += teacher_section(run, stats)
-    if (sft / "metrics.json").is_file():
-        parts += training_section(run, json.loads((sft / "metrics.json").read_text()))
+    if metrics is not None:
+        parts += training_section(run, metrics)
     path = run / "report.md"
     store.write_text(path, "\n".join(parts))
     return path

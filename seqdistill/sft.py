@@ -90,6 +90,7 @@ class SFTStageConfig:
             errors.append(f"max_length must be at least 16, got {self.max_length}")
         if self.lora.r < 1:
             errors.append(f"lora.r must be at least 1, got {self.lora.r}")
+        errors += check_training_values(self)
         if self.kd.mode == "online" and self.kd.teacher:
             errors += [f"kd.teacher: {p}" for p in models.check(self.kd.teacher)]
         errors += check_trl_extras(self)
@@ -100,6 +101,35 @@ class SFTStageConfig:
             errors.append("packing cannot be combined with logit KD (teacher log-probs are laid out per example); "
                           "set packing: false")
         return errors
+
+
+def check_training_values(cfg: SFTStageConfig) -> list[str]:
+    """What TRL, transformers or peft would refuse (or silently accept: 0 epochs saves an untrained student)."""
+    errors = []
+    if not cfg.learning_rate > 0:
+        errors.append(f"learning_rate must be > 0, got {cfg.learning_rate}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+        if getattr(cfg, name) < 1:
+            errors.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.eval_steps is not None and cfg.eval_steps < 1:
+        errors.append(f"eval_steps must be at least 1 (or null), got {cfg.eval_steps}")
+    if cfg.max_steps < -1:
+        errors.append(f"max_steps must be -1 (train num_train_epochs) or > 0, got {cfg.max_steps}")
+    elif cfg.max_steps <= 0 and not cfg.num_train_epochs > 0:
+        errors.append(f"num_train_epochs must be > 0 (or max_steps > 0), got {cfg.num_train_epochs}: "
+                      "nothing would be trained")
+    if cfg.warmup_steps < 0 or cfg.weight_decay < 0:
+        errors.append(f"warmup_steps must be >= 0 and weight_decay >= 0, got {cfg.warmup_steps} and {cfg.weight_decay}")
+    if not 0 <= cfg.lora.dropout < 1:
+        errors.append(f"lora.dropout must be in [0, 1), got {cfg.lora.dropout}")
+    if cfg.lora.alpha <= 0:
+        errors.append(f"lora.alpha must be > 0, got {cfg.lora.alpha}")
+    from transformers import SchedulerType
+
+    schedulers = [s.value for s in SchedulerType]
+    if cfg.lr_scheduler_type not in schedulers:
+        errors.append(f"lr_scheduler_type {cfg.lr_scheduler_type!r} is not one of transformers': {', '.join(schedulers)}")
+    return errors
 
 
 @dataclass

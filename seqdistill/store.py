@@ -30,7 +30,7 @@ class Layout:
     A directory is `empty` (or absent), holds the `same` run (its saved config equals this one but
     for the settings in `ignore`, which don't change the outputs), a `different` run, or is
     `foreign` (files, but no seqdistill config). A stage is done when its `marker` (written last)
-    exists for the same run. `--overwrite` deletes only the files in `owned`.
+    exists for the same run. `--overwrite` deletes only the files in `owned`, and never touches a foreign directory.
     """
 
     owned: tuple[str, ...]  # files and folders this stage writes
@@ -81,9 +81,9 @@ class Layout:
             diff = self.changes(out, cfg)
             raise ConfigError(f"output directory {out} holds a different run ({'; '.join(diff[:3])}"
                               f"{' ...' if len(diff) > 3 else ''}); use another output_dir, or pass --overwrite to replace it")
-        if state == "foreign" and not overwrite:
-            raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run; "
-                              "pick an empty or new output_dir, or pass --overwrite")
+        if state == "foreign":  # --overwrite replaces seqdistill's own runs, never files it did not write
+            raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run (no {CONFIG_FILE}), "
+                              "so even --overwrite leaves it alone: pick a new output_dir, or move its files away")
         if state == "different" and not overwrite:  # only `rebuild` settings changed (refused above otherwise)
             log.info("only %s changed since the run in %s: %s/ is reused, the rest rebuilt",
                      "; ".join(self.changes(out, cfg)), out, self.parts)
@@ -149,6 +149,15 @@ def read_parquet(paths: list[Path]):
     import pyarrow.parquet as pq
 
     return datasets.Dataset(pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive"))
+
+
+def read_json(path: Path, fix: str = "rerun the stage that writes it, or remove it"):
+    """A JSON file a stage wrote (or a user edited): one that does not parse is a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                          f"{fix}") from e
 
 
 def write_text(path: Path, text: str) -> None:
