@@ -39,7 +39,7 @@ def write(run_dir: str | Path) -> Path:
     if results:
         parts += results_section(run, results)
     if stats:
-        parts += teacher_section(run, stats)
+        parts += teacher_section(run, stats, list(results or {}))
     if metrics is not None:
         parts += training_section(run, metrics)
     path = run / "report.md"
@@ -190,11 +190,11 @@ def pass_k_curves(run: Path, results: dict) -> dict[tuple[str, str], dict[str, l
 # ---------------------------------------------------------------- teacher traces
 
 
-def teacher_section(run: Path, stats: dict) -> list[str]:
+def teacher_section(run: Path, stats: dict, models: list[str]) -> list[str]:
     gen = run / "generate"
     samples = store.read_parquet(sorted((gen / "data").glob("*.parquet")))
     max_tokens = (saved(gen).get("config") or {}).get("sampling", {}).get("max_tokens")
-    evals = eval_samples(run)
+    evals = eval_samples(run, models)
     parts = ["## Teacher traces\n", card.funnel_table(stats["funnel"]) + "\n", f"![funnel]({funnel_figure(stats, run)})\n"]
     if "pass_rate" in stats:
         rate = stats["pass_rate"]
@@ -211,14 +211,15 @@ def teacher_section(run: Path, stats: dict) -> list[str]:
     return parts
 
 
-def eval_samples(run: Path) -> dict[str, dict[str, list]]:
-    """Response lengths and verdicts of each evaluated model (all benchmarks together)."""
+def eval_samples(run: Path, models: list[str]) -> dict[str, dict[str, list]]:
+    """Response lengths and verdicts of each evaluated model (all benchmarks together), in the table's order."""
     out = {}
-    for path in sorted((run / "eval").glob("*/*/samples.parquet")):
-        table = store.read_parquet([path])
-        entry = out.setdefault(path.parent.parent.name, {"lengths": [], "correct": []})
-        entry["lengths"] += table["response_tokens"]
-        entry["correct"] += table["correct"]
+    for name in models:
+        for path in sorted((run / "eval" / name).glob("*/samples.parquet")):
+            table = store.read_parquet([path])
+            entry = out.setdefault(name, {"lengths": [], "correct": []})
+            entry["lengths"] += table["response_tokens"]
+            entry["correct"] += table["correct"]
     return out
 
 
@@ -280,16 +281,16 @@ def length_correctness_figure(samples, evals: dict[str, dict[str, list]], run: P
     import numpy as np
 
     lengths, correct = np.array(samples["completion_tokens"]), np.array(samples["correct"], dtype=bool)
-    top = max([lengths.max(), *[max(e["lengths"]) for e in evals.values()]])
-    edges = np.linspace(0, top + 1, 17)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    edges = np.linspace(0, lengths.max() + 1, 17)
     left.hist(lengths[~correct], bins=edges, histtype="step", linewidth=2, color=DROPPED, label=f"wrong ({(~correct).sum()})")
     left.hist(lengths[correct], bins=edges, histtype="step", linewidth=2, color=KEPT, label=f"right ({correct.sum()})")
     left.set_yscale("log")
     left.set(xlabel="response length (tokens)", ylabel="samples (log scale)", title="Teacher samples: right vs wrong")
     left.legend()
-    series = {"teacher (generate)": (lengths, correct)}
-    series |= {f"{name} (eval)": (np.array(e["lengths"]), np.array(e["correct"], dtype=bool)) for name, e in evals.items()}
+    series = {f"{name} (eval)": (np.array(e["lengths"]), np.array(e["correct"], dtype=bool)) for name, e in evals.items()}
+    series["teacher (generate)"] = (lengths, correct)
+    edges = np.linspace(0, max(lens.max() for lens, _ in series.values()) + 1, 17)
     for name, (lens, ok) in series.items():
         idx = np.digitize(lens, edges) - 1
         xs, ys = [], []
@@ -297,7 +298,7 @@ def length_correctness_figure(samples, evals: dict[str, dict[str, list]], run: P
             if (idx == b).sum() >= 5:
                 xs.append((edges[b] + edges[b + 1]) / 2)
                 ys.append(ok[idx == b].mean())
-        right.plot(xs, ys, marker="o", label=name)
+        right.plot(xs, ys, "o-" if name.endswith("(eval)") else "k--", label=name)
     right.set(xlabel="response length (tokens)", ylabel="share right", ylim=(-0.02, 1.02),
               title="Share of right answers by length")
     right.legend(fontsize=8)
