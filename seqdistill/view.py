@@ -319,7 +319,8 @@ table.scores td.num { font-variant-numeric: tabular-nums; text-align: right; }
 const DATA = JSON.parse(document.getElementById("seqdistill-data").textContent);
 const PAGE = 100;  // cards rendered at once; "show more" adds the next ones
 const GEN = DATA.generate, EV = DATA.eval;
-const state = {tab: GEN ? "traces" : "eval", reason: "", verdict: "", problem: "", q: "", bench: "", show: "", eq: ""};
+const DEFAULTS = {tab: GEN ? "traces" : "eval", reason: "", verdict: "", problem: "", q: "", bench: "", show: "", eq: ""};
+const state = {...DEFAULTS};
 let limit = PAGE, evalLimit = PAGE;
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n).toLocaleString("en-US");
@@ -355,14 +356,13 @@ function marked(text, term) {
 
 function readHash() {
   const h = new URLSearchParams(location.hash.slice(1));
-  for (const k of Object.keys(state)) if (h.has(k)) state[k] = h.get(k);
+  for (const k of Object.keys(state)) state[k] = h.has(k) ? h.get(k) : DEFAULTS[k];
   if (state.tab === "eval" && !EV) state.tab = "traces";
   if (state.tab === "traces" && !GEN) state.tab = "eval";
 }
 function writeHash() {
   const h = new URLSearchParams();
-  const defaults = {tab: GEN ? "traces" : "eval"};
-  for (const [k, v] of Object.entries(state)) if (v && v !== defaults[k]) h.set(k, v);
+  for (const [k, v] of Object.entries(state)) if (v && v !== DEFAULTS[k]) h.set(k, v);
   try { history.replaceState(null, "", "#" + h.toString()); } catch (e) { /* some file:// setups refuse */ }
 }
 
