@@ -8,7 +8,8 @@ sampled in chunks; each chunk is written whole (its rows, then a sidecar that ma
 a rerun skips finished chunks and draws what an uninterrupted run would have drawn: the vLLM
 backend reseeds the engine per chunk, the server backend sends a seed per request. The server
 backend also journals every answer as it arrives (`chunk-K.journal.jsonl`), so a run killed at any
-moment sends no answered request again.
+moment sends no answered request again. With `data_parallel_size` N, N engine processes on their own
+devices share the chunks out (`DataParallel`); rows are still made and written here.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class EngineConfig:
     dtype: str = "auto"
     max_model_len: int | None = None  # None: the model's own context length
     tensor_parallel_size: int = 1
+    # engine processes on this node, each on its own tensor_parallel_size GPUs (on CPU, its share of the
+    # cores); they share the chunks out, and the samples are the same whatever their number
     data_parallel_size: int = 1
     gpu_memory_utilization: float | None = None  # None: vLLM's default on GPU
     kv_cache_memory_bytes: int | None = None  # None: 2 GiB on CPU, vLLM's own sizing on GPU
@@ -83,10 +86,9 @@ class EngineConfig:
             errors.append(f"kv_cache_memory_bytes must be > 0 (or null for the default), got {self.kv_cache_memory_bytes}")
         if self.backend == "vllm":
             errors += unknown_extra(self.extra)
-        if self.backend == "vllm" and self.data_parallel_size > 1:  # vLLM 0.32: LLM(data_parallel_size>1) is refused
-            errors.append("data_parallel_size > 1 needs one engine process per rank, which vllm.LLM in this process "
-                          "can't be: serve the model with `vllm serve MODEL --data-parallel-size N` and set "
-                          "backend: openai, or split the run with num_shards (one job per GPU)")
+        if "data_parallel_size" in self.extra:  # vLLM 0.32 refuses it in one process; seqdistill starts one per rank
+            errors.append("extra.data_parallel_size is an engine setting of its own: set engine.data_parallel_size "
+                          "instead (one engine process per rank)")
         if self.backend != "openai":
             return errors
         vllm_only = [f.name for f in fields(self) if f.name in VLLM_ONLY and getattr(self, f.name) != f.default
@@ -144,7 +146,7 @@ VLLM_ONLY = ("dtype", "max_model_len", "tensor_parallel_size", "data_parallel_si
 OPERATIONAL = tuple(f"engine.{k}" for k in ("base_url", "api_key_env", "max_concurrency", "requests_per_minute",
                                              "tokens_per_minute", "timeout", "max_retries", "retry_backoff",
                                              "price_input", "price_output", "in_process", "gpu_memory_utilization",
-                                             "kv_cache_memory_bytes", "enable_prefix_caching"))
+                                             "kv_cache_memory_bytes", "enable_prefix_caching", "data_parallel_size"))
 
 
 @dataclass
@@ -269,11 +271,21 @@ def preflight(model: str, cfg: EngineConfig, prompts: dict[str, list[Prompt]], m
 def open_engine(model: str, cfg: EngineConfig, llm=None, **vllm_kwargs):
     """An engine for `model` (a resolved path for vllm, the served name for openai), released on exit.
 
-    `llm` wraps a running `vllm.LLM` instead of starting one (tests share one engine); it is not released."""
+    `llm` wraps a running `vllm.LLM` instead of starting one (tests share one engine); it is not released.
+    `data_parallel_size` > 1 gives `DataParallel`: one engine process per rank (started when it first has work)."""
     if cfg.backend == "openai":
         from seqdistill.api import OpenAIEngine
 
         yield OpenAIEngine(cfg.served_model or model, cfg)  # holds no connection between calls: nothing to release
+        return
+    if cfg.data_parallel_size > 1:
+        ranks = DataParallel(model, cfg, **vllm_kwargs)
+        try:
+            yield ranks
+        except BaseException:
+            ranks.close(wait=False)  # a failed or interrupted run: don't wait for chunks in flight
+            raise
+        ranks.close()
         return
     own = llm is None
     eng = VLLMEngine(load_vllm(model, cfg, **vllm_kwargs) if own else llm, cfg)
@@ -320,7 +332,7 @@ def load_vllm(path: str, cfg: EngineConfig, **kwargs):
                           "`pip install -e .[cuda]` on CUDA machines") from None
     args = dict(
         model=path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-        tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.data_parallel_size,
+        tensor_parallel_size=cfg.tensor_parallel_size,  # data_parallel_size: one such engine per rank process
         enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager, seed=cfg.seed,
         worker_extension_cls="seqdistill.engine.SeedExtension",
     )
@@ -370,8 +382,8 @@ class SeedExtension:
 class VLLMEngine:
     """In-process `vllm.LLM`: one batched call per chunk."""
 
-    def __init__(self, llm, cfg: EngineConfig):
-        self.llm, self.cfg = llm, cfg
+    def __init__(self, llm, cfg: EngineConfig, progress: bool = True):
+        self.llm, self.cfg, self.progress = llm, cfg, progress
 
     def start_chunk(self, *key) -> None:
         """Empty the prefix cache and reseed from `key`: the same chunk then draws the same samples
@@ -395,7 +407,7 @@ class VLLMEngine:
 
             lora = LoRARequest(*req.lora)
         results = self.llm.generate([{"prompt_token_ids": p.token_ids} for p in prompts], params,
-                                    lora_request=lora, use_tqdm=True)
+                                    lora_request=lora, use_tqdm=self.progress)
         outputs = []
         for p, r in zip(prompts, results):
             completions = [Completion(c.text, str(c.finish_reason), len(c.token_ids),
@@ -408,6 +420,192 @@ class VLLMEngine:
 
     def usage_of(self, outputs: list[Output]) -> dict:
         return {}  # no requests: nothing to count beyond the tokens
+
+
+# ---------------------------------------------------------------- data parallel: one engine process per rank
+
+
+@dataclass
+class RankDevices:
+    where: str  # for the log: "CUDA_VISIBLE_DEVICES=2,3" or "CPU cores 0-7"
+    env: dict  # set in the rank's process before vLLM is imported there
+    cores: list[int] | None = None  # CPU: the rank's process (and its children) runs on these cores only
+
+
+def check_devices(cfg: EngineConfig) -> None:
+    """More data-parallel ranks than the node has devices: a ConfigError before anything loads."""
+    if cfg.backend == "vllm" and cfg.data_parallel_size > 1:
+        rank_devices(cfg)
+
+
+def rank_devices(cfg: EngineConfig) -> list[RankDevices]:
+    """Each rank's own devices: `tensor_parallel_size` GPUs of those visible here, or an equal share of
+    the CPU cores (vLLM-CPU binds its OpenMP threads to VLLM_CPU_OMP_THREADS_BIND, one group per TP rank).
+    GPUs are counted without initialising CUDA in this process."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        raise ConfigError("vLLM is not installed: `pip install -e .[cpu]` on CPU machines, "
+                          "`pip install -e .[cuda]` on CUDA machines") from None
+    n, tp = cfg.data_parallel_size, cfg.tensor_parallel_size
+    if current_platform.is_cpu():
+        cores = sorted(os.sched_getaffinity(0))
+        if n * tp > len(cores):
+            raise ConfigError(f"engine.data_parallel_size {n} x tensor_parallel_size {tp} needs {n * tp} CPU cores and "
+                              f"this process may use {len(cores)}; lower engine.data_parallel_size")
+        per = len(cores) // n
+        ranks = []
+        for r in range(n):
+            mine = cores[r * per:(r + 1) * per]
+            groups = [mine[i * len(mine) // tp:(i + 1) * len(mine) // tp] for i in range(tp)]
+            bind = "|".join(",".join(map(str, g)) for g in groups)
+            ranks.append(RankDevices(f"CPU cores {bind}", {"VLLM_CPU_OMP_THREADS_BIND": bind,
+                                                           "OMP_NUM_THREADS": str(len(groups[0]))}, mine))
+        return ranks
+    if not current_platform.is_cuda_alike():
+        raise ConfigError(f"engine.data_parallel_size > 1 pins ranks to CUDA/ROCm GPUs or CPU cores, not to "
+                          f"{current_platform.device_name} devices; serve the model with `vllm serve MODEL "
+                          "--data-parallel-size N` and set engine.backend: openai")
+    import torch
+
+    var = current_platform.device_control_env_var  # CUDA_VISIBLE_DEVICES
+    visible = [d for d in os.environ.get(var, "").split(",") if d.strip()] or list(map(str, range(torch.cuda.device_count())))
+    if n * tp > len(visible):
+        raise ConfigError(f"engine.data_parallel_size {n} x tensor_parallel_size {tp} needs {n * tp} GPUs and "
+                          f"{len(visible)} are visible here; lower engine.data_parallel_size")
+    return [RankDevices(f"{var}={','.join(visible[r * tp:(r + 1) * tp])}", {var: ",".join(visible[r * tp:(r + 1) * tp])})
+            for r in range(n)]
+
+
+class DataParallel:
+    """`data_parallel_size` vLLM engines for one model, each in its own process on its own devices.
+
+    vLLM 0.32 refuses LLM(data_parallel_size=N) in one process; its offline data-parallel example runs one
+    engine process per rank, and so does this. Chunks are handed out statically (rank r takes every
+    N-th chunk still to do); each chunk is reseeded from its own key, so which rank draws it, and how
+    many ranks there are, does not change what it draws. Rows are made and written here, in this process."""
+
+    def __init__(self, model: str, cfg: EngineConfig, **vllm_kwargs):
+        self.model, self.cfg, self.kwargs = model, cfg, vllm_kwargs
+        self.devices = rank_devices(cfg)
+        self.ranks: dict = {}  # rank -> (process, connection), started when the rank first has work
+
+    def start(self, r: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: devices are chosen before vLLM is imported
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=serve_rank, name=f"seqdistill-rank-{r}",
+                           args=(there, r, self.devices[r], self.model, self.cfg, self.kwargs,
+                                 logging.getLogger("seqdistill").getEffectiveLevel()))
+        proc.start()
+        there.close()  # the rank's end lives in the rank only: its death reads as end-of-file here
+        log.info("rank %d of %d: pid %d on %s", r, self.cfg.data_parallel_size, proc.pid, self.devices[r].where)
+        self.ranks[r] = (proc, here)
+
+    def sample_chunks(self, jobs: list[tuple], req: Request):
+        """(k, outputs, seconds, usage) for each job (k, seed key, prompts) as its rank finishes it.
+
+        A rank that dies loses only the chunk it was sampling: the others finish theirs, then one
+        ConfigError names the rank, and a rerun samples only the chunks left."""
+        from multiprocessing.connection import wait
+
+        n = self.cfg.data_parallel_size
+        share = {r: jobs[r::n] for r in range(n) if jobs[r::n]}
+        for r in share:
+            if r not in self.ranks:
+                self.start(r)
+        busy, lost = {}, []  # connection -> (rank, chunk); what died
+
+        def hand_out(r: int) -> None:
+            if not share[r]:
+                return
+            k, key, batch = share[r].pop(0)
+            try:
+                self.ranks[r][1].send(("chunk", key, batch, req))
+                busy[self.ranks[r][1]] = (r, k)
+            except OSError:  # died before it could take the chunk
+                lost.append(self.died(r, k, 1 + len(share[r])))
+
+        for r in share:
+            hand_out(r)
+        while busy:
+            for conn in wait(list(busy)):
+                r, k = busy.pop(conn)
+                try:
+                    kind, *reply = conn.recv()
+                except (EOFError, OSError):
+                    lost.append(self.died(r, k, 1 + len(share[r])))
+                    continue
+                if kind == "error":
+                    raise reply[0]
+                hand_out(r)  # before this chunk's rows are made, so the rank is not idle meanwhile
+                yield (k, *reply)
+        if lost:
+            raise ConfigError(f"{'; '.join(lost)}; the chunks the ranks finished are saved: rerun the same command "
+                              "to finish")
+
+    def died(self, r: int, k: int, left: int) -> str:
+        import signal
+
+        proc, conn = self.ranks.pop(r)
+        proc.join(timeout=30)
+        conn.close()
+        code = proc.exitcode
+        how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        return (f"data-parallel rank {r} (pid {proc.pid}) {how} while sampling chunk {k + 1}, leaving {left} of its "
+                "chunks unsampled")
+
+    def close(self, wait: bool = True) -> None:
+        """Release every rank's engine; without `wait`, stop the ranks now (chunks in flight are lost)."""
+        for proc, conn in self.ranks.values():
+            if wait:
+                with contextlib.suppress(OSError):
+                    conn.send(("close",))
+            else:
+                proc.terminate()
+        for proc, conn in self.ranks.values():
+            proc.join(timeout=120 if wait else 30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            conn.close()
+        self.ranks.clear()
+
+
+def serve_rank(conn, rank: int, devices: RankDevices, model: str, cfg: EngineConfig, vllm_kwargs: dict,
+               log_level: int) -> None:
+    """A data-parallel rank's process: pinned to its devices before vLLM is imported, then one chunk per message."""
+    os.environ.update(devices.env)
+    if devices.cores:
+        os.sched_setaffinity(0, devices.cores)
+    logging.basicConfig(level=max(log_level, logging.INFO),
+                        format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("seqdistill").setLevel(log_level)  # the parent's -v/-q (vLLM's come through the environment)
+    try:
+        eng = VLLMEngine(load_vllm(model, cfg, **vllm_kwargs), cfg, progress=rank == 0)
+        while True:
+            try:
+                kind, *job = conn.recv()
+            except EOFError:  # the parent is gone
+                break
+            if kind == "close":
+                break
+            key, batch, req = job
+            eng.start_chunk(*key)
+            start = time.perf_counter()
+            outputs = eng.sample(batch, req)
+            conn.send(("done", outputs, time.perf_counter() - start, eng.usage_of(outputs)))
+        release_vllm(eng.llm)
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank; the parent reports it
+        pass
+    except Exception as e:
+        log.exception("rank %d failed", rank)
+        with contextlib.suppress(Exception):
+            try:
+                conn.send(("error", e))
+            except Exception:  # an exception that doesn't pickle
+                conn.send(("error", RuntimeError(f"data-parallel rank {rank}: {e!r}")))
 
 
 # ---------------------------------------------------------------- the one sampling loop
@@ -430,19 +628,17 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
     todo = [k for k in range(len(chunks)) if not chunk_done(parts[k], digests[k])]
     log.info("%s%d prompts in %d chunks, %d to sample", f"{desc}: " if desc else "", len(prompts), len(chunks), len(todo))
     failed = 0
-    for k in todo:
-        idx, eng = chunks[k], get_engine()
-        eng.start_chunk(*seed_key, k)  # a resumed chunk draws what an uninterrupted run drew
+    # a chunk's seed key is (seed_key, k): a resumed chunk, or one drawn by another rank, draws the same
+    jobs = [(k, (*seed_key, k), [prompts[i] for i in chunks[k]]) for k in todo]
+    for k, outputs, seconds, usage in chunk_outputs(get_engine, jobs, req, parts):
+        idx = chunks[k]
         journal = parts[k].with_suffix(".journal.jsonl")
-        start = time.perf_counter()
-        outputs = eng.sample([prompts[i] for i in idx], req, journal=journal)
-        seconds = time.perf_counter() - start
         rows = [row for i, out in zip(idx, outputs) if out.error is None for row in to_rows(i, out)]
         errors = {prompts[i].key: {"requests": out.failed or 1, "error": out.error}
                   for i, out in zip(idx, outputs) if out.error is not None}
         sidecar = {"rows": len(rows), "prompts": digests[k], "seconds": seconds,
                    "tokens": sum(c.tokens for o in outputs for c in o.completions),
-                   "usage": eng.usage_of(outputs), "failed": errors}
+                   "usage": usage, "failed": errors}
         store.write_parquet(rows, parts[k], features=features)
         store.write_text(parts[k].with_suffix(".json"), json.dumps(sidecar))  # written last: marks the chunk
         if errors:
@@ -456,6 +652,22 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
     if failed:
         log.warning("%d requests failed; their problems are missing from this result until a rerun succeeds", failed)
     return parts
+
+
+def chunk_outputs(get_engine, jobs: list[tuple], req: Request, parts: list[Path]):
+    """(k, outputs, seconds, usage) per job (k, seed key, prompts): one engine chunk after chunk, or
+    data-parallel ranks side by side (in the order they finish)."""
+    if not jobs:
+        return
+    eng = get_engine()
+    if isinstance(eng, DataParallel):
+        yield from eng.sample_chunks(jobs, req)
+        return
+    for k, key, batch in jobs:
+        eng.start_chunk(*key)
+        start = time.perf_counter()
+        outputs = eng.sample(batch, req, journal=parts[k].with_suffix(".journal.jsonl"))
+        yield k, outputs, time.perf_counter() - start, eng.usage_of(outputs)
 
 
 def prompts_digest(prompts: list[Prompt]) -> str:

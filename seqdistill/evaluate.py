@@ -142,6 +142,8 @@ def output_layout(cfg: EvalConfig) -> store.Layout:
 def check(cfg: EvalConfig):
     """Everything checked before any engine starts or request is sent (`seqdistill run` calls it before its first
     stage): (benchmark rows, resolved models, engine groups, prompts per group and benchmark)."""
+    for m in cfg.models:
+        engine.check_devices(cfg.engine_of(m))  # data-parallel ranks the node can hold
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
     for b in cfg.benchmarks:
         verify.check_golds(benchmarks[b.name], cfg.answer, f"benchmarks[{b.name}]", b.source or b.name)

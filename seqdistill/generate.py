@@ -68,6 +68,7 @@ class GenerateConfig:
 def check(cfg: GenerateConfig):
     """Everything that can fail, checked before the engine starts or a request is sent (`seqdistill run` calls
     it before its first stage): (model path, problem rows, sandbox, user prompts, engine prompts, vocab size)."""
+    engine.check_devices(cfg.engine)  # data-parallel ranks the node can hold
     model_path = models.resolve(cfg.model)
     rows = select_problems(cfg)
     verify.check_golds(rows, cfg.answer, "problems", cfg.problems.source or cfg.problems.preset)

@@ -52,6 +52,7 @@ def run(cfg: ScoreConfig, llm=None) -> dict:
 
     out = Path(cfg.output_dir)
     # ---- everything that can fail is checked before the engine starts ----
+    engine.check_devices(cfg.engine)  # data-parallel ranks the node can hold
     path = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(path)
     table, _ = load_table(cfg.dataset, cfg.dataset_split)

@@ -169,10 +169,10 @@ def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
     assert not (tmp_path / "gen" / "samples").exists()
 
 
-def test_in_process_data_parallel_is_refused_with_the_way_that_works():
-    with pytest.raises(ConfigError, match=r"data_parallel_size > 1 needs one engine process per rank.*vllm serve MODEL "
-                                          r"--data-parallel-size N.*num_shards"):
-        configlib.load(GenerateConfig, None, ["engine.data_parallel_size=8"])
+def test_data_parallel_size_is_the_servers_with_backend_openai():
+    with pytest.raises(ConfigError, match=r"data_parallel_size configure the in-process vllm backend"):
+        configlib.load(GenerateConfig, None, ["engine.backend=openai", "engine.base_url=http://127.0.0.1:1/v1",
+                                              "engine.data_parallel_size=8"])
 
 
 def cli(*args, env=None, **kwargs):

@@ -34,3 +34,13 @@ def test_recipe_validates(path):
         return
     if hasattr(cfg, "prompt"):
         prompts.template_path(cfg.prompt.template)
+
+
+def test_data_parallel_recipe_passes_only_through_rank_processes():
+    """vLLM 0.32 refuses LLM(data_parallel_size=8) in one process at engine start; seqdistill starts one
+    engine process per rank instead, so the 8-GPU recipe validates and the single-process path does not."""
+    path = next(p for p in RECIPES if p.name == "qwen1.5b-full-zero3.yaml")
+    cfg = pipeline.load(str(path), [])
+    assert (cfg.generate.engine.backend, cfg.generate.engine.data_parallel_size) == ("vllm", 8)
+    with pytest.raises(ConfigError, match=r"engine.extra.data_parallel_size is an engine setting of its own: set engine.data_parallel_size"):
+        pipeline.load(str(path), ["generate.engine.data_parallel_size=1", "generate.engine.extra={data_parallel_size: 8}"])
