@@ -22,7 +22,7 @@ from seqdistill import __version__
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 
-CONFIG_STAGES = ("generate", "sft", "eval", "score", "run")  # commands whose settings --KEY VALUE sets
+CONFIG_STAGES = ("generate", "sft", "eval", "score", "student", "run")  # commands whose settings --KEY VALUE sets
 
 
 class StageParser(argparse.ArgumentParser):
@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     add_config_args(stage("score", "add a teacher's top-k log-probs to an existing traces dataset (logit KD)",
                           "One vLLM prompt-log-probs pass over each trace; writes a dataset sft can use "
                           "with kd.mode offline."))
+    add_config_args(stage("student", "build a smaller student from a model by keeping some of its decoder layers",
+                          "Keep a subset of a model's decoder layers (e.g. every other one, as DistilBERT did) and "
+                          "save it as a model directory sft can train."))
     add_config_args(stage("eval", "score teacher and students on benchmarks with vLLM",
                           "pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks."))
     r = stage("run", "run the whole chain (generate -> sft -> eval) from a pipeline recipe",
@@ -181,6 +184,13 @@ def main(argv: list[str] | None = None) -> None:
             stats = score.run(cfg)
             print(f"scored {stats['examples']} traces, {stats['teacher_logprobs']['bytes_per_token']} bytes/token; "
                   f"dataset: {cfg.output_dir}/data/train.parquet")
+        elif args.command == "student":
+            from seqdistill import student
+
+            cfg = configlib.load(student.StudentConfig, args.config, overrides, "student")
+            print("# resolved config\n" + configlib.dump(cfg), flush=True)
+            info = student.run(cfg)
+            print(f"kept layers {info['kept']} of {info['source_layers']}; student: {cfg.output_dir}")
         elif args.command == "eval":
             from seqdistill import evaluate
 

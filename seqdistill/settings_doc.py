@@ -31,6 +31,7 @@ STAGES = {
     "sft": ("seqdistill.sft", "SFTStageConfig"),
     "eval": ("seqdistill.evaluate", "EvalConfig"),
     "score": ("seqdistill.score", "ScoreConfig"),
+    "student": ("seqdistill.student", "StudentConfig"),
     "run": ("seqdistill.pipeline", "PipelineConfig"),
 }
 REQUIRED = object()  # the default of a field that has none
