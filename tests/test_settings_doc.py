@@ -87,7 +87,7 @@ def test_help_lists_every_setting(stage):
     listing = out.stdout.split("\nsettings (", 1)[1]
     listed = re.findall(r"^  (\S+?):(?: |$)", listing, flags=re.M)
     assert listed == dataclass_keys(settings_doc.stage_class(stage))
-    assert "sampling.temperature: float = 0.6" in listing or stage in ("sft", "score")
+    assert "sampling.temperature: float = 0.6" in listing or stage in ("sft", "score", "student")
 
 
 @pytest.mark.parametrize("stage", list(settings_doc.STAGES))
