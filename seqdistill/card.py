@@ -191,3 +191,39 @@ Teacher pass@1 on these problems: {st['pass@1']:.3f}; share of problems with at 
 ```yaml
 {configlib.dump(cfg)}```
 """)
+
+
+def eval_card(cfg, table: str, details: dict[str, tuple[str, str]]) -> str:
+    """The card of an eval pushed to the hub: the results table, and where each model x benchmark's
+    per-sample records are (one dataset config each; datasets' push adds their data files to the metadata)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    first = next(iter(details), "CONFIG")
+    data = DatasetCardData(pretty_name=f"Evaluation: {', '.join(m.label() for m in cfg.models)}",
+                           tags=["seqdistill", "evaluation", "reasoning"],
+                           size_categories=[size_category(len(details))])
+    rows = "\n".join(f"| `{name}` | {model} | {bench} |" for name, (model, bench) in details.items())
+    return with_metadata(DatasetCard, data, f"""# Evaluation results
+
+Scored by `seqdistill eval` ({', '.join(b.name for b in cfg.benchmarks)}); `results.json` holds every
+figure with the settings that produced it.
+
+{table}
+## Per-sample details
+
+Every sample with its prompt, response, extracted answer and verdict, one config per model and benchmark:
+
+| config | model | benchmark |
+| --- | --- | --- |
+{rows}
+
+```python
+import datasets
+details = datasets.load_dataset("{cfg.push_to_hub}", "{first}", split="samples")
+```
+
+## Resolved config
+
+```yaml
+{configlib.dump(cfg)}```
+""")

@@ -22,11 +22,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import engine, metrics, models, problems as problemslib, prompts, store, verify
+from seqdistill import engine, hub, metrics, models, problems as problemslib, prompts, store, trackers, verify
 from seqdistill import config as configlib
 from seqdistill.code import CodeConfig
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
+from seqdistill.hub import HubConfig
 from seqdistill.problems import PRESETS, ProblemsConfig
 from seqdistill.prompts import PromptConfig
 from seqdistill.verify import AnswerConfig
@@ -89,9 +90,13 @@ class EvalConfig:
     compare: list[list[str]] = field(default_factory=list)  # [[baseline, model], ...] by name: pass@1 difference ± paired s.e. and flipped problems
     chunk_size: int = 256  # problems per part file: the unit of resume (each chunk is seeded on its own)
     overwrite: bool = False
+    push_to_hub: str | None = None  # hub dataset repo (user/name): results, an eval card and per-sample details
+    hub: HubConfig = field(default_factory=HubConfig)  # how push_to_hub pushes
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # pass@k, maj@k to: tensorboard, wandb, none
+    run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
 
     def validate(self) -> list[str]:
-        errors = []
+        errors = hub.check(self.push_to_hub) + trackers.check(self.report_to)
         for m in self.models:
             errors += [f"models[{m.label()}]: {p}" for p in engine.check_backend(self.engine_of(m), self.sampling, self.prompt.prefill)]
             if m.adapter and self.engine_of(m).backend == "openai":
@@ -135,8 +140,8 @@ class EvalConfig:
 
 def output_layout(cfg: EvalConfig) -> store.Layout:
     per_model = tuple(f"models.*.{key}" for key in engine.OPERATIONAL)  # a model's own engine, as eval's
-    return store.Layout(owned=(*[m.label() for m in cfg.models], "results.json", "results.md"), marker="results.json",
-                        ignore=(*engine.OPERATIONAL, *per_model))
+    return store.Layout(owned=(*[m.label() for m in cfg.models], "results.json", "results.md", "runs", hub.MARKER),
+                        marker="results.json", ignore=(*engine.OPERATIONAL, *per_model, "push_to_hub", "hub", "report_to", "run_name"))
 
 
 def check(cfg: EvalConfig):
@@ -188,7 +193,17 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
     if failures:
         raise ConfigError(f"{len(failures)} requests failed after retries (first: {failures[0]}); "
                           "rerun the same command to retry only those")
-    return collect(cfg, out)
+    results = collect(cfg, out)
+    trackers.log_figures(cfg.report_to, out, "eval", cfg.run_name, figures(results), configlib.to_dict(cfg))
+    hub.push("eval", cfg)
+    return results
+
+
+def figures(results: dict) -> dict:
+    """The trackers' figures: pass@k, maj@k, truncated share and speed per model and benchmark."""
+    keep = lambda k: k.startswith(("pass@", "maj@")) or k in ("truncated_share", "generated_tokens_per_second")  # noqa: E731
+    return {f"{model}/{bench}/{k}": v for model, per_bench in results.items() for bench, r in per_bench.items()
+            for k, v in r.items() if keep(k)}
 
 
 def load_benchmark(b: BenchmarkConfig) -> list[dict]:

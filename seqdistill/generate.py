@@ -19,18 +19,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, engine, filters, kd, models, problems as problemslib, prompts, store, verify
+from seqdistill import card, engine, filters, hub, kd, models, problems as problemslib, prompts, store, trackers, verify
+from seqdistill import config as configlib
 from seqdistill.code import CodeConfig
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.filters import FilterConfig
+from seqdistill.hub import HubConfig
 from seqdistill.problems import ProblemsConfig
 from seqdistill.prompts import PromptConfig
 from seqdistill.verify import AnswerConfig
 
 log = logging.getLogger(__name__)
-OUTPUT = store.Layout(owned=("samples", "data", "README.md", "stats.json"), marker="stats.json",
-                      ignore=("shard_index", "push_to_hub", *engine.OPERATIONAL),
+OUTPUT = store.Layout(owned=("samples", "data", "README.md", "stats.json", "runs", hub.MARKER), marker="stats.json",
+                      ignore=("shard_index", "push_to_hub", "hub", "report_to", "run_name", *engine.OPERATIONAL),
                       rebuild=tuple(f"filters.{key}" for key in filters.SELECTION), parts="samples")
 
 
@@ -51,7 +53,10 @@ class GenerateConfig:
     num_shards: int = 1  # split the problems into N disjoint parts (one job each) ...
     shard_index: int = 0  # ... and run this one
     overwrite: bool = False
-    push_to_hub: str | None = None  # hub dataset repo to push the result to
+    push_to_hub: str | None = None  # hub dataset repo (user/name) to push the dataset and its card to
+    hub: HubConfig = field(default_factory=HubConfig)  # how push_to_hub pushes
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # funnel, tok/s, pass@k to: tensorboard, wandb, none
+    run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
 
     def validate(self) -> list[str]:
         errors = [f"model: {p}" for p in models.check(self.model)]
@@ -62,7 +67,7 @@ class GenerateConfig:
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
         errors += engine.check_backend(self.engine, self.sampling, self.prompt.prefill)
-        return errors
+        return errors + hub.check(self.push_to_hub) + trackers.check(self.report_to)
 
 
 def check(cfg: GenerateConfig):
@@ -251,8 +256,8 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
         raise ConfigError(f"{stats['failed_requests']} requests failed after retries; {out}/data holds the rest "
                           "(see its README); rerun the same command to retry only those")
     store.write_text(out / "stats.json", json.dumps(stats, indent=2))
-    if cfg.push_to_hub:
-        import datasets
-
-        datasets.DatasetDict({"train": train, "dropped": dropped}).push_to_hub(cfg.push_to_hub)
+    figures = {**{f"funnel/{k}": v for k, v in stats["funnel"].items()}, "teacher_pass@1": stats["pass@1"],
+               f"teacher_pass@{cfg.sampling.n}": stats["pass@n"], "generated_tokens_per_second": stats["generated_tokens_per_second"]}
+    trackers.log_figures(cfg.report_to, out, "generate", cfg.run_name, figures, configlib.to_dict(cfg))
+    hub.push("generate", cfg)
     return stats

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import config as configlib
-from seqdistill import models, store
+from seqdistill import hub, models, store, trackers
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, ModelEntry
 from seqdistill.generate import GenerateConfig
@@ -32,9 +32,14 @@ STAGES = ["generate", "sft", "eval"]
 @dataclass
 class PipelineConfig:
     run_dir: str = "runs/quickstart"
+    run_name: str | None = None  # every stage's tracker group (one wandb group, one experiment); None: run_dir's name
+    report_to: list[str] | None = None  # every stage's trackers (tensorboard, wandb, none); None: each stage's own
     generate: GenerateConfig | None = None
     sft: SFTStageConfig | None = None
     eval: EvalConfig | None = None
+
+    def validate(self) -> list[str]:
+        return trackers.check(self.report_to) if self.report_to is not None else []
 
 
 def load(path: str, overrides: list[str]) -> PipelineConfig:
@@ -73,6 +78,13 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
                 raise ConfigError(f"eval.{errors[0]}")
     if not any(getattr(cfg, s) for s in STAGES):
         raise ConfigError(f"pipeline {path} has none of the stages {', '.join(STAGES)}")
+    for stage in (s for s in STAGES if getattr(cfg, s)):  # one experiment: the same group and trackers everywhere
+        stage_cfg = getattr(cfg, stage)
+        stage_cfg.run_name = stage_cfg.run_name or cfg.run_name or run.name
+        if cfg.report_to is not None:
+            if "report_to" in (raw.get(stage) or {}) and stage_cfg.report_to != cfg.report_to:
+                raise ConfigError(f"report_to is set for the pipeline and for {stage}, differently; keep one")
+            stage_cfg.report_to = cfg.report_to
     return cfg
 
 
@@ -147,6 +159,7 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
         rules = layout(stage, stage_cfg)
         if rules.done(stage_cfg.output_dir, stage_cfg) and not dirty:
             print(f"[{stage}] outputs in {stage_cfg.output_dir} match this config; skipped", flush=True)
+            hub.push(stage, stage_cfg)  # a push that failed before is tried again (a done one is not repeated)
             continue
         out = Path(stage_cfg.output_dir)
         if dirty or (rules.changes(out, stage_cfg) and not rules.rebuildable(out, stage_cfg)):

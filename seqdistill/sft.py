@@ -19,15 +19,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, kd, models, store
+from seqdistill import card, hub, kd, models, store, trackers
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 from seqdistill.data import TrainingData
+from seqdistill.hub import HubConfig
 
 log = logging.getLogger(__name__)
 # resume and report_to don't change the trained model
-OUTPUT = store.Layout(owned=("model", "merged", "checkpoints", "metrics.json"), marker="metrics.json",
-                      ignore=("resume", "report_to"))
+OUTPUT = store.Layout(owned=("model", "merged", "checkpoints", "metrics.json", hub.MARKER), marker="metrics.json",
+                      ignore=("resume", "report_to", "run_name", "push_to_hub", "hub"))
 
 
 @dataclass
@@ -70,6 +71,9 @@ class SFTStageConfig:
     eval_steps: int | None = None  # None: every logging_steps * 4 when there is a validation set
     seed: int = 0
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, none
+    run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
+    push_to_hub: str | None = None  # hub model repo (user/name) for the adapter or model; a merged LoRA goes to user/name-merged
+    hub: HubConfig = field(default_factory=HubConfig)  # how push_to_hub pushes
     merge: bool = False  # also save the LoRA merged into the base model (OUTPUT_DIR/merged)
     resume: bool = False  # continue from the last checkpoint in OUTPUT_DIR/checkpoints
     overwrite: bool = False
@@ -94,6 +98,7 @@ class SFTStageConfig:
         if self.kd.mode == "online" and self.kd.teacher:
             errors += [f"kd.teacher: {p}" for p in models.check(self.kd.teacher)]
         errors += check_trl_extras(self)
+        errors += hub.check(self.push_to_hub, merged=self.merge and self.method != "full") + trackers.check(self.report_to, known=None)
         if self.kd.attention.weight > 0 and self.attn_implementation not in (None, "eager"):
             errors.append(f"kd.attention needs attention weights, which attn_implementation {self.attn_implementation} "
                           "does not return: remove attn_implementation (eager is then used) or set it to eager")
@@ -149,6 +154,7 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
     check_lora_targets(cfg, student)
     if not cfg.overwrite and OUTPUT.done(out, cfg):
         log.info("%s already holds this finished run; nothing to do", out)
+        hub.push("sft", cfg)  # a push that failed before is tried again
         return SFTResult(json.loads((out / "metrics.json").read_text()))
     OUTPUT.prepare(out, cfg, cfg.overwrite)  # refuses a different run
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -184,6 +190,7 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
     store.write_text(out / "model" / "README.md", model_card(cfg, data, metrics))
     if (out / "merged").is_dir():
         store.write_text(out / "merged" / "README.md", model_card(cfg, data, metrics, merged=True))
+    hub.push("sft", cfg)
     return SFTResult(metrics, trainer)
 
 
@@ -261,6 +268,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
 
         teacher_kwargs = prepare_online(cfg, student, data.lengths["max"], model_kwargs)
     settings = trl_settings(cfg, out, device, dtype, data.end_of_turn, data.eval is not None, model_kwargs)
+    trackers.join_group(cfg.report_to, cfg.run_name, "sft")
     args = SFTConfig(**settings, **cfg.trl)  # validate() has checked that the extras neither clash nor are unknown
     common = dict(model=student, args=args, train_dataset=data.train, eval_dataset=data.eval,
                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
@@ -291,6 +299,7 @@ def trl_settings(cfg: SFTStageConfig, out: Path, device: str = "cpu", dtype: str
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
         eval_steps=(cfg.eval_steps or cfg.logging_steps * 4) if has_eval else None,
         seed=cfg.seed, bf16=dtype == "bfloat16", fp16=dtype == "float16", report_to=cfg.report_to,
+        **({"run_name": trackers.hf_run_name(cfg.run_name, "sft")} if cfg.run_name and "run_name" not in cfg.trl else {}),
         max_length=cfg.max_length, packing=packing, padding_free=packing,
         completion_only_loss=cfg.assistant_only_loss, eos_token=end_of_turn,
         model_init_kwargs=model_kwargs or {}, use_cpu=device == "cpu",
