@@ -44,7 +44,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's own context length
     tensor_parallel_size: int = 1
     # engine processes on this node, each on its own tensor_parallel_size GPUs (on CPU, its share of the
-    # cores); they share the chunks out, and the samples are the same whatever their number
+    # cores); they share the chunks out and draw what one engine on the same devices would
     data_parallel_size: int = 1
     gpu_memory_utilization: float | None = None  # None: vLLM's default on GPU
     kv_cache_memory_bytes: int | None = None  # None: 2 GiB on CPU, vLLM's own sizing on GPU

@@ -1,7 +1,8 @@
-"""Data parallelism on one node: `engine.data_parallel_size: 2` runs two vLLM-CPU engine processes (one
-core each) on the tiny model through the real `seqdistill generate` command. Every problem is sampled
-exactly once, the dataset equals a one-engine run with the same seed, and a rank killed mid-run loses
-only its unfinished chunk: the rerun samples what is missing and nothing else."""
+"""Data parallelism on one node: `engine.data_parallel_size: 2` runs two vLLM-CPU engine processes (half
+the cores each) on the tiny model through the real `seqdistill generate` command. Every problem is
+sampled exactly once, the dataset equals a one-engine run with the same seed on as many cores as one
+rank has (float sums change with the thread count, so that is the engine each rank must match), and a
+rank killed mid-run loses only its unfinished chunk: the rerun samples what is missing and nothing else."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def command(model: str, out: Path, ranks: int) -> list[str]:
             "engine.extra={compilation_config: {mode: 0}}"]  # no torch.compile: an engine starts in seconds
 
 
-def run_generate(model: str, out: Path, ranks: int) -> subprocess.CompletedProcess:
-    done = subprocess.run(command(model, out, ranks), capture_output=True, text=True, timeout=600)
+def run_generate(model: str, out: Path, ranks: int, cores: list[int] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))} if cores else None
+    done = subprocess.run(command(model, out, ranks), capture_output=True, text=True, timeout=600, env=env,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -56,9 +59,10 @@ def assert_each_problem_once(rows: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def one_engine(tiny_llama, tmp_path_factory) -> list[dict]:
-    """The same run on one engine (data_parallel_size 1): the reference."""
+    """The same run on one engine (data_parallel_size 1) on the cores one of two ranks gets: the reference."""
     out = tmp_path_factory.mktemp("dp1") / "gen"
-    run_generate(tiny_llama, out, 1)
+    cores = sorted(os.sched_getaffinity(0))
+    run_generate(tiny_llama, out, 1, cores[:len(cores) // 2])
     rows = samples(out)
     assert_each_problem_once(rows)
     assert len({r["completion"] for r in rows}) > PROBLEMS  # really sampled: random weights, temperature 0.6
@@ -68,11 +72,11 @@ def one_engine(tiny_llama, tmp_path_factory) -> list[dict]:
 def test_two_ranks_sample_each_problem_once_as_one_engine_does(one_engine, tiny_llama, tmp_path):
     out = tmp_path / "gen"
     done = run_generate(tiny_llama, out, 2)
-    pids = set(re.findall(r"rank [01] of 2: pid (\d+) on CPU cores (\d+)", done.stderr))
+    pids = set(re.findall(r"rank [01] of 2: pid (\d+) on CPU cores ([\d,|]+)", done.stderr))
     assert len({pid for pid, _ in pids}) == 2 and len({core for _, core in pids}) == 2, done.stderr[-3000:]
     rows = samples(out)
     assert_each_problem_once(rows)
-    assert rows == one_engine  # seeds are per chunk, never per process: N does not change what is drawn
+    assert rows == one_engine  # seeds are per chunk, never per process: N engines draw what one draws
     assert len(list((out / SHARD).glob("chunk-*.json"))) == PROBLEMS // CHUNK
 
 
