@@ -8,12 +8,8 @@ VENV ?= .venv
 VLLM ?= cpu
 BIN = $(VENV)/bin
 
-.PHONY: setup quickstart test docs
+.PHONY: setup browser quickstart test docs
 setup: $(VENV)/.installed-$(VLLM)
-	@# tests/test_view.py opens `seqdistill view` pages in headless Chromium: Debian's package, as root (non-fatal)
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || \
-	  echo "chromium not installed: tests/test_view.py skips its browser checks"; }
 
 $(VENV)/.installed-$(VLLM): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +28,14 @@ $(VENV)/.installed-$(VLLM): pyproject.toml
 quickstart: setup
 	$(BIN)/seqdistill run pipelines/quickstart.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+browser:
+	@# tests/test_view.py opens `seqdistill view` pages in headless Chromium: Debian's package, as root (non-fatal)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || \
+	  echo "chromium not installed: tests/test_view.py skips its browser checks"; }
 
 # docs/settings.md from the config dataclasses (tests/test_settings_doc.py checks it is current)
 docs:
