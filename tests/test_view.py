@@ -1,5 +1,5 @@
 """`seqdistill view`: the page opens from disk in headless Chromium (Debian's `chromium`, installed by
-`make setup`), filters by drop reason, verdict and search through the URL fragment, shows each model's eval
+`make test`), filters by drop reason, verdict and search through the URL fragment, shows each model's eval
 samples side by side, and shows trace text as text (a trace holding `</script>` or HTML stays inert).
 
 The run directory is written here in the real schemas (generate's `sample_features()`, eval's per-sample
@@ -42,7 +42,7 @@ def find_chromium() -> str | None:
 
 
 CHROMIUM = find_chromium()
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (make setup installs Debian's "
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (make test installs Debian's "
                                                              "`chromium` with apt-get when run as root)")
 
 
