@@ -217,11 +217,14 @@ def main(argv: list[str] | None = None) -> None:
             from seqdistill import sft
 
             cfg = configlib.load(sft.SFTStageConfig, args.config, overrides, "sft")
-            print("# resolved config\n" + configlib.dump(cfg), flush=True)
+            main_process = sft.processes(cfg).is_main_process  # under accelerate launch, the others print nothing
+            if main_process:
+                print("# resolved config\n" + configlib.dump(cfg), flush=True)
             metrics = sft.run(cfg).metrics
-            print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
-                  f"{metrics['train_tokens_per_second']} tokens/s, {sft.memory_line(metrics)}; "
-                  f"student: {cfg.output_dir}/model")
+            if main_process:
+                print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
+                      f"{metrics['train_tokens_per_second']} tokens/s, {sft.memory_line(metrics)}; "
+                      f"student: {cfg.output_dir}/model")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -79,10 +79,11 @@ class TrainingData:
                               f"end-of-turn token {self.end_of_turn!r}; the student would not learn to stop")
         return cut
 
-    def train_tokens(self, steps: int, cfg) -> int:
-        """Tokens the run trained on: the steps taken, in epochs, times tokens per epoch."""
+    def train_tokens(self, steps: int, cfg, processes: int = 1) -> int:
+        """Tokens the run trained on (all processes together): the steps taken, in epochs, times tokens per epoch."""
         per_epoch = self.lengths["tokens_per_epoch"]
-        steps_per_epoch = max(1, -(-self.n_train // (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps)))
+        batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
+        steps_per_epoch = max(1, -(-self.n_train // batch))
         return int(per_epoch * steps / steps_per_epoch)
 
 

@@ -80,7 +80,7 @@ class KDTrainer(SFTTrainer):
         self.data_collator = KDCollator(self.data_collator)
         self.teacher_model = teacher_model
         if teacher_model is not None:
-            self.teacher_model = teacher_model.to(self.accelerator.device).eval().requires_grad_(False)
+            self.teacher_model = self.place_teacher(teacher_model.eval().requires_grad_(False))
         self.kd_projections = None
         self.on_policy_rng = random.Random(self.args.seed)  # which batches the student samples (GKD's lambda)
         self.on_policy_batch = False
@@ -89,7 +89,8 @@ class KDTrainer(SFTTrainer):
             self.setup_features()
 
     def setup_features(self):
-        cfg, student, teacher = self.kd_config, self.model.config.get_text_config(), self.teacher_model.config.get_text_config()
+        teacher = self.accelerator.unwrap_model(self.teacher_model).config.get_text_config()  # a DeepSpeed engine's module
+        cfg, student = self.kd_config, self.model.config.get_text_config()
         self.hidden_pairs = kd.layer_pairs(cfg.hidden_states.layers, student.num_hidden_layers, teacher.num_hidden_layers)
         self.attention_pairs = kd.layer_pairs(cfg.attention.layers, student.num_hidden_layers, teacher.num_hidden_layers)
         if cfg.hidden_states.weight > 0:
@@ -106,6 +107,19 @@ class KDTrainer(SFTTrainer):
                     raise ConfigError(f"kd.relations attention_relation needs a self_attn.v_proj module in the {name}; "
                                       "this architecture has none: use kind distance or angle")
                 last[-1].register_forward_hook(lambda module, args, out, name=name: self.values.__setitem__(name, out))
+
+    def place_teacher(self, teacher):
+        """Each process holds the teacher on its own device; under ZeRO-3 or FSDP it is sharded like the student,
+        as TRL places its reference and teacher models (GKD, DPO)."""
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models.utils import prepare_fsdp
+
+            return prepare_fsdp(teacher, self.accelerator)
+        return teacher.to(self.accelerator.device)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)

@@ -144,19 +144,29 @@ class SFTResult:
 
 
 def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
-    """Train the student; `callbacks` are extra transformers TrainerCallbacks."""
+    """Train the student; `callbacks` are extra transformers TrainerCallbacks.
+
+    Under `accelerate launch` every process trains; the main one alone writes seqdistill's files (the output
+    directory, metrics, cards, the merged model) while the others wait for it at a barrier."""
     out = Path(cfg.output_dir)
-    # ---- everything that can fail is checked before the model loads ----
-    student = models.resolve(cfg.student)
+    procs = processes(cfg)
+    # ---- everything that can fail is checked before the model loads (by every process: they fail alike) ----
+    with procs.main_process_first():  # an embedded or .gguf student is converted once
+        student = models.resolve(cfg.student)
     device, dtype = pick_precision(cfg)
     tokenizer = models.load_tokenizer(student)
     data = TrainingData.load(cfg, tokenizer)
     check_lora_targets(cfg, student)
     if not cfg.overwrite and OUTPUT.done(out, cfg):
         log.info("%s already holds this finished run; nothing to do", out)
-        hub.push("sft", cfg)  # a push that failed before is tried again
+        if procs.is_main_process:
+            hub.push("sft", cfg)  # a push that failed before is tried again
         return SFTResult(json.loads((out / "metrics.json").read_text()))
-    OUTPUT.prepare(out, cfg, cfg.overwrite)  # refuses a different run
+    OUTPUT.check(out, cfg, cfg.overwrite)  # refuses a different run
+    procs.wait_for_everyone()  # every process has read the directory before the main one changes it
+    if procs.is_main_process:
+        OUTPUT.prepare(out, cfg, cfg.overwrite)
+    procs.wait_for_everyone()
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if checkpoints and not cfg.resume:
         raise ConfigError(f"{out} holds checkpoints of an unfinished run; pass --resume to continue it "
@@ -169,29 +179,58 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if cfg.resume and checkpoints else None)
     seconds = time.perf_counter() - start
 
-    # ---- save the student, its card and the metrics ----
+    # ---- save the student (every process: ZeRO-3 and FSDP gather it), then the main one writes the rest ----
+    if trainer.is_fsdp_enabled:  # checkpoints may stay sharded; the final model is gathered into one
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out / "model"))
-    tokenizer.save_pretrained(out / "model")
-    if cfg.merge:
-        save_merged(cfg, trainer, tokenizer, out / "merged")
     metrics = {
         "train_loss": result.training_loss,
         "train_seconds": round(seconds, 1),
-        "train_tokens": data.train_tokens(trainer.state.global_step, cfg),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "train_tokens": data.train_tokens(trainer.state.global_step, cfg, procs.num_processes),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # of the main process
         **peak_gpu_memory(device),
         "global_step": trainer.state.global_step,
+        "processes": procs.num_processes,
         "device": device, "dtype": dtype, "packing": trainer.args.packing,
         "lengths": data.lengths, "end_of_turn": data.end_of_turn, "truncated_examples": cut,
         "log_history": trainer.state.log_history,
     }
     metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / seconds, 1)
-    store.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    store.write_text(out / "model" / "README.md", model_card(cfg, data, metrics))
-    if (out / "merged").is_dir():
-        store.write_text(out / "merged" / "README.md", model_card(cfg, data, metrics, merged=True))
-    hub.push("sft", cfg)
+    if procs.is_main_process:
+        tokenizer.save_pretrained(out / "model")
+        if cfg.merge:
+            save_merged(cfg, student, dtype, tokenizer, out)
+        store.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        store.write_text(out / "model" / "README.md", model_card(cfg, data, metrics))
+        if (out / "merged").is_dir():
+            store.write_text(out / "merged" / "README.md", model_card(cfg, data, metrics, merged=True))
+        hub.push("sft", cfg)
+    procs.wait_for_everyone()  # no process leaves before the merged model and metrics are written
     return SFTResult(metrics, trainer)
+
+
+def processes(cfg: SFTStageConfig):
+    """accelerate's PartialState: the processes `accelerate launch` started (one in a plain run).
+
+    Set up as the Trainer will set it up (CPU or GPU, `ddp_timeout`), so that the processes agree on who
+    writes before the Trainer exists. Every process but the main one logs warnings only."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+    from transformers import TrainingArguments
+
+    timeout = cfg.trl.get("ddp_timeout", TrainingArguments.__dataclass_fields__["ddp_timeout"].default)
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout))
+    if not state.is_main_process:
+        import datasets
+        import transformers
+
+        logger = logging.getLogger("seqdistill")
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    return state
 
 
 def peak_gpu_memory(device: str) -> dict:
@@ -328,12 +367,20 @@ def check_trl_extras(cfg: SFTStageConfig) -> list[str]:
     return errors
 
 
-def save_merged(cfg: SFTStageConfig, trainer, tokenizer, path: Path) -> None:
-    model = trainer.model
-    if cfg.method != "full":
-        model = model.merge_and_unload()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+def save_merged(cfg: SFTStageConfig, student: str, dtype: str, tokenizer, out: Path) -> None:
+    """OUTPUT_DIR/merged from what was saved in OUTPUT_DIR/model: base + adapter, merged with peft, never the
+    training model (its parameters are sharded under ZeRO-3 or FSDP; a QLoRA base is 4-bit). Main process only."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.method == "full":
+        model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=dtype)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(student, dtype=dtype)
+        model = PeftModel.from_pretrained(base, out / "model").merge_and_unload()
+    model.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
 
 
 def kd_line(cfg: SFTStageConfig) -> str:

@@ -71,8 +71,8 @@ class Layout:
     def done(self, out: Path, cfg) -> bool:
         return (Path(out) / self.marker).is_file() and self.state(out, cfg) == "same"
 
-    def prepare(self, out: Path, cfg, overwrite: bool) -> None:
-        """Refuse a directory that holds a different run or isn't ours; with overwrite, clear our files first."""
+    def check(self, out: Path, cfg, overwrite: bool) -> str:
+        """The directory's state; refuses one that holds a different run or isn't ours (reads only)."""
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"output_dir {out} is a file; pick a directory")
@@ -84,7 +84,13 @@ class Layout:
         if state == "foreign":  # --overwrite replaces seqdistill's own runs, never files it did not write
             raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run (no {CONFIG_FILE}), "
                               "so even --overwrite leaves it alone: pick a new output_dir, or move its files away")
-        if state == "different" and not overwrite:  # only `rebuild` settings changed (refused above otherwise)
+        return state
+
+    def prepare(self, out: Path, cfg, overwrite: bool) -> None:
+        """Refuse a directory that holds a different run or isn't ours; with overwrite, clear our files first."""
+        out = Path(out)
+        state = self.check(out, cfg, overwrite)
+        if state == "different" and not overwrite:  # only `rebuild` settings changed (check refuses the rest)
             log.info("only %s changed since the run in %s: %s/ is reused, the rest rebuilt",
                      "; ".join(self.changes(out, cfg)), out, self.parts)
             for name in self.owned:
