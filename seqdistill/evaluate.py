@@ -140,8 +140,10 @@ class EvalConfig:
 
 def output_layout(cfg: EvalConfig) -> store.Layout:
     per_model = tuple(f"models.*.{key}" for key in engine.OPERATIONAL)  # a model's own engine, as eval's
-    return store.Layout(owned=(*[m.label() for m in cfg.models], "results.json", "results.md", "runs", hub.MARKER),
-                        marker="results.json", ignore=(*engine.OPERATIONAL, *per_model, "push_to_hub", "hub", "report_to", "run_name"))
+    samples = tuple(m.label() for m in cfg.models)  # compare is read off the saved samples: changing it samples nothing
+    return store.Layout(owned=(*samples, "results.json", "results.md", "runs", hub.MARKER), marker="results.json",
+                        ignore=(*engine.OPERATIONAL, *per_model, "push_to_hub", "hub", "report_to", "run_name"),
+                        rebuild=("compare",), parts=samples)
 
 
 def check(cfg: EvalConfig):

@@ -33,7 +33,7 @@ from seqdistill.verify import AnswerConfig
 log = logging.getLogger(__name__)
 OUTPUT = store.Layout(owned=("samples", "data", "README.md", "stats.json", "runs", hub.MARKER), marker="stats.json",
                       ignore=("shard_index", "push_to_hub", "hub", "report_to", "run_name", *engine.OPERATIONAL),
-                      rebuild=tuple(f"filters.{key}" for key in filters.SELECTION), parts="samples")
+                      rebuild=tuple(f"filters.{key}" for key in filters.SELECTION), parts=("samples",))
 
 
 @dataclass

@@ -37,9 +37,9 @@ class Layout:
     marker: str  # written last: its presence means the stage finished
     ignore: tuple[str, ...] = ()  # dotted settings that don't change the outputs (besides output_dir, overwrite)
     # dotted settings applied after sampling: a run that differs from the saved one only in these keeps the
-    # owned folder `parts` (what was sampled) and rebuilds the rest from it; --overwrite still clears it
+    # owned folders in `parts` (what was sampled) and rebuilds the rest from them; --overwrite still clears them
     rebuild: tuple[str, ...] = ()
-    parts: str | None = None
+    parts: tuple[str, ...] = ()
 
     def ignored(self) -> tuple[str, ...]:
         return ("output_dir", "overwrite", *self.ignore)
@@ -91,11 +91,11 @@ class Layout:
         out = Path(out)
         state = self.check(out, cfg, overwrite)
         if state == "different" and not overwrite:  # only `rebuild` settings changed (check refuses the rest)
-            log.info("only %s changed since the run in %s: %s/ is reused, the rest rebuilt",
-                     "; ".join(self.changes(out, cfg)), out, self.parts)
+            log.info("only %s changed since the run in %s: %s reused, the rest rebuilt",
+                     "; ".join(self.changes(out, cfg)), out, ", ".join(f"{p}/" for p in self.parts))
             for name in self.owned:
                 path = out / name
-                if name != self.parts:
+                if name not in self.parts:
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if state in ("different", "same", "foreign") and overwrite:
             log.warning("overwriting the run in %s", out)

@@ -111,3 +111,22 @@ def tiny_qwen2(tmp_path_factory, r1_qwen_tokenizer) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def traces(tmp_path_factory) -> Path:
+    """24 conversations (12 problems x 2 traces) in TRL's conversational format, with R1-style think blocks."""
+    import json
+
+    from seqdistill import problems
+
+    rows = []
+    for p in problems.load(problems.ProblemsConfig(num_problems=12, max_operand=9)):
+        for j in range(2):
+            rows.append({"problem_id": p["id"], "messages": [
+                {"role": "user", "content": p["question"] + "\nAnswer with the number at the end."},
+                {"role": "assistant", "content": f"<think>\nStep {j}: work it out.\n</think>\nThe answer is {p['answer']}."},
+            ]})
+    path = tmp_path_factory.mktemp("traces") / "traces.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path

@@ -91,6 +91,15 @@ def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
     assert (paired["gained"], paired["lost"]) == (paired["better"], paired["worse"])
     assert paired["delta_pass@1"] == pytest.approx((paired["gained"] - paired["lost"]) / 4)
     assert "| embedded-heldout | student − base |" in proc.stdout
+    # another comparison of the same samples is a rebuild, not a different run: nothing is sampled again
+    saved = (tmp_path / "eval" / "base" / "embedded-heldout" / "samples.parquet").stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, "-m", "seqdistill", "eval", "--config", str(config),
+                           "--set", "compare=[[student, base]]"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "eval" / "base" / "embedded-heldout" / "samples.parquet").stat().st_mtime_ns == saved
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert again["base"]["embedded-heldout"]["compare"]["student"]["delta_pass@1"] == -paired["delta_pass@1"]
+    assert "compare" not in again["student"]["embedded-heldout"]
 
 
 @pytest.fixture

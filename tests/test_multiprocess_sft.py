@@ -26,7 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from seqdistill import config as configlib
-from seqdistill import kd, problems, sft, store
+from seqdistill import kd, sft, store
 from seqdistill.sft import SFTStageConfig
 
 DDP = Path(__file__).resolve().parents[1] / "accelerate" / "ddp.yaml"
@@ -58,21 +58,6 @@ if _root and _log:
 '''
 OVERRIDES = ["max_steps=4", "learning_rate=1e-2", "logging_steps=1", "save_steps=2", "report_to=[none]",
              "max_length=256", "lora.dropout=0", "seed=0"]
-
-
-@pytest.fixture(scope="module")
-def traces(tmp_path_factory):
-    """24 conversations (12 problems x 2 traces) in TRL's conversational format."""
-    rows = []
-    for p in problems.load(problems.ProblemsConfig(num_problems=12, max_operand=9)):
-        for j in range(2):
-            rows.append({"problem_id": p["id"], "messages": [
-                {"role": "user", "content": p["question"] + "\nAnswer with the number at the end."},
-                {"role": "assistant", "content": f"<think>\nStep {j}: work it out.\n</think>\nThe answer is {p['answer']}."},
-            ]})
-    path = tmp_path_factory.mktemp("traces") / "traces.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return path
 
 
 def settings(student, dataset, out, batch, *extra) -> list[str]:

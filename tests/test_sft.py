@@ -8,25 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from seqdistill import config as configlib
-from seqdistill import problems, sft
+from seqdistill import sft
 from seqdistill.config import ConfigError
 from seqdistill.data import split_by_problem
 from seqdistill.sft import SFTStageConfig
-
-
-@pytest.fixture(scope="module")
-def traces(tmp_path_factory):
-    """A small traces file in TRL's conversational format, with R1-style think blocks."""
-    rows = []
-    for p in problems.load(problems.ProblemsConfig(num_problems=12, max_operand=9)):
-        for j in range(2):
-            rows.append({"problem_id": p["id"], "messages": [
-                {"role": "user", "content": p["question"] + "\nAnswer with the number at the end."},
-                {"role": "assistant", "content": f"<think>\nStep {j}: work it out.\n</think>\nThe answer is {p['answer']}."},
-            ]})
-    path = tmp_path_factory.mktemp("traces") / "traces.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return str(path)
 
 
 def make_cfg(student, dataset, out, *overrides):
