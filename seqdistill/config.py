@@ -29,6 +29,11 @@ class ConfigError(ValueError):
         super().__init__("; ".join(self.problems))
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line for a one-line error (its type when the message is empty)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None, stage: str = "STAGE"):
     """Build `cls` from an optional YAML file and `key.sub=value` overrides (values parsed as YAML)."""
     return build(cls, read(path, overrides, stage))
@@ -46,7 +51,7 @@ def read(path: str | Path | None = None, overrides: list[str] | None = None, sta
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+            raise ConfigError(f"config file {path} is not valid YAML: {first_line(e)}") from e
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} can't be read: {e}") from e
         if data is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import card, prompts, store
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 from seqdistill.problems import LOCAL_FORMATS, read_local, root_cause
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def load_table(source: str, split: str):
     try:
         table = datasets.load_dataset(source, split=split)
     except Exception as e:
-        raise ConfigError(f"could not load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"could not load dataset {source!r} split {split!r}: {first_line(e)}") from None
     if len(table) == 0:
         raise nothing_kept(source, None)
     return table, None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 BACKENDS = ("vllm", "openai")
@@ -687,7 +687,7 @@ def chunk_done(part: Path, digest: str) -> bool:
 
         rows = pq.read_metadata(part).num_rows
     except Exception as e:  # a torn or foreign file: set it aside, sample the chunk again
-        log.warning("%s is unreadable (%s); setting it aside and sampling that chunk again", part, str(e).splitlines()[0])
+        log.warning("%s is unreadable (%s); setting it aside and sampling that chunk again", part, first_line(e))
         part.replace(part.with_suffix(".parquet.bad"))
         return False
     if rows != meta.get("rows", rows):

@@ -86,10 +86,11 @@ def check(cfg: GenerateConfig):
     return model_path, rows, isolation, users, batch, vocab
 
 
-def run(cfg: GenerateConfig, llm=None) -> dict:
-    """Generate, filter and write the dataset; returns the stats. `llm` reuses a running vLLM engine (tests)."""
+def run(cfg: GenerateConfig, llm=None, checked: tuple | None = None) -> dict:
+    """Generate, filter and write the dataset; returns the stats. `llm` reuses a running vLLM engine (tests);
+    `checked` is what `check(cfg)` returned when the caller (`seqdistill run`) has just called it."""
     out = Path(cfg.output_dir)
-    model_path, rows, isolation, users, batch, vocab = check(cfg)
+    model_path, rows, isolation, users, batch, vocab = checked or check(cfg)
     think = cfg.filters.require_think if cfg.filters.require_think is not None else f"<{cfg.answer.think_tag}>" in cfg.prompt.prefill
     OUTPUT.prepare(out, cfg, cfg.overwrite)
 

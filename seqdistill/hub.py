@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import store
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 MARKER = "pushed.json"
@@ -92,7 +92,7 @@ def push(stage: str, cfg) -> None:
         pusher = {"generate": push_generate, "sft": push_sft, "eval": push_eval}[stage]
         commits = pusher(cfg, out, message)
     except (HfHubHTTPError, httpx.HTTPError, ConnectionError, TimeoutError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise HubError(f"push to {repo} failed ({reason}); the local output in {out} is complete: rerun the same "
                        "command to push it again (the stage is done, only the push runs)") from e
     store.write_text(marker, json.dumps({**target, "commits": commits}, indent=2))

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def check(ref: str, weights: bool = True) -> list[str]:
             try:
                 json.loads((path / "config.json").read_text())
             except (ValueError, OSError) as e:
-                return [f"{path / 'config.json'} is not valid JSON ({str(e).splitlines()[0]}); is the download complete?"]
+                return [f"{path / 'config.json'} is not valid JSON ({first_line(e)}); is the download complete?"]
             if weights and not has_weights(path):
                 return [f"model directory {ref} has no weights (*.safetensors, *.bin, a sharded index or a .gguf); "
                         "is it a tokenizer only, or a download that did not finish?"]
@@ -125,7 +125,7 @@ def convert_gguf(gguf: Path) -> Path:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     except (ValueError, KeyError, IndexError, EOFError, OSError) as e:  # a cut or foreign file, as gguf reads it
-        raise ConfigError(f"could not convert {gguf}: {(str(e).splitlines() or [type(e).__name__])[0]}; "
+        raise ConfigError(f"could not convert {gguf}: {first_line(e)}; "
                           "is the .gguf download complete, and an architecture transformers reads?") from e
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -143,7 +143,7 @@ def load_tokenizer(path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
-        raise ConfigError(f"could not load the tokenizer of {path!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"could not load the tokenizer of {path!r}: {first_line(e)}") from None
 
 
 def context_length(path: str) -> int | None:
@@ -162,6 +162,6 @@ def vocab_size(path: str) -> int:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:  # a served name (deepseek-reasoner) or no hub: the config can't be read here
         raise ConfigError(f"teacher log-probs need the model's config to store token ids, and {path!r} has none "
-                          f"here ({str(e).splitlines()[0]}); name a local model directory or a hub id you can "
+                          f"here ({first_line(e)}); name a local model directory or a hub id you can "
                           "reach as the model (engine.served_model keeps the server's name)") from e
     return config.get_text_config().vocab_size

@@ -113,22 +113,25 @@ def default_compare(entries: list[ModelEntry]) -> list[list[str]]:
     return [[before, "student-after"]] if before and "student-after" in names else []
 
 
-def preflight(cfg: PipelineConfig, selected: list[str]) -> None:
+def preflight(cfg: PipelineConfig, selected: list[str]) -> dict:
     """Before the first stage runs, each stage's own checks on what exists now: generate's (when it will run),
-    sft's dataset (unless generate will rewrite it), eval's benchmarks, prompts and context lengths for the models
-    that exist already (the distilled student appears only after sft)."""
+    sft's dataset (a finished generate's; `load` read a dataset no stage writes), eval's benchmarks, prompts and
+    context lengths for the models that exist already (the distilled student appears only after sft).
+    Returns what generate's check found, which its run then reuses (the first stage: nothing changed since)."""
     from seqdistill import data, evaluate, generate
 
+    checked = {}
     generate_runs = "generate" in selected and not layout("generate", cfg.generate).done(cfg.generate.output_dir, cfg.generate)
     if generate_runs:
-        generate.check(cfg.generate)
-    if "sft" in selected and not generate_runs:
+        checked["generate"] = generate.check(cfg.generate)
+    if "sft" in selected and cfg.generate and not generate_runs:
         data.load_table(cfg.sft.dataset, cfg.sft.dataset_split)
     if "eval" in selected:
         now = [m for m in cfg.eval.models if (not models.is_local(m.model) or Path(m.model).expanduser().exists())
                and (not m.adapter or (Path(m.adapter) / "adapter_config.json").is_file())]
         if now:
             evaluate.check(dataclasses.replace(cfg.eval, models=now))
+    return checked
 
 
 def modules() -> dict:
@@ -151,7 +154,7 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
             raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     present = [s for s in STAGES if getattr(cfg, s) is not None]
     selected = [s for s in present if (not only or s in only) and (not start or STAGES.index(s) >= STAGES.index(start))]
-    preflight(cfg, selected)  # a run refused by any stage's checks writes nothing
+    checked = preflight(cfg, selected)  # a run refused by any stage's checks writes nothing
     configlib.save(cfg, Path(cfg.run_dir) / "pipeline.yaml")
     results, dirty = {}, False
     for stage in selected:
@@ -168,7 +171,7 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
         elif stage == "sft":
             stage_cfg.resume = True  # an interrupted training continues from its last checkpoint
         print(f"[{stage}] running -> {stage_cfg.output_dir}", flush=True)
-        results[stage] = module.run(stage_cfg)
+        results[stage] = module.run(stage_cfg, checked=checked[stage]) if stage in checked else module.run(stage_cfg)
         dirty = True  # every later stage must see this stage's new outputs
     print(f"report: {report.write(cfg.run_dir)}", flush=True)
     return results

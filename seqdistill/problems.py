@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from seqdistill import arithmetic
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 REASONING_GYM = "reasoning-gym"
@@ -253,7 +253,7 @@ def _load_table(cfg: ProblemsConfig):
         return datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split)
     except Exception as e:  # the hub or the name may be wrong; say which dataset failed
         raise ConfigError(f"could not load hub dataset {cfg.source!r} (subset {cfg.subset}, split {cfg.split}): "
-                          f"{str(e).splitlines()[0]}; for a local file give its path as problems.source") from None
+                          f"{first_line(e)}; for a local file give its path as problems.source") from None
 
 
 def read_local(path: Path, what: str):
@@ -288,7 +288,7 @@ def root_cause(e: BaseException) -> str:
     """The first line of the innermost cause (datasets wraps the parser's own message)."""
     while e.__cause__ or e.__context__:
         e = e.__cause__ or e.__context__
-    return (str(e).splitlines() or [type(e).__name__])[0][:300]
+    return first_line(e)[:300]
 
 
 def extract_gold(value, answer_format: str) -> str:
@@ -356,7 +356,7 @@ def check_tasks(tasks, split: str | None) -> list[str]:
                           f"it takes: {', '.join(keys)}")
         except Exception as e:  # the task's own validation (AssertionError, ValueError)
             errors.append(f"tasks[{spec.name}].config {spec.config} refused by the task: "
-                          f"{(str(e).splitlines() or [type(e).__name__])[0]}")
+                          f"{first_line(e)}")
     return errors
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "seqdistill_config.yaml"
@@ -162,7 +162,7 @@ def read_json(path: Path, fix: str = "rerun the stage that writes it, or remove 
     try:
         return json.loads(Path(path).read_text())
     except (ValueError, OSError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+        raise ConfigError(f"{path} is not valid JSON ({first_line(e)}); "
                           f"{fix}") from e
 
 

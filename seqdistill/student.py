@@ -25,7 +25,7 @@ from pathlib import Path
 
 from seqdistill import card, models, store
 from seqdistill import config as configlib
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -87,10 +87,6 @@ def select(spec: str | list[int], n_layers: int) -> list[int]:
         raise ConfigError(f"layers must be distinct and in increasing order, got {spec!r} ({kept} after negative "
                           "indices are counted from the end)")
     return kept
-
-
-def first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def check_architecture(path: str):

@@ -145,11 +145,11 @@ def traces(gen: Path, max_traces: int, max_chars: int) -> dict:
     teacher = read(files[:1], ("teacher",))[:1]
     return {"dir": str(gen), "teacher": teacher[0]["teacher"] if teacher else None, "reasons": reasons,
             "totals": dict(totals), "total": len(rows), "problems": plist, "traces": out,
-            "funnel": json.loads(stats.read_text()).get("funnel") if stats.is_file() else None}
+            "funnel": store.read_json(stats).get("funnel") if stats.is_file() else None}
 
 
 def eval_samples(ev: Path, max_samples: int, max_chars: int) -> dict:
-    results = json.loads((ev / "results.json").read_text()) if (ev / "results.json").is_file() else {}
+    results = store.read_json(ev / "results.json") if (ev / "results.json").is_file() else {}
     found = sorted(p.parent for p in ev.glob("*/*/samples.parquet"))
     models = [m for m in results if any(d.parent.name == m for d in found)]
     models += sorted({d.parent.name for d in found} - set(models))
