@@ -57,7 +57,8 @@ class Preset:
 # Field mappings of common benchmarks; point `source` at a local copy to use one offline.
 PRESETS: dict[str, Preset] = {
     "gsm8k": Preset("openai/gsm8k", "main", "test", ["question"], "answer", "gsm8k"),
-    "svamp": Preset("ChilleD/SVAMP", None, "test", ["Body", "Question"], "Answer"),
+    # all 1000 SVAMP problems ship with seqdistill (MIT, seqdistill/data/SVAMP-LICENSE): offline, no hub needed
+    "svamp": Preset("ChilleD/SVAMP", None, "test", ["Body", "Question"], "Answer", package_file="seqdistill/data/svamp.jsonl"),
     "mawps": Preset("MU-NLPC/Calc-mawps", None, "test", ["input"], "target"),
     "aime24": Preset("HuggingFaceH4/aime_2024", None, "train", ["problem"], "answer", samples=32),
     "aime25": Preset("yentinglin/aime_2025", None, "train", ["problem"], "answer", samples=32),
