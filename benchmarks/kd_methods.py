@@ -129,7 +129,7 @@ def evaluate_model(name: str, model: str, eval_raw: dict, work: Path) -> dict:
 
     raw = json.loads(json.dumps(eval_raw))
     raw.update(models=[{"model": model, "name": name}], output_dir=str(work / "eval" / name), report_to=["none"],
-               compare=[], push_to_hub=None)
+               compare=[], push_to_hub=None, benchmarks=raw["benchmarks"][:1])  # the recipe's first benchmark
     cfg = configlib.build(evaluate.EvalConfig, raw)
     cfg.overwrite = evaluate.output_layout(cfg).state(Path(cfg.output_dir), cfg) == "different"  # other eval settings
     start = time.perf_counter()
@@ -223,7 +223,7 @@ def main() -> None:
     for item in args.eval_set:
         configlib.apply_override(eval_raw, item)
     if args.problems:
-        eval_raw["benchmarks"][0]["num_problems"] = args.problems  # the recipe's one benchmark
+        eval_raw["benchmarks"][0]["num_problems"] = args.problems  # the recipe's first benchmark
     bench = eval_raw["benchmarks"][0]["name"]
     teacher_name = next(n for n in base_results if n.startswith("teacher"))
     teacher_samples = run / "eval" / teacher_name / bench / "samples.parquet"
