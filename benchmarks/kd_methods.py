@@ -23,7 +23,7 @@ each in a process of its own, so its peak RSS (VmHWM) is its own:
 
 Each term is added to logit KD alone (not on top of each other), so a row minus the logit_kd row is that
 term's effect. Each student, and the student before training (`untrained`), is then evaluated with the
-run's eval settings (its own eval directory each, so a rerun skips what is done); the teacher's row is the
+run's eval settings on the recipe's first benchmark (its own eval directory each, so a rerun skips what is done); the teacher's row is the
 run's own eval. Reported: held-out pass@1 ± s.e., KL(teacher || student) per token on the teacher's own
 held-out responses (full vocabulary, `kd_vs_sft.kl_on_teacher_responses`), training tokens/s, training
 seconds and peak RSS. Writes OUT.json (every figure, settings, machine, versions, date) and OUT.md.
