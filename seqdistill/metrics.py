@@ -85,6 +85,13 @@ def solved(correct: list[bool]) -> bool:
     return 2 * sum(correct) >= len(correct)
 
 
+def flips(baseline: list[list[bool]], model: list[list[bool]]) -> tuple[list[int], list[int]]:
+    """Positions of the problems the model gained (unsolved by the baseline, solved by the model; see `solved`)
+    and lost (the reverse)."""
+    pairs = [(solved(b), solved(m)) for b, m in zip(baseline, model)]
+    return [i for i, (b, m) in enumerate(pairs) if m and not b], [i for i, (b, m) in enumerate(pairs) if b and not m]
+
+
 def paired(baseline: list[list[bool]], model: list[list[bool]]) -> dict:
     """Two models on the same problems (aligned lists, one list of verdicts per problem): the mean difference
     of per-problem pass@1 estimates, model minus baseline, with its paired standard error sd(d_i)/sqrt(P),
@@ -94,9 +101,9 @@ def paired(baseline: list[list[bool]], model: list[list[bool]]) -> dict:
         raise ValueError(f"paired comparison needs the same problems, got {len(baseline)} and {len(model)}")
     diffs = [sum(m) / len(m) - sum(b) / len(b) for b, m in zip(baseline, model)]
     delta, se = mean_and_stderr(diffs)
+    gained, lost = flips(baseline, model)
     return {
         "problems": len(diffs), "delta_pass@1": delta, "delta_pass@1_stderr": se,
-        "gained": sum(not solved(b) and solved(m) for b, m in zip(baseline, model)),
-        "lost": sum(solved(b) and not solved(m) for b, m in zip(baseline, model)),
+        "gained": len(gained), "lost": len(lost),
         "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs),
     }

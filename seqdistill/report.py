@@ -130,13 +130,13 @@ def results_section(run: Path, results: dict) -> list[str]:
 
 
 def paired_section(run: Path, bench: str, base: str, model: str, c: dict) -> list[str]:
-    records = [evaluate.read_per_problem(run / "eval" / name / bench / "samples.parquet") for name in (base, model)]
+    samples = {name: sorted(store.read_parquet([run / "eval" / name / bench / "samples.parquet"]).to_list(),
+                            key=lambda r: (r["problem_id"], r["sample_index"])) for name in (base, model)}
+    records = [evaluate.per_problem_records(samples[name]) for name in (base, model)]
     ids = sorted(records[0])
     before, after = ([sum(r[i]["correct"]) for i in ids] for r in records)
     n = len(records[0][ids[0]]["correct"])
-    solved = [[metrics.solved(r[i]["correct"]) for i in ids] for r in records]
-    gained = [i for i, b, a in zip(ids, *solved) if a and not b]
-    lost = [i for i, b, a in zip(ids, *solved) if b and not a]
+    gained, lost = ([ids[k] for k in ks] for ks in metrics.flips(*([r[i]["correct"] for i in ids] for r in records)))
     stem = f"paired_{bench}_{model}_vs_{base}".replace("=", "-").replace("/", "-")
     lines = [f"### {model} against {base} on {bench} (paired)\n",
              f"On the same {c['problems']} problems{' with the same seeds' if c['same_seeds'] else ''}, {model} scores pass@1 "
@@ -145,7 +145,6 @@ def paired_section(run: Path, bench: str, base: str, model: str, c: dict) -> lis
              f"gained {c['gained']} and lost {c['lost']} problems; its share of right samples rose on {c['better']} "
              f"problems and fell on {c['worse']}.\n",
              f"![paired]({paired_figure(before, after, n, base, model, run / f'{stem}.png')})\n"]
-    samples = {name: store.read_parquet([run / "eval" / name / bench / "samples.parquet"]).to_list() for name in (base, model)}
     for title, chosen in (("gained", gained), ("lost", lost)):
         if chosen:
             lines.append(f"**{title}** ({len(chosen)}): " + "; ".join(
