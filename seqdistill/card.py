@@ -37,6 +37,8 @@ def stats(samples, timings: list[dict]) -> dict:
         kept_per_problem[pid] += k
     seconds = sum(t["seconds"] for t in timings)
     tokens = sum(t["tokens"] for t in timings)
+    solved = Counter((len(v), sum(v)) for v in per_problem.values())
+    band = {reason: len({p for p, r in zip(samples["problem_id"], reasons) if r == reason}) for reason in ("too_easy", "too_hard")}
     return {
         "problems": len(per_problem),
         "samples": len(reasons),
@@ -45,6 +47,9 @@ def stats(samples, timings: list[dict]) -> dict:
         "pass@1": round(sum(correct) / max(1, len(correct)), 4),
         "pass@n": round(sum(any(v) for v in per_problem.values()) / max(1, len(per_problem)), 4),
         "problems_with_kept": sum(1 for c in kept_per_problem.values() if c),
+        # problems by how many of their samples the teacher got right ("1/4": 3 problems); filters.pass_rate selects on it
+        "pass_rate": {"problems_solved": {f"{c}/{n}": solved[n, c] for n, c in sorted(solved)},
+                      "problems_without_trace": sum(1 for c in kept_per_problem.values() if not c), **band},
         "completion_tokens": {
             "kept": quantiles([n for n, k in zip(lengths, keep) if k]),
             "dropped": quantiles([n for n, k in zip(lengths, keep) if not k]),

@@ -188,22 +188,6 @@ def verifiers(samples, isolations: list) -> dict:
     return out
 
 
-def pass_rates(samples) -> dict:
-    """Problems by how many of their samples the teacher got right ("1/4": 3 problems), and how many
-    problems contribute no trace to the dataset (filters.pass_rate selects on this rate)."""
-    from collections import Counter
-
-    per: dict[str, list[int]] = {}
-    for pid, correct, keep in zip(samples["problem_id"], samples["correct"], samples["keep"]):
-        c = per.setdefault(pid, [0, 0, 0])
-        c[0], c[1], c[2] = c[0] + correct, c[1] + 1, c[2] + keep
-    hist = Counter((n, c) for c, n, _ in per.values())
-    band = {reason: len({p for p, r in zip(samples["problem_id"], samples["drop_reason"]) if r == reason})
-            for reason in ("too_easy", "too_hard")}
-    return {"problems_solved": {f"{c}/{n}": hist[n, c] for n, c in sorted(hist)},
-            "problems_without_trace": sum(1 for _, _, k in per.values() if k == 0), **band}
-
-
 def reselect(samples, cfg: FilterConfig):
     """keep / drop_reason of stored samples under the current per-problem filters (filters.select: pass-rate
     band, duplicates, max_per_problem, prefer), so a rerun that changes only those samples nothing again."""
@@ -240,7 +224,6 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
     stats["verifier"] = verifiers(samples, [json.loads((d / "DONE").read_text()).get("isolation") for d in shard_dirs])
-    stats["pass_rate"] = pass_rates(samples)
     summary = engine.chunk_summary(parts, cfg.engine)
     stats["failed_requests"] = summary["failed_requests"]
     if "usage" in summary:

@@ -1,12 +1,12 @@
 """The eval's paired comparison (results.json, results.md) and the report's sections and figures, on a small run
-directory written with the stages' own writers (store, card.stats, generate.pass_rates, evaluate.collect).
+directory written with the stages' own writers (store, card.stats, evaluate.collect).
 The same report on a real run (real vLLM and TRL) is checked by tests/test_pipeline.py."""
 
 import json
 
 import pytest
 
-from seqdistill import card, generate, report, store
+from seqdistill import card, report, store
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, collect
@@ -81,7 +81,7 @@ def write_run(run):
     store.write_parquet([r for r in rows if r["keep"]], run / "generate" / "data" / "train.parquet")
     store.write_parquet([r for r in rows if not r["keep"]], run / "generate" / "data" / "dropped.parquet")
     samples = store.read_parquet([run / "generate" / "data" / "train.parquet", run / "generate" / "data" / "dropped.parquet"])
-    stats = card.stats(samples, [{"seconds": 3.0, "tokens": 900}]) | {"pass_rate": generate.pass_rates(samples)}
+    stats = card.stats(samples, [{"seconds": 3.0, "tokens": 900}])
     configlib.save(gen_cfg, run / "generate" / store.CONFIG_FILE)
     store.write_text(run / "generate" / "stats.json", json.dumps(stats))
     history = [{"loss": 2.0 - 0.1 * s, "learning_rate": 1e-3 * (1 - s / 12), "epoch": s / 6, "step": s} for s in range(1, 13)]
