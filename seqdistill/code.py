@@ -286,6 +286,13 @@ def _failure(result: sandbox.Result, case_label: str) -> Verdict | None:
     return None
 
 
+def check_sandbox(cfg: CodeConfig, rows: list[dict]) -> str | None:
+    """The isolation code problems among `rows` will run under, found out before any sampling (None: no code)."""
+    from seqdistill.verify import is_code
+
+    return sandbox.isolation(cfg.isolation, cfg.allow_unisolated) if any(map(is_code, rows)) else None
+
+
 def run_tests(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
     """Run a program against normalised tests; the first failing case decides the verdict."""
     run = {"program": _run_program, "call": _run_call, "stdin": _run_stdin}[tests["kind"]]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from seqdistill import engine, hub, metrics, models, problems as problemslib, prompts, store, trackers, verify
 from seqdistill import config as configlib
-from seqdistill.code import CodeConfig
+from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.hub import HubConfig
@@ -154,10 +154,7 @@ def check(cfg: EvalConfig):
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
     for b in cfg.benchmarks:
         verify.check_golds(benchmarks[b.name], cfg.answer, f"benchmarks[{b.name}]", b.source or b.name)
-    if any(verify.is_code(row) for rows in benchmarks.values() for row in rows):
-        from seqdistill import sandbox
-
-        sandbox.isolation(cfg.code.isolation, cfg.code.allow_unisolated)  # refused here, not after sampling
+    check_sandbox(cfg.code, [row for rows in benchmarks.values() for row in rows])  # refused here, not after sampling
     resolved = {m.model: models.resolve(m.model) for m in cfg.models}
     for m in cfg.models:
         check_adapter(m, resolved[m.model])

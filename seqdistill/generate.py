@@ -21,7 +21,7 @@ from pathlib import Path
 
 from seqdistill import card, engine, filters, hub, kd, models, problems as problemslib, prompts, store, trackers, verify
 from seqdistill import config as configlib
-from seqdistill.code import CodeConfig
+from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.filters import FilterConfig
@@ -109,13 +109,6 @@ def run(cfg: GenerateConfig, llm=None, checked: tuple | None = None) -> dict:
                                         features=sample_features(), desc=f"shard {cfg.shard_index}")
     store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(parts), "problems": len(rows), "isolation": isolation}))
     return assemble(cfg, out)
-
-
-def check_sandbox(cfg: CodeConfig, rows: list[dict]) -> str | None:
-    """Code problems need a sandbox that works on this machine: found out before any sampling."""
-    from seqdistill import sandbox, verify
-
-    return sandbox.isolation(cfg.isolation, cfg.allow_unisolated) if any(map(verify.is_code, rows)) else None
 
 
 def select_problems(cfg: GenerateConfig) -> list[dict]:

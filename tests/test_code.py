@@ -87,6 +87,15 @@ def test_config_errors():
             sandbox.isolation("bwrap")
 
 
+def test_only_code_problems_ask_for_a_sandbox():
+    # generate and eval call this before any sampling: a math-only run needs no sandbox, a code run one that works
+    math_rows, code_rows = [{"question": "1 + 1?", "answer": "2"}], [{"question": "q", "tests": {"fn_name": "f"}}]
+    assert code.check_sandbox(CodeConfig(isolation="none"), math_rows) is None
+    with pytest.raises(ConfigError, match="allow_unisolated"):
+        code.check_sandbox(CodeConfig(isolation="none"), math_rows + code_rows)
+    assert code.check_sandbox(CodeConfig(isolation="none", allow_unisolated=True), code_rows) == "none"
+
+
 def test_unisolated_runs_still_limited(no_leftovers):
     cfg = CodeConfig(timeout=1, isolation="none", allow_unisolated=True)
     tests = code.normalize(APPS_STDIN)
