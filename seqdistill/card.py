@@ -7,10 +7,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
 from seqdistill import config as configlib
-from seqdistill import filters, models
+from seqdistill import filters, models, store
 
 # the hub model each embedded model was converted from (its GGUF file is a quantized copy of it)
 EMBEDDED_HUB = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -78,9 +76,8 @@ def hub_id(ref: str | None) -> str | None:
 
 def dataset_hub_id(ref: str) -> str | None:
     """A hub dataset id, or the repo a local generate output dir was pushed to (its saved push_to_hub)."""
-    saved = Path(ref) / "seqdistill_config.yaml"
-    if saved.is_file():
-        return (yaml.safe_load(saved.read_text()).get("config") or {}).get("push_to_hub")
+    if (Path(ref) / store.CONFIG_FILE).is_file():
+        return (store.saved_config(ref).get("config") or {}).get("push_to_hub")
     return hub_id(ref)
 
 

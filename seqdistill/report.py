@@ -50,12 +50,6 @@ def write(run_dir: str | Path) -> Path:
 # ---------------------------------------------------------------- provenance
 
 
-def saved(stage_dir: Path) -> dict:
-    """A stage's saved config file: {"config": ..., "run": ...} ({} when absent)."""
-    path = stage_dir / store.CONFIG_FILE
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
-
 def stage_times(run: Path) -> list[tuple[str, float, str]]:
     """Wall time per stage, from its config file (written when the stage starts) to its finishing file."""
     rows = []
@@ -74,8 +68,8 @@ def stage_times(run: Path) -> list[tuple[str, float, str]]:
 
 def provenance(run: Path, stats: dict | None, results: dict | None) -> str:
     pipeline = yaml.safe_load((run / "pipeline.yaml").read_text()) if (run / "pipeline.yaml").is_file() else {}
-    info = pipeline.get("run") or next((saved(run / s).get("run") for s in ("generate", "sft", "eval") if saved(run / s)), {})
-    cfg = {s: saved(run / s).get("config") or {} for s in ("generate", "sft", "eval")}
+    info = pipeline.get("run") or next((store.saved_config(run / s).get("run") for s in ("generate", "sft", "eval") if store.saved_config(run / s)), {})
+    cfg = {s: store.saved_config(run / s).get("config") or {} for s in ("generate", "sft", "eval")}
     lines = ["## Provenance\n"]
     if info:
         lines.append(f"- run started {info.get('time')} from commit `{(info.get('git_commit') or 'unknown')[:10]}`: "
@@ -192,7 +186,7 @@ def pass_k_curves(run: Path, results: dict) -> dict[tuple[str, str], dict[str, l
 def teacher_section(run: Path, stats: dict, models: list[str]) -> list[str]:
     gen = run / "generate"
     samples = store.read_parquet(sorted((gen / "data").glob("*.parquet")))
-    max_tokens = (saved(gen).get("config") or {}).get("sampling", {}).get("max_tokens")
+    max_tokens = (store.saved_config(gen).get("config") or {}).get("sampling", {}).get("max_tokens")
     evals = eval_samples(run, models)
     parts = ["## Teacher traces\n", card.funnel_table(stats["funnel"]) + "\n", f"![funnel]({funnel_figure(stats, run)})\n"]
     if "pass_rate" in stats:
@@ -226,7 +220,7 @@ def eval_samples(run: Path, models: list[str]) -> dict[str, dict[str, list]]:
 
 
 def training_section(run: Path, metrics_: dict) -> list[str]:
-    cfg = saved(run / "sft").get("config") or {}
+    cfg = store.saved_config(run / "sft").get("config") or {}
     history = metrics_["log_history"]
     has_eval = any("eval_loss" in h for h in history)
     note = "" if has_eval else (" No eval loss: no validation set (set `sft.eval_fraction`, e.g. 0.1, to hold out a "

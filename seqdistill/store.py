@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "seqdistill_config.yaml"
 
 
+def saved_config(out: str | Path) -> dict:
+    """What a stage saved beside its outputs, {"config": ..., "run": ...}; {} when `out` holds no run."""
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{path} is not valid YAML; move it away or pick another output_dir") from None
+
+
 @dataclass(frozen=True)
 class Layout:
     """The one rule for a stage's output directory.
@@ -46,13 +57,9 @@ class Layout:
 
     def changes(self, out: Path, cfg) -> list[str] | None:
         """Keys whose values differ from the run saved in `out`; None when `out` holds no run."""
-        saved = Path(out) / CONFIG_FILE
-        if not saved.is_file():
+        if not (Path(out) / CONFIG_FILE).is_file():
             return None
-        try:
-            old = (yaml.safe_load(saved.read_text()) or {}).get("config", {})
-        except yaml.YAMLError:
-            raise ConfigError(f"{saved} is not valid YAML; move it away or pick another output_dir") from None
+        old = saved_config(out).get("config", {})
         return configlib.diff(drop(old, self.ignored()), drop(configlib.to_dict(cfg), self.ignored()))
 
     def rebuildable(self, out: Path, cfg) -> bool:

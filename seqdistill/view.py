@@ -20,8 +20,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
 from seqdistill import store
 from seqdistill.config import ConfigError
 
@@ -78,8 +76,7 @@ def read(paths: list[Path], columns: tuple[str, ...]) -> list[dict]:
 
 
 def think_tag(d: Path) -> str:
-    saved = d / store.CONFIG_FILE
-    config = (yaml.safe_load(saved.read_text()) or {}).get("config", {}) if saved.is_file() else {}
+    config = store.saved_config(d).get("config") or {}
     return (config.get("answer") or {}).get("think_tag") or "think"
 
 

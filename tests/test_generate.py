@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill import engine, generate, models, store
+from seqdistill import engine, generate, store
 from seqdistill.config import ConfigError
 from seqdistill.generate import GenerateConfig
 
