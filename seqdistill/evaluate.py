@@ -328,10 +328,14 @@ def per_problem_records(samples: list[dict], code: bool = False, exact: bool = F
     return per_problem
 
 
+def read_samples(path: Path) -> list[dict]:
+    """A saved MODEL/BENCHMARK/samples.parquet, by problem, then sample."""
+    return sorted(store.read_parquet([path]).to_list(), key=lambda r: (r["problem_id"], r["sample_index"]))
+
+
 def read_per_problem(path: Path, code: bool = False, exact: bool = False) -> dict[str, dict]:
     """The per-problem records of a saved MODEL/BENCHMARK/samples.parquet, samples in order."""
-    rows = sorted(store.read_parquet([path]).to_list(), key=lambda r: (r["problem_id"], r["sample_index"]))
-    return per_problem_records(rows, code, exact)
+    return per_problem_records(read_samples(path), code, exact)
 
 
 def table(results: dict) -> str:

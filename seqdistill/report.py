@@ -68,8 +68,9 @@ def stage_times(run: Path) -> list[tuple[str, float, str]]:
 
 def provenance(run: Path, stats: dict | None, results: dict | None) -> str:
     pipeline = yaml.safe_load((run / "pipeline.yaml").read_text()) if (run / "pipeline.yaml").is_file() else {}
-    info = pipeline.get("run") or next((store.saved_config(run / s).get("run") for s in ("generate", "sft", "eval") if store.saved_config(run / s)), {})
-    cfg = {s: store.saved_config(run / s).get("config") or {} for s in ("generate", "sft", "eval")}
+    saved = {s: store.saved_config(run / s) for s in ("generate", "sft", "eval")}
+    info = pipeline.get("run") or next((v.get("run") for v in saved.values() if v), {})
+    cfg = {s: v.get("config") or {} for s, v in saved.items()}
     lines = ["## Provenance\n"]
     if info:
         lines.append(f"- run started {info.get('time')} from commit `{(info.get('git_commit') or 'unknown')[:10]}`: "
@@ -124,8 +125,7 @@ def results_section(run: Path, results: dict) -> list[str]:
 
 
 def paired_section(run: Path, bench: str, base: str, model: str, c: dict) -> list[str]:
-    samples = {name: sorted(store.read_parquet([run / "eval" / name / bench / "samples.parquet"]).to_list(),
-                            key=lambda r: (r["problem_id"], r["sample_index"])) for name in (base, model)}
+    samples = {name: evaluate.read_samples(run / "eval" / name / bench / "samples.parquet") for name in (base, model)}
     records = [evaluate.per_problem_records(samples[name]) for name in (base, model)]
     ids = sorted(records[0])
     before, after = ([sum(r[i]["correct"]) for i in ids] for r in records)
