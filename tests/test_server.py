@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, generate, kd, score, store
+from seqdistill import evaluate, generate, kd, precision, score, store
 from seqdistill.evaluate import EvalConfig
 from seqdistill.generate import GenerateConfig
 
@@ -27,7 +27,7 @@ def vllm_server(tiny_llama, tmp_path_factory):
         port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_llama, "--served-model-name", "tiny",
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "1024",
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", precision.cpu_dtype("auto"), "--max-model-len", "1024",
            "--kv-cache-memory-bytes", str(256 << 20), "--compilation-config", '{"mode": 0}', "--max-logprobs", "20"]
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
