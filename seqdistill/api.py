@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from seqdistill.config import ConfigError
-from seqdistill.engine import Completion, EngineConfig, Output, Prompt, Request, chunk_seed
+from seqdistill.sampling import Completion, EngineConfig, Output, Prompt, Request, chunk_seed, prompts_digest
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -117,8 +117,6 @@ class OpenAIEngine:
         return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
-        from seqdistill.engine import prompts_digest
-
         fp = f"{self.fingerprint(req)}-{prompts_digest(prompts)}"  # answers of these very prompts, these settings
         records = read_journal(journal, fp) if journal else {}
         n = req.sampling.n

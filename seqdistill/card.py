@@ -1,14 +1,16 @@
-"""Statistics of a generated dataset, and the hub cards: the dataset card (the README.md that `datasets`
-reads) and the metadata of sft's model card, built with huggingface_hub's DatasetCard/ModelCard."""
+"""Statistics of a generated dataset, and every card seqdistill writes: the dataset card (the README.md that
+`datasets` reads), the eval card, and the model cards of sft and student, built with huggingface_hub's
+DatasetCard/ModelCard."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
 from seqdistill import config as configlib
-from seqdistill import filters, models, store
+from seqdistill import filters, kd, models, store
 
 # the hub model each embedded model was converted from (its GGUF file is a quantized copy of it)
 EMBEDDED_HUB = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -225,6 +227,92 @@ Every sample with its prompt, response, extracted answer and verdict, one config
 import datasets
 details = datasets.load_dataset("{cfg.push_to_hub}", "{first}", split="samples")
 ```
+
+## Resolved config
+
+```yaml
+{configlib.dump(cfg)}```
+""")
+
+
+def memory_line(metrics: dict) -> str:
+    gpu = f", peak GPU memory {metrics['peak_gpu_memory_mb']} MB" if "peak_gpu_memory_mb" in metrics else ""
+    return f"peak RSS {metrics['peak_rss_mb']} MB{gpu}"
+
+
+def kd_line(cfg) -> str:
+    k = cfg.kd
+    if k.mode == "none":
+        return ""
+    teacher = f" from `{k.teacher}`" if k.mode == "online" else " from the teacher's stored top-k log-probs"
+    return (f"\nLogit distillation ({k.mode}{teacher}): loss = {k.alpha} * CE + {1 - k.alpha:g} * T^2 * "
+            f"{k.divergence}{kd.describe(k)}, T = {k.temperature}.")
+
+
+def sft_model_card(cfg, data, metrics: dict, merged: bool = False) -> str:
+    """The card of OUTPUT_DIR/model (the adapter, or the model when method is full), or with `merged`
+    of OUTPUT_DIR/merged; its metadata names the base model and dataset by hub id where they have one."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    funnel = (funnel_table(data.source_stats["funnel"]) if data.source_stats and "funnel" in data.source_stats
+              else "(not a seqdistill generate dataset)")
+    teacher = data.teacher or "unknown"
+    adapter = cfg.method != "full" and not merged
+    base, dataset = hub_id(cfg.student), dataset_hub_id(cfg.dataset)
+    meta = ModelCardData(
+        base_model=base, datasets=[dataset] if dataset else None, library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-generation", model_name=f"{Path(cfg.output_dir).name}{'-merged' if merged else ''}",
+        tags=["seqdistill", "distillation", "sft", "trl", *([cfg.method] if cfg.method != "full" else []),
+              *(["knowledge-distillation"] if cfg.kd.mode != "none" else [])],
+        **({"base_model_relation": "adapter" if adapter else "finetune"} if base else {}),
+    )
+    origin = (f" The student was converted from a quantized GGUF copy of `{base}` (dequantized)."
+              if base and cfg.student.startswith("embedded:") else "")
+    what = ("the LoRA adapter merged into the base weights" if merged
+            else "a LoRA adapter (load it on the base model with peft)" if adapter else "the full fine-tuned model")
+    return with_metadata(ModelCard, meta, f"""# {Path(cfg.output_dir).name}: `{cfg.student}` distilled from `{teacher}`
+
+Fine-tuned by `seqdistill sft` ({cfg.method}{f', r={cfg.lora.r}, alpha={cfg.lora.alpha}' if cfg.method != 'full' else ''})
+on `{cfg.dataset}` (split `{cfg.dataset_split}`, {data.n_train} examples), loss on
+{'the assistant turn only' if cfg.assistant_only_loss else 'the whole sequence'}, each example ending with the
+end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)} This directory holds {what}.{origin}
+
+## Teacher dataset funnel
+
+{funnel}
+
+## Training
+
+- final train loss: {metrics['train_loss']:.4f} after {metrics['global_step']} steps, {metrics['train_seconds']} s
+- {metrics['train_tokens_per_second']} training tokens/s, {memory_line(metrics)} ({metrics['device']}, {metrics['dtype']})
+- token lengths: {json.dumps(data.lengths)}
+
+## Resolved config
+
+```yaml
+{configlib.dump(cfg)}```
+""")
+
+
+def student_model_card(cfg, info: dict, model_type: str, dtype: str) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = hub_id(cfg.model)
+    meta = ModelCardData(base_model=base, library_name="transformers", pipeline_tag="text-generation",
+                         model_name=Path(cfg.output_dir).name, tags=["seqdistill", "distillation", "layer-pruning"])
+    origin = (f" The source was converted from a quantized GGUF copy of `{base}` (dequantized)."
+              if base and cfg.model.startswith("embedded:") else "")
+    changed = ", ".join(f"`{k}`" for k in info["config_changed"])
+    return with_metadata(ModelCard, meta, f"""# {Path(cfg.output_dir).name}: {len(info['kept'])} of the {info['source_layers']} decoder layers of `{cfg.model}`
+
+Built by `seqdistill student` (`layers: {cfg.layers}`), as DistilBERT initialised its student from every other
+layer of BERT: decoder layers {info['kept']} of the source (counted from 0) are copied unchanged and in order;
+the embeddings, final norm and LM head are the source's. {info['parameters'] / 1e6:.1f}M parameters
+(the source: {info['source_parameters'] / 1e6:.1f}M), {model_type}, {dtype}.{origin}
+The config's `num_hidden_layers` is {len(info['kept'])}{f'; also changed: {changed}' if changed else ''}.
+
+This model is not trained after the cut: fine-tune all of it (`seqdistill sft` with `method: full`), ideally
+with the source as the teacher (`kd.mode: online`, `kd.teacher: {cfg.model}`).
 
 ## Resolved config
 

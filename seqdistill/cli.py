@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
 
             print(f"page: {view.write(args.path, args.output, args.max_traces, args.max_chars)}")
         elif args.command == "sft":
-            from seqdistill import sft
+            from seqdistill import card, sft
 
             cfg = configlib.load(sft.SFTStageConfig, args.config, overrides, "sft")
             main_process = sft.processes(cfg).is_main_process  # under accelerate launch, the others print nothing
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics = sft.run(cfg).metrics
             if main_process:
                 print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
-                      f"{metrics['train_tokens_per_second']} tokens/s, {sft.memory_line(metrics)}; "
+                      f"{metrics['train_tokens_per_second']} tokens/s, {card.memory_line(metrics)}; "
                       f"student: {cfg.output_dir}/model")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

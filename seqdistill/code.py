@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from seqdistill import sandbox
+from seqdistill.answers import is_code, strip_think
 from seqdistill.config import ConfigError
 
 VERDICTS = ("passed", "wrong_output", "runtime_error", "timeout", "memory", "no_code", "syntax_error")
@@ -90,8 +91,6 @@ class Verdict:
 
 def extract_code(text: str, think_tag: str = "think") -> str | None:
     """The last fenced Python block after the reasoning block; None when there is none."""
-    from seqdistill.verify import strip_think
-
     body = strip_think(text, think_tag)
     if body is None:
         return None
@@ -288,8 +287,6 @@ def _failure(result: sandbox.Result, case_label: str) -> Verdict | None:
 
 def check_sandbox(cfg: CodeConfig, rows: list[dict]) -> str | None:
     """The isolation code problems among `rows` will run under, found out before any sampling (None: no code)."""
-    from seqdistill.verify import is_code
-
     return sandbox.isolation(cfg.isolation, cfg.allow_unisolated) if any(map(is_code, rows)) else None
 
 

@@ -25,12 +25,12 @@ import hashlib
 import json
 import logging
 import random
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from seqdistill import arithmetic
+from seqdistill.answers import extract_gold
 from seqdistill.config import ConfigError, first_line
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -57,9 +57,6 @@ class Preset:
 # Field mappings of common benchmarks; point `source` at a local copy to use one offline.
 PRESETS: dict[str, Preset] = {
     "gsm8k": Preset("openai/gsm8k", "main", "test", ["question"], "answer", "gsm8k"),
-    # GSM8K's 7,473 training problems ship with seqdistill (MIT, seqdistill/data/GSM8K-LICENSE): teacher prompts offline
-    "gsm8k-train": Preset("openai/gsm8k", "main", "train", ["question"], "answer", "gsm8k",
-                          package_file="seqdistill/data/gsm8k-train.jsonl"),
     # all 1000 SVAMP problems ship with seqdistill (MIT, seqdistill/data/SVAMP-LICENSE): offline, no hub needed
     "svamp": Preset("ChilleD/SVAMP", None, "test", ["Body", "Question"], "Answer", package_file="seqdistill/data/svamp.jsonl"),
     "mawps": Preset("MU-NLPC/Calc-mawps", None, "test", ["input"], "target"),
@@ -67,6 +64,9 @@ PRESETS: dict[str, Preset] = {
     "aime25": Preset("yentinglin/aime_2025", None, "train", ["problem"], "answer", samples=32),
     "amc23": Preset("knoveleng/AMC-23", None, "train", ["question"], "answer", samples=16),
     "math-500": Preset("HuggingFaceH4/MATH-500", None, "test", ["problem"], "answer"),
+    # GSM8K's 7,473 training problems ship with seqdistill (MIT, seqdistill/data/GSM8K-LICENSE): teacher prompts offline
+    "gsm8k-train": Preset("openai/gsm8k", "main", "train", ["question"], "answer", "gsm8k",
+                          package_file="seqdistill/data/gsm8k-train.jsonl"),
     "gpqa-diamond": Preset("Idavidrein/gpqa", "gpqa_diamond", "train", ["Question"], "Correct Answer", samples=8,
                            choices_fields=["Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]),
     # code: `answer` is the entry point (or ""); the tests travel in the row's `tests` field
@@ -310,23 +310,6 @@ def root_cause(e: BaseException) -> str:
     while e.__cause__ or e.__context__:
         e = e.__cause__ or e.__context__
     return first_line(e)[:300]
-
-
-def extract_gold(value, answer_format: str) -> str:
-    """The gold answer as a clean string: GSM8K's `#### 18`, a last \\boxed{}, the number it starts with
-    (`9 (apples)` -> 9; a gold that starts otherwise is kept whole, and the gold check reports it), or the value itself."""
-    from seqdistill.verify import last_boxed, leading_number
-
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value).strip()
-    if answer_format == "gsm8k":
-        text = text.rsplit("####", 1)[-1].strip()
-    elif answer_format == "boxed":
-        text = last_boxed(text) or text
-    elif answer_format == "leading_number":
-        text = leading_number(text) or text
-    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
 
 
 def multiple_choice(question: str, right: str, wrong: list[str], key: str) -> tuple[str, str]:

@@ -18,7 +18,6 @@ import yaml
 
 from seqdistill import card, evaluate, metrics, store
 from seqdistill.config import ConfigError
-from seqdistill.sft import memory_line
 
 KEPT, DROPPED, LINE = "#55A868", "#C44E52", "#4C72B0"
 HEAD, TAIL = 700, 500  # characters of a long trace shown from its start and from its end
@@ -227,7 +226,7 @@ def training_section(run: Path, metrics_: dict) -> list[str]:
                                 "share of the problems' traces).")
     return ["## Student training\n",
             f"Final train loss {metrics_['train_loss']:.4f} after {metrics_['global_step']} steps in "
-            f"{metrics_['train_seconds']} s ({metrics_['train_tokens_per_second']} tokens/s, {memory_line(metrics_)})."
+            f"{metrics_['train_seconds']} s ({metrics_['train_tokens_per_second']} tokens/s, {card.memory_line(metrics_)})."
             f" Logged every {cfg.get('logging_steps', '?')} steps.{note}\n",
             f"![loss]({loss_figure(history, run)})\n"]
 

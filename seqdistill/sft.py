@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqdistill import card, hub, kd, models, store, trackers
-from seqdistill import config as configlib
 from seqdistill.config import ConfigError
 from seqdistill.data import TrainingData
 from seqdistill.hub import HubConfig
@@ -201,9 +200,9 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
         if cfg.merge:
             save_merged(cfg, student, dtype, tokenizer, out)
         store.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        store.write_text(out / "model" / "README.md", model_card(cfg, data, metrics))
+        store.write_text(out / "model" / "README.md", card.sft_model_card(cfg, data, metrics))
         if (out / "merged").is_dir():
-            store.write_text(out / "merged" / "README.md", model_card(cfg, data, metrics, merged=True))
+            store.write_text(out / "merged" / "README.md", card.sft_model_card(cfg, data, metrics, merged=True))
         hub.push("sft", cfg)
     procs.wait_for_everyone()  # no process leaves before the merged model and metrics are written
     return SFTResult(metrics, trainer)
@@ -240,11 +239,6 @@ def peak_gpu_memory(device: str) -> dict:
     import torch
 
     return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-
-
-def memory_line(metrics: dict) -> str:
-    gpu = f", peak GPU memory {metrics['peak_gpu_memory_mb']} MB" if "peak_gpu_memory_mb" in metrics else ""
-    return f"peak RSS {metrics['peak_rss_mb']} MB{gpu}"
 
 
 def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
@@ -385,57 +379,3 @@ def save_merged(cfg: SFTStageConfig, student: str, dtype: str, tokenizer, out: P
         model = PeftModel.from_pretrained(base, out / "model").merge_and_unload()
     model.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
-
-
-def kd_line(cfg: SFTStageConfig) -> str:
-    k = cfg.kd
-    if k.mode == "none":
-        return ""
-    teacher = f" from `{k.teacher}`" if k.mode == "online" else " from the teacher's stored top-k log-probs"
-    return (f"\nLogit distillation ({k.mode}{teacher}): loss = {k.alpha} * CE + {1 - k.alpha:g} * T^2 * "
-            f"{k.divergence}{kd.describe(k)}, T = {k.temperature}.")
-
-
-def model_card(cfg: SFTStageConfig, data, metrics: dict, merged: bool = False) -> str:
-    """The card of OUTPUT_DIR/model (the adapter, or the model when method is full), or with `merged`
-    of OUTPUT_DIR/merged; its metadata names the base model and dataset by hub id where they have one."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    funnel = (card.funnel_table(data.source_stats["funnel"]) if data.source_stats and "funnel" in data.source_stats
-              else "(not a seqdistill generate dataset)")
-    teacher = data.teacher or "unknown"
-    adapter = cfg.method != "full" and not merged
-    base, dataset = card.hub_id(cfg.student), card.dataset_hub_id(cfg.dataset)
-    meta = ModelCardData(
-        base_model=base, datasets=[dataset] if dataset else None, library_name="peft" if adapter else "transformers",
-        pipeline_tag="text-generation", model_name=f"{Path(cfg.output_dir).name}{'-merged' if merged else ''}",
-        tags=["seqdistill", "distillation", "sft", "trl", *([cfg.method] if cfg.method != "full" else []),
-              *(["knowledge-distillation"] if cfg.kd.mode != "none" else [])],
-        **({"base_model_relation": "adapter" if adapter else "finetune"} if base else {}),
-    )
-    origin = (f" The student was converted from a quantized GGUF copy of `{base}` (dequantized)."
-              if base and cfg.student.startswith("embedded:") else "")
-    what = ("the LoRA adapter merged into the base weights" if merged
-            else "a LoRA adapter (load it on the base model with peft)" if adapter else "the full fine-tuned model")
-    return card.with_metadata(ModelCard, meta, f"""# {Path(cfg.output_dir).name}: `{cfg.student}` distilled from `{teacher}`
-
-Fine-tuned by `seqdistill sft` ({cfg.method}{f', r={cfg.lora.r}, alpha={cfg.lora.alpha}' if cfg.method != 'full' else ''})
-on `{cfg.dataset}` (split `{cfg.dataset_split}`, {data.n_train} examples), loss on
-{'the assistant turn only' if cfg.assistant_only_loss else 'the whole sequence'}, each example ending with the
-end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)} This directory holds {what}.{origin}
-
-## Teacher dataset funnel
-
-{funnel}
-
-## Training
-
-- final train loss: {metrics['train_loss']:.4f} after {metrics['global_step']} steps, {metrics['train_seconds']} s
-- {metrics['train_tokens_per_second']} training tokens/s, {memory_line(metrics)} ({metrics['device']}, {metrics['dtype']})
-- token lengths: {json.dumps(data.lengths)}
-
-## Resolved config
-
-```yaml
-{configlib.dump(cfg)}```
-""")

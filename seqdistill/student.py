@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import card, models, store
-from seqdistill import config as configlib
 from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -160,34 +159,7 @@ def run(cfg: StudentConfig) -> dict:
     model.save_pretrained(out, max_shard_size="1000GB")  # one weights file: the directory's files are known
     tokenizer.save_pretrained(out)
     dtype = str(model.dtype).removeprefix("torch.")
-    store.write_text(out / "README.md", model_card(cfg, info, model.config.model_type, dtype))
+    store.write_text(out / "README.md", card.student_model_card(cfg, info, model.config.model_type, dtype))
     log.info("kept %d of %d layers (%s): %.1fM of %.1fM parameters -> %s", len(kept), n_source, kept,
              info["parameters"] / 1e6, source_params / 1e6, out)
     return info
-
-
-def model_card(cfg: StudentConfig, info: dict, model_type: str, dtype: str) -> str:
-    from huggingface_hub import ModelCard, ModelCardData
-
-    base = card.hub_id(cfg.model)
-    meta = ModelCardData(base_model=base, library_name="transformers", pipeline_tag="text-generation",
-                         model_name=Path(cfg.output_dir).name, tags=["seqdistill", "distillation", "layer-pruning"])
-    origin = (f" The source was converted from a quantized GGUF copy of `{base}` (dequantized)."
-              if base and cfg.model.startswith("embedded:") else "")
-    changed = ", ".join(f"`{k}`" for k in info["config_changed"])
-    return card.with_metadata(ModelCard, meta, f"""# {Path(cfg.output_dir).name}: {len(info['kept'])} of the {info['source_layers']} decoder layers of `{cfg.model}`
-
-Built by `seqdistill student` (`layers: {cfg.layers}`), as DistilBERT initialised its student from every other
-layer of BERT: decoder layers {info['kept']} of the source (counted from 0) are copied unchanged and in order;
-the embeddings, final norm and LM head are the source's. {info['parameters'] / 1e6:.1f}M parameters
-(the source: {info['source_parameters'] / 1e6:.1f}M), {model_type}, {dtype}.{origin}
-The config's `num_hidden_layers` is {len(info['kept'])}{f'; also changed: {changed}' if changed else ''}.
-
-This model is not trained after the cut: fine-tune all of it (`seqdistill sft` with `method: full`), ideally
-with the source as the teacher (`kd.mode: online`, `kd.teacher: {cfg.model}`).
-
-## Resolved config
-
-```yaml
-{configlib.dump(cfg)}```
-""")

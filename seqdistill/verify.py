@@ -17,118 +17,19 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-LATEX_COMMAND = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")  # \frac, \text{ cm}: not words of a gold answer
-LEADING_NUMBER = re.compile(r"\s*\\?\$?\s*(" + NUMBER.pattern + ")")  # `9 (apples)`, `$18 (dollars)`
+from seqdistill import code
+from seqdistill.answers import (  # noqa: F401  (answer extraction's home is answers; these names stay importable here)
+    LATEX_COMMAND, NUMBER, AnswerConfig, extract_answer, extract_free_answer, is_code, is_reasoning_gym,
+    last_boxed, last_number, last_tag, leading_number, strip_think,
+)
+
 GOLD_EXAMPLES = 3  # unreadable gold answers shown in the log and the error
-
-
-@dataclass
-class AnswerConfig:
-    # boxed: the last \boxed{...}; last_number: the last number; marker: what follows the last
-    # `marker`; auto: boxed when there is one, else the last number (reasoning-gym rows: the last
-    # <answer>...</answer>, else boxed, else the whole text after the think block).
-    extraction: str = "auto"
-    marker: str = "The answer is"
-    think_tag: str = "think"  # responses with an unclosed <think> block have no answer
-    rg_threshold: float = 1.0  # reasoning-gym rows: correct when the task's score_answer (0 to 1) reaches this
-    # largest share of gold answers math-verify may fail to read before any sampling starts (0.01: 1%); every
-    # sample of such a problem would score wrong. Code and reasoning-gym rows have their own checkers
-    max_unreadable_gold: float = 0.01
-
-    def validate(self) -> list[str]:
-        errors = []
-        if self.extraction not in ("auto", "boxed", "last_number", "marker"):
-            errors.append(f"extraction must be auto, boxed, last_number or marker, got {self.extraction!r}")
-        if not 0 < self.rg_threshold <= 1:
-            errors.append(f"rg_threshold must be in (0, 1], got {self.rg_threshold}")
-        if not 0 <= self.max_unreadable_gold <= 1:
-            errors.append(f"max_unreadable_gold must be in [0, 1], got {self.max_unreadable_gold}")
-        return errors
-
-
-def strip_think(text: str, tag: str = "think") -> str | None:
-    """The part after the reasoning block; None when a block is opened and never closed."""
-    open_, close = f"<{tag}>", f"</{tag}>"
-    if close in text:
-        return text.rsplit(close, 1)[1]
-    if open_ in text:
-        return None
-    return text
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j].strip()
-    return None
-
-
-def last_number(text: str) -> str | None:
-    found = NUMBER.findall(text)
-    return found[-1].replace(",", "").rstrip(".") if found else None
-
-
-def leading_number(text: str) -> str | None:
-    """The number a text starts with (`9 (apples)` -> 9, `$1,200 total` -> 1200); None when it starts otherwise."""
-    found = LEADING_NUMBER.match(text)
-    return found.group(1).replace(",", "") if found else None
-
-
-def extract_answer(text: str, cfg: AnswerConfig) -> str | None:
-    body = strip_think(text, cfg.think_tag)
-    if body is None:
-        return None
-    if cfg.extraction == "boxed":
-        return last_boxed(body)
-    if cfg.extraction == "last_number":
-        return last_number(body)
-    if cfg.extraction == "marker":
-        if cfg.marker not in body:
-            return None
-        after = body.rsplit(cfg.marker, 1)[1].strip().lstrip(":").strip()
-        line = after.splitlines()[0].strip().rstrip(".") if after else ""
-        return last_boxed(line) or line or None
-    return last_boxed(body) or last_number(body)
-
-
-def last_tag(text: str, tag: str = "answer") -> str | None:
-    """Content of the last <tag>...</tag> (reasoning-gym's answer format)."""
-    found = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
-    return found[-1].strip() if found else None
-
-
-def extract_free_answer(text: str, cfg: AnswerConfig) -> str | None:
-    """A reasoning-gym answer: <answer> tags, else \\boxed{}, else the whole final text (auto); else as `extract_answer`."""
-    if cfg.extraction != "auto":
-        return extract_answer(text, cfg)
-    body = strip_think(text, cfg.think_tag)
-    if body is None:
-        return None
-    answer = last_tag(body)
-    if answer is None:
-        answer = last_boxed(body) or body.strip()
-    return answer or None
 
 
 def extract_for(text: str, problem: dict | None, cfg: AnswerConfig) -> str | None:
     """The answer as the problem's verifier reads it (a program for code rows)."""
     if is_code(problem):
-        from seqdistill.code import extract_code
-
-        return extract_code(text, cfg.think_tag)
+        return code.extract_code(text, cfg.think_tag)
     return extract_free_answer(text, cfg) if is_reasoning_gym(problem) else extract_answer(text, cfg)
 
 
@@ -232,15 +133,6 @@ class Judgement:
     detail: str = ""  # code: the first failing case or the error
 
 
-def is_code(problem: dict | None) -> bool:
-    """Code rows carry their tests (see seqdistill.problems); every other row has a gold answer."""
-    return bool(problem and problem.get("tests"))
-
-
-def is_reasoning_gym(problem: dict | None) -> bool:
-    return bool(problem and problem.get("rg_task"))
-
-
 def verifier_name(problem: dict | None) -> str:
     """math-verify, tests, or reasoning-gym:TASK: which checker judges this problem's answers."""
     if is_code(problem):
@@ -273,8 +165,6 @@ def judge_many(texts: list[str], problems: list[dict], cfg: AnswerConfig, code_c
         correct = is_equivalent(answer, problem["answer"])
         out[i] = Judgement(answer, correct, "passed" if correct else "no_answer" if answer is None else "wrong_answer")
     if runs:
-        from seqdistill import code
-
         code_cfg = code_cfg or code.CodeConfig()
         verdicts = code.verify_many([(texts[i], problems[i]["tests"]) for i in runs], code_cfg, cfg.think_tag)
         for i, v in zip(runs, verdicts):

@@ -40,7 +40,8 @@ def test_wheel_carries_templates(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("seqdistill-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     templates = ROOT / "seqdistill" / "templates"
-    shipped = sorted(f"seqdistill/templates/{p.relative_to(templates).as_posix()}" for p in templates.rglob("*.jinja"))
+    shipped = sorted(f"seqdistill/templates/{p.relative_to(templates).as_posix()}" for p in templates.rglob("*")
+                     if p.suffix in (".jinja", ".html"))  # prompt templates and the viewer page
     assert {"seqdistill/templates/r1.jinja", "seqdistill/templates/chat/plain.jinja"} <= set(shipped)
     assert sorted(n for n in names if n.startswith("seqdistill/templates/")) == shipped
     assert {"seqdistill/data/svamp.jsonl", "seqdistill/data/SVAMP-LICENSE", "seqdistill/data/gsm8k-train.jsonl",
