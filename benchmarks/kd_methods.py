@@ -157,7 +157,7 @@ def markdown(result: dict) -> str:
              f"{result['student']['source_parameters'] / 1e6:.1f}M parameters); student: its layers "
              f"{result['student']['kept']} ({result['student']['parameters'] / 1e6:.1f}M), trained in full on "
              f"{result['traces']} kept traces of run `{result['run']}`; eval {result['eval']}. "
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB{', ' + m['gpu'] if m['gpu'] else ''}.", "",
+             f"Machine: {m['cpu']} ({m.get('cpu_flags', 'flags not recorded')}), {m['cores']} cores, {m['ram_gb']} GiB{', ' + m['gpu'] if m['gpu'] else ''}.", "",
              "| student | held-out pass@1 | KL(teacher ‖ student), nats/token | training tokens/s | training s | "
              "peak RSS, MB | train loss, mean of the run |", "| --- | --- | --- | --- | --- | --- | --- |"]
     t = result["teacher_row"]

@@ -315,7 +315,7 @@ def summarize(result: dict) -> dict:
 def markdown(result: dict) -> str:
     m, s, gen, train = result["machine"], result["summary"], result["generation"], result["training"]
     lines = [f"# seqdistill benchmarks ({result['size']} sizes), {result['date']}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu'] or 'none'}; "
+             f"Machine: {m['cpu']} ({m.get('cpu_flags', 'flags not recorded')}), {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu'] or 'none'}; "
              f"model {result['model']}; " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), "",
              "| measure | seqdistill | alternative | ratio | target |", "| --- | --- | --- | --- | --- |"]
 
@@ -379,10 +379,12 @@ def log(records: list[dict]) -> None:
 def machine() -> dict:
     import torch
 
+    from seqdistill import precision
+
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "ram_gb": round(ram, 1),
+    return {"cpu": cpu, "cpu_flags": precision.describe_cpu(), "cores": len(os.sched_getaffinity(0)), "ram_gb": round(ram, 1),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

@@ -162,10 +162,10 @@ def main() -> None:
     p.add_argument("--only", choices=["server", "inprocess"])
     p.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
     args = p.parse_args()
-    from seqdistill import models
+    from seqdistill import models, precision
 
     path = models.resolve(args.model)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+    result = {"machine": f"{platform.machine()} ({precision.describe_cpu()}), {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
               "model": args.model, "size": SIZE}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "server"):

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from seqdistill import precision
+
 
 class ConfigError(ValueError):
     """A bad setting or input: the message says what is wrong and how to fix it."""
@@ -241,6 +243,7 @@ def run_info() -> dict:
         "git_commit": commit,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu_flags": precision.describe_cpu(),  # what decides CPU speed (avx2 / avx512f / avx512_bf16 / amx_bf16)
         "versions": versions,
     }
 

@@ -31,7 +31,7 @@ HIDDEN = ("answer", "tests", "test", "canonical_solution", "input_output", "veri
 
 @dataclass
 class PromptConfig:
-    template: str = "r1"  # built-in name (r1, number, marker), prompts/NAME.jinja in the working dir, or a .jinja path
+    template: str = "r1"  # built-in name (r1, number, marker, steps), prompts/NAME.jinja in the working dir, or a .jinja path
     system: str | None = None  # None: no system message (R1 advice); the model's template may add its own
     prefill: str = ""  # text the assistant turn starts with, e.g. "<think>\n"
 

