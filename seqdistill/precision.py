@@ -3,7 +3,9 @@
 On a GPU, `auto` keeps what it always meant (vLLM: the checkpoint's dtype; sft: bfloat16 where the GPU
 has it). On a CPU, bfloat16 is fast only where the CPU computes it natively (x86: AVX512_BF16 or AMX;
 Arm: the bf16 extension); elsewhere (AVX2-only x86: most laptops, AMD Zen 2/3, many servers) vLLM-CPU
-runs bfloat16 4-400x slower than float32, so `auto` means float32 there and an explicit bfloat16 warns.
+runs bfloat16 4-400x slower than float32, so vLLM's `auto` means float32 there, and an explicit bfloat16
+(vLLM or sft) warns, once per process. sft's `auto` is float32 on every CPU: training measured faster in
+float32 than in bfloat16 even with AVX512_BF16 (benchmarks/results/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo names: x86 AVX512-BF16, x86 AMX, Arm BF16
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "bf16")  # what a timing should name
+_warned: list[bool] = []  # the slow-bfloat16 warning is said once per process
 
 
 @functools.cache
@@ -47,7 +50,8 @@ def cpu_dtype(asked: str, flags: frozenset[str] | set[str] | None = None) -> str
     flags = cpu_flags() if flags is None else flags
     if asked == "auto":
         return "bfloat16" if native_bf16(flags) else "float32"
-    if asked == "bfloat16" and not native_bf16(flags):
+    if asked == "bfloat16" and not native_bf16(flags) and not _warned:
+        _warned.append(True)
         log.warning("dtype bfloat16 on a CPU without native bf16 (%s; no AVX512_BF16 or AMX): it runs several times "
                     "slower than float32 (4x-400x seen with vLLM); set dtype auto or float32", describe_cpu(flags))
     return asked

@@ -26,7 +26,7 @@ class EngineConfig:
     backend: str = "vllm"  # vllm: vllm.LLM in this process | openai: any OpenAI-compatible server or API
     seed: int = 0  # sampling seed (vllm: the engine, reseeded per chunk; openai: a seed per request)
     # ---- backend vllm ----
-    dtype: str = "auto"  # auto: the checkpoint's on GPU; on CPU bfloat16 only with native bf16 (AVX512_BF16/AMX), else float32
+    dtype: str = "auto"  # auto: the checkpoint's on GPU; on CPU bfloat16 only with native bf16 (AVX512_BF16, AMX, Arm bf16), else float32
     max_model_len: int | None = None  # None: the model's own context length
     tensor_parallel_size: int = 1
     # engine processes on this node, each on its own tensor_parallel_size GPUs (on CPU, its share of the

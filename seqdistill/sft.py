@@ -54,7 +54,7 @@ class SFTStageConfig:
     max_truncated_fraction: float = 0.01  # more examples cut at max_length than this is an error
     packing: bool | None = None  # padding-free packing; None: on with flash attention, off otherwise
     attn_implementation: str | None = None  # e.g. flash_attention_2 on GPUs
-    dtype: str = "auto"  # auto: bfloat16 on GPUs and CPUs that have it natively (AVX512_BF16/AMX), float32 otherwise
+    dtype: str = "auto"  # auto: bfloat16 on GPUs that have it, float32 on CPU (faster there); bfloat16 | float16 | float32
     learning_rate: float = 2e-4
     num_train_epochs: float = 2.0
     max_steps: int = -1
@@ -252,10 +252,10 @@ def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
             raise ConfigError("method qlora needs a CUDA GPU and `pip install bitsandbytes`; use method lora here")
     if cfg.dtype == "float16" and not cuda:
         raise ConfigError("dtype float16 training needs a GPU; use dtype float32 (or bfloat16) on CPU")
-    if not cuda:
+    if not cuda:  # auto: float32, measured faster than bf16 for training even on AVX512_BF16 CPUs (RESULTS.md)
         from seqdistill import precision
 
-        return "cpu", precision.cpu_dtype(cfg.dtype)
+        return "cpu", "float32" if cfg.dtype == "auto" else precision.cpu_dtype(cfg.dtype)
     if cfg.dtype == "auto":
         return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if cfg.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():

@@ -44,7 +44,7 @@ def write(path: str | Path, out: str | Path | None = None, max_traces: int = MAX
             "eval": eval_samples(ev, max_traces, max_chars) if ev else None}
     out = Path(out) if out else src / "view.html"
     title = f"seqdistill traces: {src.resolve().name}"
-    page = (Path(__file__).parent / "templates" / "view.html").read_text()  # the page, shipped as package data
+    page = (Path(__file__).parent / "templates" / "view.html").read_text(encoding="utf-8")  # the page, shipped as package data
     store.write_text(out, page.replace("__TITLE__", html.escape(title)).replace("__DATA__", embed(data)))
     return out
 
