@@ -15,7 +15,6 @@ devices share the chunks out (`DataParallel`); rows are still made and written h
 from __future__ import annotations
 
 import contextlib
-import logging
 
 from seqdistill.api import OpenAIEngine
 from seqdistill.config import ConfigError
@@ -28,8 +27,6 @@ from seqdistill.sampling import (  # noqa: F401, E402
     check_backend, chunk_seed, prompts_digest, unknown_extra,
 )
 from seqdistill.vllm_engine import CPU_KV_CACHE_BYTES, SeedExtension, VLLMEngine, load_vllm, release_vllm  # noqa: F401, E402
-
-log = logging.getLogger(__name__)
 
 
 def preflight(model: str, cfg: EngineConfig, prompts: dict[str, list[Prompt]], max_tokens: int) -> None:

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import re
 from dataclasses import dataclass, field, fields
-
-log = logging.getLogger(__name__)
 
 
 BACKENDS = ("vllm", "openai")
