@@ -5,7 +5,9 @@ generation prompt; the completion is the last assistant turn verbatim (think blo
 followed by the student's end-of-turn token. Rendering it this way, rather than the whole
 conversation through the template, means a template that strips `<think>` blocks from assistant
 turns (DeepSeek-R1's does) cannot silently drop the reasoning, and the student always learns to
-stop: the end-of-turn token is the last completion token and is trained on.
+stop: the end-of-turn token is the last completion token and is trained on. A completion opening
+with what the generation prompt already ends with (current DeepSeek-R1-Distill templates end it with
+"<think>\n") loses that opening, so the student never trains on `<think>` twice.
 """
 
 from __future__ import annotations
@@ -197,12 +199,22 @@ def to_prompt_completion(table, tokenizer, eot: str, source: str):
                     "full trace anyway (prompt = template with generation prompt, completion = trace + %s)", eot)
     rows = []
     ids = table["problem_id"] if "problem_id" in columns else [None] * len(table)
-    for msgs, pid in zip(conversations, ids):
+    prefills = table["prefill"] if "prefill" in columns else [""] * len(table)
+    for msgs, pid, prefill in zip(conversations, ids, prefills):
         if not msgs or msgs[-1]["role"] != "assistant":
             raise ConfigError(f"dataset {source}: every conversation must end with an assistant turn")
-        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-        rows.append({"prompt": prompt, "completion": msgs[-1]["content"] + eot, "problem_id": pid})
+        prompt, completion = student_prompt(tokenizer, msgs, msgs[-1]["content"], prefill or prompts.THINK_OPEN)
+        rows.append({"prompt": prompt, "completion": completion + eot, "problem_id": pid})
     return datasets.Dataset.from_list(rows)
+
+
+def student_prompt(tokenizer, msgs: list[dict], text: str, prefill: str) -> tuple[str, str]:
+    """The student's prompt (its chat template on every turn but the last, with the generation prompt) and
+    the text that follows it: `text` less its opening `prefill` when the prompt already ends with it."""
+    prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    if text.startswith(prefill):
+        text = prompts.unopened(tokenizer, prompt, prefill) + text[len(prefill):]
+    return prompt, text
 
 
 def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
@@ -237,7 +249,8 @@ def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
 def to_kd_rows(table, tokenizer, eot: str, source: str):
     """Tokenized rows whose completion is the teacher's own sampled token ids, with their top-k log-probs.
 
-    input_ids = student prompt + prefill + teacher ids (+ end-of-turn when the teacher stopped otherwise);
+    input_ids = student prompt + prefill (unless the prompt ends with it) + teacher ids (+ end-of-turn when
+    the teacher stopped otherwise);
     kd_offset = where the teacher's ids start, so the collator lays the log-probs on exactly those tokens.
     """
     import datasets
@@ -249,7 +262,7 @@ def to_kd_rows(table, tokenizer, eot: str, source: str):
     prefills = table["prefill"] if "prefill" in table.column_names else [""] * len(table)
     for msgs, blob, prefill, pid in zip(table["messages"], table["teacher_topk"], prefills,
                                         table["problem_id"] if "problem_id" in table.column_names else [None] * len(table)):
-        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        prompt, prefill = student_prompt(tokenizer, msgs, prefill, prefill)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         head = tokenizer(prompt + prefill, add_special_tokens=False)["input_ids"]
         sampled = kd.decode(blob)[2].tolist()

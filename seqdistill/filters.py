@@ -218,18 +218,23 @@ def funnel(reasons: list[str | None]) -> dict[str, int]:
     return out
 
 
+def eval_preset(src: str) -> str | None:
+    """The preset a decontaminate entry names (gsm8k, gsm8k=path), or None for a bare file."""
+    from seqdistill.problems import PRESETS
+
+    if "=" in src:
+        return src.split("=", 1)[0]
+    return src if src in PRESETS else None
+
+
 def contamination_index(sources: list[str], n: int) -> set[tuple]:
     """Word n-grams of the questions of named eval sets (presets or local files)."""
-    from seqdistill.problems import PRESETS, ProblemsConfig, load
+    from seqdistill.problems import ProblemsConfig, load
 
     grams: set[tuple] = set()
     for src in sources:
-        if "=" in src:
-            preset, path = src.split("=", 1)
-        elif src in PRESETS:
-            preset, path = src, ""
-        else:
-            preset, path = None, src
+        preset = eval_preset(src)
+        path = src.split("=", 1)[1] if "=" in src else "" if preset else src
         try:
             rows = load(ProblemsConfig(source=path, preset=preset))
         except ConfigError as e:

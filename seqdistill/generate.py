@@ -66,6 +66,8 @@ class GenerateConfig:
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
         errors += engine.check_backend(self.engine, self.sampling, self.prompt.prefill)
+        named = [filters.eval_preset(src) for src in self.filters.decontaminate]
+        errors += [f"problems.{p}" for p in problemslib.benchmark_tasks(self.problems, named, "filters.decontaminate")]
         return errors + hub.check(self.push_to_hub) + trackers.check(self.report_to)
 
 

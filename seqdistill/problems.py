@@ -37,6 +37,7 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 REASONING_GYM = "reasoning-gym"
 ANSWER_FORMATS = ("plain", "gsm8k", "boxed", "leading_number")  # how a gold answer is cut out of its field
 RG_CANDIDATES = 20  # candidates drawn per wanted problem (duplicates and the other split's questions are skipped)
+BUILT_FROM = {"gsm_symbolic": "gsm8k"}  # reasoning-gym task -> the preset whose test questions it rewrites
 
 
 @dataclass
@@ -328,6 +329,17 @@ def multiple_choice(question: str, right: str, wrong: list[str], key: str) -> tu
 
 def rg_tasks(tasks: str | list[RGTask] | None) -> list[RGTask]:
     return [RGTask(tasks)] if isinstance(tasks, str) else list(tasks or [])
+
+
+def benchmark_tasks(cfg: ProblemsConfig, presets: list[str | None], where: str) -> list[str]:
+    """Refuse reasoning-gym tasks built from the test questions of a benchmark in `presets`: they carry new names
+    and numbers, so the n-gram decontamination can't see them (gsm_symbolic is GSM8K's test set rewritten)."""
+    if cfg.source != REASONING_GYM:
+        return []
+    return [f"tasks: {spec.name} is built from {BUILT_FROM[spec.name]}'s test questions (new names and numbers, "
+            f"which decontamination can't catch), and {where} names {BUILT_FROM[spec.name]}; drop {spec.name} "
+            f"from the tasks or evaluate on another benchmark"
+            for spec in rg_tasks(cfg.tasks) if BUILT_FROM.get(spec.name) in presets]
 
 
 def check_tasks(tasks, split: str | None) -> list[str]:

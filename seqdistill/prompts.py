@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"  # built-in templates, shipped in the wheel
 USER_DIR = Path("prompts")  # a user's own templates, relative to the working directory
+THINK_OPEN = "<think>\n"  # how R1-style traces open their reasoning
 _SAID: set[tuple[str, str]] = set()  # (model, prefill) pairs already logged as present in the chat template
 
 
@@ -93,14 +94,20 @@ def chat_prompt(tokenizer, msgs: list[dict], prefill: str = "") -> str:
         raise ConfigError(f"model {tokenizer.name_or_path} has no chat template; use an instruct/chat model "
                           "or one whose tokenizer_config carries a chat_template")
     text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    if prefill and text.endswith(prefill):
-        # current DeepSeek-R1-Distill templates open the turn with "<think>\n" themselves: don't double it
-        if (tokenizer.name_or_path, prefill) not in _SAID:
-            _SAID.add((tokenizer.name_or_path, prefill))
-            log.info("the chat template of %s already ends the generation prompt with the prefill %r; "
-                     "not appending it again", tokenizer.name_or_path, prefill)
-        return text
-    return text + prefill
+    return text + unopened(tokenizer, text, prefill)
+
+
+def unopened(tokenizer, prompt: str, prefill: str) -> str:
+    """The prefill, or "" when the generation prompt already ends with it. The one rule for the teacher's
+    prompt and the student's training text: neither may open the assistant turn twice."""
+    if not (prefill and prompt.endswith(prefill)):
+        return prefill
+    # current DeepSeek-R1-Distill templates open the turn with "<think>\n" themselves: don't double it
+    if (tokenizer.name_or_path, prefill) not in _SAID:
+        _SAID.add((tokenizer.name_or_path, prefill))
+        log.info("the chat template of %s already ends the generation prompt with the prefill %r; "
+                 "not appending it again", tokenizer.name_or_path, prefill)
+    return ""
 
 
 def encode(tokenizer, user: str, cfg: PromptConfig) -> list[int]:

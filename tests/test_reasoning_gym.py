@@ -226,3 +226,31 @@ def test_pipeline_rerun_with_a_wider_band_reuses_the_samples(tmp_path):
             else:
                 assert pipeline.run(cfg)["generate"]["funnel"]["kept"] == 16
             assert server.requests == requests
+
+
+GSM_SYMBOLIC = "[{name: chain_sum}, {name: gsm_symbolic}]"
+BUILT_FROM_GSM8K = ("problems.tasks: gsm_symbolic is built from gsm8k's test questions (new names and numbers, which "
+                    "decontamination can't catch), and {where} names gsm8k; drop gsm_symbolic from the tasks or "
+                    "evaluate on another benchmark")
+
+
+@pytest.mark.parametrize("decontaminate", ["[gsm8k]", "[svamp, gsm8k=../shared/benchmarks/gsm8k/test.jsonl]"])
+def test_generate_refuses_gsm_symbolic_when_decontaminating_against_gsm8k(decontaminate):
+    overrides = ["problems.source=reasoning-gym", f"problems.tasks={GSM_SYMBOLIC}"]
+    with pytest.raises(ConfigError) as e:
+        configlib.load(GenerateConfig, None, [*overrides, f"filters.decontaminate={decontaminate}"])
+    assert e.value.problems == [BUILT_FROM_GSM8K.format(where="filters.decontaminate")]
+    configlib.load(GenerateConfig, None, [*overrides, "filters.decontaminate=[svamp]"])  # another benchmark: fine
+
+
+@pytest.mark.parametrize("benchmark", ["{name: gsm8k}", "{name: mine, preset: gsm8k, source: ../shared/benchmarks/gsm8k/test.jsonl}"])
+def test_pipeline_refuses_training_on_gsm_symbolic_and_evaluating_on_gsm8k(tmp_path, benchmark):
+    from seqdistill import pipeline
+
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(f"run_dir: {tmp_path / 'run'}\ngenerate: {{problems: {{source: reasoning-gym, tasks: {GSM_SYMBOLIC}}}}}\n"
+                      f"eval: {{benchmarks: [{{name: svamp}}, {benchmark}]}}\n")
+    with pytest.raises(ConfigError) as e:
+        pipeline.load(str(recipe), [])
+    assert e.value.problems == ["generate." + BUILT_FROM_GSM8K.format(where="eval.benchmarks")]
+    assert pipeline.load(str(recipe), ["eval.benchmarks=[{name: svamp}]"]).eval.benchmarks[0].name == "svamp"
