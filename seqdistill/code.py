@@ -3,8 +3,13 @@
 Tests of every known schema are normalised to one of three forms (JSON-able dicts):
   {"kind": "stdin", "cases": [{"input": str, "output": str}, ...]}          # one run per case
   {"kind": "call", "fn_name": str, "cases": [{"args": [...], "output": value}, ...]}  # one run, values compared
-  {"kind": "program", "test": str, "prefix": str}                           # asserts run after the program
+  {"kind": "program", "test": str, "prefix": str, "context": str, "calls": [str]}  # a test program
 `prefix` is code put before the program (HumanEval's imports, which answers often leave out).
+
+A test program never runs beside the program it tests: the program runs in one sandbox and answers
+calls of its functions; the test program runs in another with the problem's own code (`context`:
+HumanEval's prompt with its helpers, MBPP's setup) and those functions (`calls`, plus every name the
+tests use that nothing defines) replaced by calls across, which return plain builtin values only.
 
 Comparison follows the anchors (LiveCodeBench, APPS, open-r1): stdout line by line with surrounding
 whitespace ignored and numbers equal within `float_tolerance`; call results as values (tuples are lists,
@@ -13,7 +18,9 @@ APPS's one-element list around a result is accepted).
 
 from __future__ import annotations
 
+import ast
 import base64
+import builtins
 import io
 import json
 import math
@@ -172,14 +179,46 @@ def _from_livecodebench(row: dict) -> dict:
 
 
 def _from_humaneval(row: dict) -> dict:
-    imports = [line for line in str(row.get("prompt", "")).splitlines() if line.startswith(("import ", "from "))]
-    return {"kind": "program", "test": f"{row['test']}\n\ncheck({row['entry_point']})\n", "prefix": "\n".join(imports)}
+    prompt = str(row.get("prompt", ""))
+    imports = [line for line in prompt.splitlines() if line.startswith(("import ", "from "))]
+    return {"kind": "program", "test": f"{row['test']}\n\ncheck({row['entry_point']})\n", "prefix": "\n".join(imports),
+            "context": _runnable(prompt, "\n".join(imports)), "calls": [row["entry_point"]]}
+
+
+def _runnable(prompt: str, fallback: str) -> str:
+    """HumanEval's prompt as code the tests can run beside (its helpers: `poly`, `encode_cyclic`): it ends
+    in the function's signature and docstring, which needs a body."""
+    for source in (prompt, prompt.rstrip() + "\n    pass\n"):
+        try:
+            ast.parse(source)
+            return source
+        except SyntaxError:
+            continue
+    return fallback
 
 
 def _from_mbpp(row: dict) -> dict:
     setup = "\n".join([row.get("test_setup_code") or "", *(row.get("test_imports") or [])])
     prefix = "\n".join(line for line in setup.splitlines() if line.strip())
     return {"kind": "program", "test": "\n".join(_json(row["test_list"])) + "\n", "prefix": prefix}
+
+
+def free_names(test: str, context: str = "") -> list[str]:
+    """Names a test program reads that neither it, the problem's code nor Python defines: the program's."""
+    bound, read = set(dir(builtins)), set()
+    for source in (context, test):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Name):
+                (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+            elif isinstance(node, ast.alias):
+                bound.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                bound.add(node.name)
+    return sorted(read - bound)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -297,10 +336,18 @@ def run_tests(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
 
 
 def _run_program(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
+    """The program answers calls in one sandbox; the test program runs in another (`sandbox.run_pair`)."""
     # the prefix can't go above a __future__ import; such programs bring their own imports anyway
-    source = f"{tests['prefix']}\n{code}" if tests.get("prefix") and "from __future__" not in code else code
-    job = {"mode": "program", "source": source, "test": tests["test"], "case_timeout": cfg.timeout}
-    result = sandbox.run(job, cfg.limits(), kind)
+    prefix = tests.get("prefix") or ""
+    source = f"{prefix}\n{code}" if prefix and "from __future__" not in code else code
+    context = f"{prefix}\n{tests.get('context') or ''}"
+    try:
+        names = sorted({*tests.get("calls", []), *free_names(tests["test"], context)})
+    except SyntaxError as e:
+        raise ConfigError(f"a problem's test program is not valid Python ({e}); fix or drop the problem") from None
+    serve = {"mode": "serve", "source": source, "case_timeout": cfg.timeout}
+    drive = {"mode": "drive", "context": context, "test": tests["test"], "names": names, "case_timeout": cfg.timeout}
+    result = sandbox.run_pair(serve, drive, cfg.limits(), kind)
     if result.report["status"] == "assertion":
         return Verdict("wrong_output", f"failed: {result.report.get('line', '')}", result.seconds)
     failed = _failure(result, "tests")

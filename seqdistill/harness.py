@@ -7,10 +7,15 @@ sets the resource limits and runs the program (and its tests), and writes the ch
 to the job's `report` path. When pid 1 exits the kernel kills everything left in the namespace.
 
 Job modes: `stdin` (run the program as __main__, its stdout is compared by the caller), `call` (call
-`fn_name` on each argument list and report the return values), `program` (run a test program with
-asserts after the solution, in the same namespace).
+`fn_name` on each argument list and report the return values), and a pair for test programs (HumanEval,
+MBPP) that keeps the verdict out of the program's reach: `serve` runs the program and answers calls of
+its functions, one JSON line each way over stdin/stdout; `drive`, another sandbox, runs the problem's own
+code and test program with those functions replaced by proxies that send the arguments to `serve` and
+get back plain values (exact builtin types, never the program's objects, so an `__eq__` can't lie). The
+program never sees the tests, their expected values or the report of `drive`; all it can do is answer.
 """
 
+import builtins
 import ctypes
 import json
 import os
@@ -26,6 +31,14 @@ MS_BIND, MS_REC = 4096, 16384
 
 class CaseTimeout(BaseException):
     """Raised by the per-case alarm; a BaseException so `except Exception` in the program can't swallow it."""
+
+
+class Failed(BaseException):
+    """In `drive`: the program failed (its status and error); tests can't catch it with `except Exception`."""
+
+    def __init__(self, status: str, error: str = ""):
+        super().__init__(error)
+        self.status, self.error = status, error
 
 
 def main() -> None:
@@ -128,8 +141,15 @@ def on_alarm(signum, frame):
 def run(job: dict) -> dict:
     mode, seconds = job["mode"], job["case_timeout"]
     sys.argv = ["solution.py"]
+    sys.set_int_max_str_digits(0)  # big integers cross the JSON channel whole
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGPROF, on_alarm)
+    if mode == "drive":
+        return drive(job)
+    if mode == "serve":  # the channel to `drive` gets fds of its own; the program's prints go to stderr
+        channel = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(2, 1)
     try:
         code = compile(job["source"], "solution.py", "exec")
     except (SyntaxError, ValueError) as e:
@@ -140,39 +160,156 @@ def run(job: dict) -> dict:
         alarm(seconds)
         exec(code, namespace)
         alarm(0)
-        if mode == "program":
-            tests = compile(job["test"], "tests.py", "exec")
-            alarm(seconds)
-            exec(tests, namespace)
-            alarm(0)
-        elif mode == "call":
+        if mode == "serve":
+            return serve(namespace, seconds, *channel)
+        if mode == "call":
             fn = find_function(namespace, job["fn_name"])
             for args in job["inputs"]:
                 alarm(seconds)
                 results.append(plain(fn(*args)))
                 alarm(0)
-    except SystemExit as e:
-        alarm(0)
-        if mode == "stdin" and e.code in (None, 0):
-            return {"status": "ok"}
-        return {"status": "exception", "error": f"SystemExit: {e.code}", "results": results}
-    except CaseTimeout:
-        return {"status": "timeout", "case": len(results), "results": results}
-    except MemoryError:
-        alarm(0)
-        return {"status": "memory", "case": len(results), "results": results}
-    except RecursionError as e:
-        alarm(0)
-        return {"status": "exception", "error": f"RecursionError: {e}", "case": len(results), "results": results}
     except BaseException as e:
-        alarm(0)
-        report = {"status": "exception", "error": f"{type(e).__name__}: {e}"[:1000], "case": len(results),
-                  "results": results}
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == "tests.py"]
-        if isinstance(e, AssertionError) and mode == "program" and frames:
-            report.update(status="assertion", line=job["test"].splitlines()[frames[-1].lineno - 1].strip()[:500])
+        report = {**failure(e), "case": len(results), "results": results}
+        if mode == "stdin" and isinstance(e, SystemExit) and e.code in (None, 0):
+            report = {"status": "ok"}
+        if mode == "serve":  # tell `drive` why the program never answered
+            send(channel[1], {"failed": report["status"], "error": report.get("error", "")})
         return report
     return {"status": "ok", "results": results}
+
+
+def failure(e: BaseException) -> dict:
+    """The report of a run that raised `e`."""
+    alarm(0)
+    if isinstance(e, CaseTimeout):
+        return {"status": "timeout"}
+    if isinstance(e, MemoryError):
+        return {"status": "memory"}
+    if isinstance(e, SystemExit):
+        return {"status": "exception", "error": f"SystemExit: {e.code}"}
+    return {"status": "exception", "error": f"{type(e).__name__}: {e}"[:1000]}
+
+
+# ---- the test-program pair: `serve` answers calls, `drive` runs the tests ------------------------------
+
+def send(stream, message: dict) -> None:
+    stream.write(json.dumps(message).encode() + b"\n")
+    stream.flush()
+
+
+def serve(namespace: dict, seconds: float, requests, answers) -> dict:
+    """Answer `{"name", "args"}` lines with `{"value"}` (plain, encoded) or why not, until `drive` hangs up."""
+    send(answers, {"ready": True})
+    calls = 0
+    while line := requests.readline():
+        request = json.loads(line)
+        try:
+            fn = find_function(namespace, request["name"])
+            args = decode(request["args"])
+            alarm(seconds)
+            value = fn(*args)
+            alarm(0)
+            answer = {"value": encode(value)}
+        except BaseException as e:  # SystemExit and the alarm too: the call failed, the caller decides
+            report = failure(e)
+            answer = {"failed": report["status"], "error": report.get("error", "")}
+        send(answers, answer)
+        calls += 1
+        if answer.get("failed") in ("timeout", "memory"):
+            break
+    return {"status": "ok", "calls": calls}
+
+
+def drive(job: dict) -> dict:
+    """Run the problem's code and test program with `job["names"]` answered by `serve` (stdin/stdout)."""
+    requests, answers = os.fdopen(os.dup(1), "wb"), os.fdopen(os.dup(0), "rb")
+    os.dup2(2, 1)
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+
+    def proxy(name: str):
+        def call(*args):
+            send(requests, {"name": name, "args": encode(list(args))})
+            return receive(answers)["value"]
+        call.__name__ = name
+        return call
+
+    try:
+        hello = receive(answers)
+        if not hello.get("ready"):
+            raise Failed("exception", "the program's first answer was not its greeting")
+        exec(compile(job["context"], "context.py", "exec"), namespace)
+        namespace.update({name: proxy(name) for name in job["names"]})
+        tests = compile(job["test"], "tests.py", "exec")
+        alarm(job["case_timeout"])
+        exec(tests, namespace)
+        alarm(0)
+    except Failed as e:
+        alarm(0)
+        return {"status": e.status, "error": e.error}
+    except BaseException as e:
+        report = failure(e)
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == "tests.py"]
+        if isinstance(e, AssertionError) and frames:
+            report.update(status="assertion", line=job["test"].splitlines()[frames[-1].lineno - 1].strip()[:500])
+        return report
+    return {"status": "ok"}
+
+
+def receive(answers) -> dict:
+    """The next answer of `serve`; a program that died, lied about the format or failed is `Failed`."""
+    line = answers.readline()
+    if not line:
+        raise Failed("exception", "the program ended before answering")
+    try:
+        message = json.loads(line)
+        if "value" in message:
+            message["value"] = decode(message["value"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise Failed("exception", f"the program answered something that is not a plain value ({type(e).__name__})")
+    if "failed" in message:
+        error = str(message.get("error", ""))[:1000]
+        kind = error.split(":", 1)[0]
+        exc = getattr(builtins, kind, None)  # a builtin exception is raised as itself, for tests that expect it
+        if message["failed"] == "exception" and isinstance(exc, type) and issubclass(exc, Exception):
+            raise exc(error.split(":", 1)[-1].strip())
+        raise Failed(str(message["failed"]), error)
+    return message
+
+
+def encode(value):
+    """A plain value as JSON: exact builtin types only (a subclass or any other object is refused)."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind is list:
+        return [encode(v) for v in value]
+    if kind in (tuple, set, frozenset):
+        return {kind.__name__: [encode(v) for v in value]}
+    if kind is dict:
+        return {"dict": [[encode(k), encode(v)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"bytes": value.hex()}
+    if kind is complex:
+        return {"complex": [value.real, value.imag]}
+    raise TypeError(f"a {kind.__name__} object is not a plain value (int, float, str, list, tuple, dict, ...)")
+
+
+def decode(value):
+    """The inverse of `encode`; builds nothing but builtin values."""
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    (kind, items), = value.items()
+    if kind in ("tuple", "set", "frozenset"):
+        return {"tuple": tuple, "set": set, "frozenset": frozenset}[kind](decode(v) for v in items)
+    if kind == "dict":
+        return {decode(k): decode(v) for k, v in items}
+    if kind == "bytes":
+        return bytes.fromhex(items)
+    if kind == "complex":
+        return complex(*items)
+    raise ValueError(f"unknown kind {kind!r}")
 
 
 def find_function(namespace: dict, name: str):

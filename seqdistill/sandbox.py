@@ -14,11 +14,19 @@ Isolation (`isolation`, auto picks the first that works here):
 - `bwrap`: bubblewrap with `--unshare-all --die-with-parent`, where installed.
 - `none`: no namespaces; refused for untrusted code unless `allow_unisolated` is set.
 
+A test program (HumanEval, MBPP) runs apart from the program it tests (`run_pair`): two sandboxes, the
+program's answering calls over a pipe, the tests' deciding the verdict, so nothing the program writes,
+patches or returns can fake a pass. As root each side has its own uid and cannot read the other's job
+or write its report. Without root (`unshare -r`, `bwrap`) both run as the caller's uid on the shared
+filesystem: a program that finds the other run's directory in /tmp could read its job or overwrite its
+report; a private root per run (bubblewrap without the whole `/` bound) would close that.
+
 `harness.py` (copied into each run's directory) is what runs inside; see its docstring.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -122,15 +130,51 @@ def describe(kind: str) -> str:
 
 
 def run(job: dict, limits: Limits, kind: str, stdin: str = "") -> Result:
-    """Run one harness job (mode, source, and test / fn_name + inputs) and return what it did."""
-    root = Path(tempfile.mkdtemp(prefix=f"seqdistill-sandbox-{os.getpid()}-"))
-    uid = own_uids().start + next(_uids) % 1000 if os.geteuid() == 0 else None
+    """Run one harness job (mode, source, and fn_name + inputs) and return what it did."""
+    with _roots(1) as [(root, uid)]:
+        (root / "stdin").write_text(stdin)
+        start = time.monotonic()
+        with open(root / "stdin", "rb") as stdin_file:
+            proc = _start(root, uid, job, limits, kind, stdin_file, subprocess.PIPE)
+        [(out, err)], timed_out, exceeded = _collect([proc], start + limits.timeout, _cap(limits))
+        return _result(root, proc, kind, out, err, timed_out, exceeded, start)
+
+
+def run_pair(serve: dict, drive: dict, limits: Limits, kind: str) -> Result:
+    """A program (`serve` job) and its tests (`drive` job) in two sandboxes, joined only by two pipes:
+    drive's calls go to the program's stdin, its plain answers come back on its stdout. The result is
+    drive's: the program never holds the tests, their expected values or the verdict."""
+    with _roots(2) as [(serve_root, serve_uid), (drive_root, drive_uid)]:
+        calls, answers = os.pipe(), os.pipe()
+        start = time.monotonic()
+        try:
+            server = _start(serve_root, serve_uid, serve, limits, kind, calls[0], answers[1])
+            driver = _start(drive_root, drive_uid, drive, limits, kind, answers[0], calls[1])
+        finally:
+            for fd in (*calls, *answers):
+                os.close(fd)
+        [(_, program_err), (_, tests_err)], timed_out, exceeded = _collect([server, driver], start + limits.timeout,
+                                                                           _cap(limits))
+        program = _result(serve_root, server, kind, b"", program_err, timed_out, exceeded, start)
+        if program.report.get("status") == "sandbox_error":
+            raise RuntimeError(f"the sandbox failed: {program.report.get('error')}")
+        return _result(drive_root, driver, kind, b"", program_err + tests_err, timed_out, exceeded, start)
+
+
+@contextlib.contextmanager
+def _roots(n: int):
+    """`n` fresh run directories (and, as root, a sandbox user for each), removed with all they left."""
+    made = []
     try:
-        return _run(root, uid, job, limits, kind, stdin)
+        for _ in range(n):
+            root = Path(tempfile.mkdtemp(prefix=f"seqdistill-sandbox-{os.getpid()}-"))
+            made.append((root, own_uids().start + next(_uids) % 1000 if os.geteuid() == 0 else None))
+        yield made
     finally:
-        if uid is not None:
-            _sweep(uid)
-        shutil.rmtree(root, ignore_errors=True)
+        for root, uid in made:
+            if uid is not None:
+                _sweep(uid)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def own_uids() -> range:
@@ -139,7 +183,11 @@ def own_uids() -> range:
     return range(start, start + 1000)
 
 
-def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdin: str) -> Result:
+def _cap(limits: Limits) -> int:
+    return int(limits.output_mb * (1 << 20))
+
+
+def _start(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdin, stdout) -> subprocess.Popen:
     work, stage = root / "work", root / "stage"
     work.mkdir()
     stage.mkdir()
@@ -148,7 +196,6 @@ def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdi
         os.chown(work, uid, uid)
         os.chmod(work, 0o700)
     shutil.copy(HARNESS, root / "harness.py")
-    (root / "stdin").write_text(stdin)
     cpu = math.ceil(limits.timeout) + 1
     full = {**job, "cwd": str(work), "report": str(root / "report.json"), "report_bytes": 64 << 20, "wall": limits.timeout + 2,
             "uid": uid, "stage": str(stage), "expose": _closed_prefixes() if kind == "unshare" else [],
@@ -163,11 +210,12 @@ def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdi
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     argv = [*_prefix(kind), sys.executable, "-I", str(root / "harness.py"), str(job_path)]
-    start = time.monotonic()
-    with open(root / "stdin", "rb") as stdin_file:
-        proc = subprocess.Popen(argv, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=work, env=env, start_new_session=True)
-    out, err, timed_out, exceeded = _collect(proc, start + limits.timeout, int(limits.output_mb * (1 << 20)))
+    return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, cwd=work, env=env,
+                            start_new_session=True)
+
+
+def _result(root: Path, proc: subprocess.Popen, kind: str, out: bytes, err: bytes, timed_out: bool, exceeded: bool,
+            start: float) -> Result:
     report_path = root / "report.json"
     if not report_path.exists() and not (timed_out or exceeded):  # pid 1 never finished: the sandbox broke
         raise RuntimeError(f"the sandbox ({kind}) did not run (exit {proc.returncode}): {err.decode(errors='replace')[-500:]}")
@@ -180,9 +228,10 @@ def _run(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, stdi
                   timed_out, exceeded, time.monotonic() - start, kind)
 
 
-def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
-    """Read stdout and stderr until both close, the deadline passes or together they exceed `cap`."""
-    buffers = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+def _collect(procs: list[subprocess.Popen], deadline: float, cap: int) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    """Read the processes' stdout (where piped) and stderr until all close, the deadline passes or together
+    they exceed `cap`; then kill what is left. Returns (stdout, stderr) per process, timed out, exceeded."""
+    buffers = {stream: bytearray() for proc in procs for stream in (proc.stdout, proc.stderr) if stream}
     timed_out = exceeded = False
     with selectors.DefaultSelector() as sel:
         for stream in buffers:
@@ -202,17 +251,19 @@ def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, 
                     exceeded = True
             if exceeded:
                 break
-    if timed_out or exceeded:
-        _kill_group(proc)
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc)
-        proc.wait()
+    for proc in procs:
+        if timed_out or exceeded:
+            _kill_group(proc)
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 1)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+            proc.wait()
     for stream in buffers:
         stream.close()
-    return bytes(buffers[proc.stdout][:cap]), bytes(buffers[proc.stderr][:cap]), timed_out, exceeded
+    return ([(bytes(buffers.get(p.stdout, b"")[:cap]), bytes(buffers[p.stderr][:cap])) for p in procs],
+            timed_out, exceeded)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -241,6 +241,66 @@ def test_no_secrets_in_its_environment(monkeypatch, nothing_left):
     assert out.status == "passed", out
 
 
+# ---- forged passes: a program that tries to fake its verdict fails --------------------------------
+
+ADD = {"prompt": "def add(a, b):\n    \"\"\"a + b\"\"\"\n", "entry_point": "add",
+       "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(20, 22) == 42\n"}
+MBPP_ADD = {"test_list": ["assert add(1, 2) == 3", "assert add(20, 22) == 42"], "test_setup_code": ""}
+WRONG = "def add(a, b):\n    return 0\n"
+FORGERIES = {
+    "eq-always-true": "class Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+                      "def add(a, b):\n    return Yes()",
+    "int-subclass": "class Int(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+                    "def add(a, b):\n    return Int(0)",
+    "write-every-fd": "import os\nfor fd in range(256):\n    for line in (b'{\"ready\": true}\\n', b'{\"status\": \"ok\"}\\n'):\n"
+                      "        try:\n            os.write(fd, line)\n        except OSError:\n            pass\nos._exit(0)",
+    "write-ok-to-every-fd": "import os\nfor fd in range(256):\n    try:\n        os.write(fd, b'{\"status\": \"ok\"}')\n"
+                            "    except OSError:\n        pass\nos._exit(0)",
+    "answer-ahead": "import os, json\nfor fd in range(256):\n    try:\n        os.write(fd, b'{\"ready\": true}\\n' + "
+                    "b'{\"value\": 3}\\n' * 50)\n    except OSError:\n        pass\n" + WRONG,
+    "sys-exit-early": "import sys\nsys.exit(0)\n" + WRONG,
+    "os-exit-early": "import os\nos._exit(0)\n" + WRONG,
+    "fake-summary": "print('{\"status\": \"ok\"}')\nprint('All tests passed')\n" + WRONG,
+    "patch-builtins": "import builtins\nbuiltins.AssertionError = type('Never', (Exception,), {})\n"
+                      "builtins.__build_class__ = None\nbuiltins.print = None\n" + WRONG,
+    "patch-check": "import sys\ndef check(candidate):\n    return None\nsys.modules['__main__'].check = check\n" + WRONG,
+    "exit-in-function": "def add(a, b):\n    raise SystemExit(0)",
+    "exit-in-checker": "import os\ndef add(a, b):\n    os._exit(0)",
+    "overwrite-report": "import glob, threading\ndef forge():\n    while True:\n"
+                        "        for path in glob.glob('/tmp/seqdistill-sandbox-*/report.json'):\n"
+                        "            try:\n                open(path, 'w').write('{\"status\": \"ok\"}')\n"
+                        "            except OSError:\n                pass\n"
+                        "threading.Thread(target=forge, daemon=True).start()\n" + WRONG,
+}
+
+
+@pytest.mark.parametrize("row", [ADD, MBPP_ADD], ids=["humaneval", "mbpp"])
+@pytest.mark.parametrize("name", FORGERIES)
+def test_forged_passes_fail(row, name, nothing_left):
+    tests = code.normalize(row)
+    assert verdict("def add(a, b):\n    return a + b", tests).passed  # the channel works for an honest program
+    out = verdict(FORGERIES[name], tests)
+    assert not out.passed and out.status in ("wrong_output", "runtime_error"), out
+
+
+def test_plain_values_cross_whole():
+    """What a program returns reaches the tests as the same builtin value, or not at all."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("harness", sandbox.HARNESS)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    value = [1, 2.5, "x", None, True, (1, (2,)), {3, 4}, frozenset({5}), {"a": [1], 2: (3,)}, b"\x00", 1j, 10 ** 1000]
+    back = harness.decode(json.loads(json.dumps(harness.encode(value))))
+    assert back == value and [type(v) for v in back] == [type(v) for v in value]
+
+    class Int(int):
+        pass
+    for forged in (Int(3), [Int(3)], {"k": object()}, type("Yes", (), {"__eq__": lambda s, o: True})()):
+        with pytest.raises(TypeError, match="is not a plain value"):
+            harness.encode(forged)
+
+
 # ---- HumanEval: the benchmark's own solutions pass, broken copies fail ----------------------------
 
 BREAK = """
@@ -260,7 +320,8 @@ def {e}(*args, **kwargs):
 
 
 def test_humaneval_agrees_with_its_ground_truth(nothing_left):
-    """164 reference solutions pass and 164 broken copies fail (about 10 s with 2 workers, 2 cores)."""
+    """164 reference solutions pass and 164 broken copies fail (24 s with 2 workers on 2 AVX2 cores: two sandboxes
+    per run, the program and its tests)."""
     from seqdistill import problems
 
     rows = problems.load(problems.ProblemsConfig(source="", preset="humaneval"))
