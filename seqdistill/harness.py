@@ -1,10 +1,12 @@
 """Runs one untrusted program inside the sandbox (stdlib only; not imported by seqdistill).
 
-`seqdistill.sandbox` copies this file into a fresh directory and starts `python -I harness.py JOB`,
-as pid 1 of new network/pid/mount namespaces where the machine allows. The harness reads and deletes
-the job, makes the interpreter reachable for the sandbox user, forks a child that drops to that user,
-sets the resource limits and runs the program (and its tests), and writes the child's report as JSON
-to the job's `report` path. When pid 1 exits the kernel kills everything left in the namespace.
+`seqdistill.sandbox` copies this file into a fresh directory and starts `python -I harness.py JOB`
+as the first process of new network/pid/mount namespaces (under bubblewrap, in a private root that shows
+of the host's files only the system, the interpreter and that directory). The harness reads and deletes
+the job, makes the interpreter reachable for the sandbox user (`unshare` as root only), forks a child
+that drops to that user (as root), sets the resource limits and runs the program (and its tests), and
+writes the child's report as JSON to the job's `report` path. When it exits the kernel kills everything
+left in the namespace.
 
 Job modes: `stdin` (run the program as __main__, its stdout is compared by the caller), `call` (call
 `fn_name` on each argument list and report the return values), and a pair for test programs (HumanEval,

@@ -5,21 +5,29 @@ LANG, HOME and single-thread settings, and `resource` limits on CPU time, addres
 open files and processes. It starts in a new session that is killed as a group at the wall timeout,
 its stdout/stderr are read up to a cap (the run is killed when it writes more), and it has no network.
 
-Isolation (`isolation`, auto picks the first that works here):
+Isolation (`isolation`; auto picks bubblewrap where it works, else unshare):
+- `bwrap`: bubblewrap with a private root per run: /usr (and /bin, /lib links) and the interpreter
+  read-only, a fresh /tmp, /proc and /dev of its own, and of the host's other files only the run's own
+  directory (its working directory, also HOME, inside), the one place of the host's it can write:
+  nothing of the user's home, no other run's directory. New network (loopback only), pid, ipc and uts
+  namespaces. Without root it runs in a user namespace as the caller's uid (Debian allows that by
+  default); as root the program runs as a uid of its own per run (below) and can write only its
+  working directory.
 - `unshare`: util-linux `unshare -n -p -f --mount-proc`: an empty network namespace (no interface but
   a down loopback, so every connect fails at once) and a pid namespace whose processes all die with
-  its first one. As root the program also runs as a user of its own (a uid no one else has), so the
-  process limit holds (root ignores RLIMIT_NPROC), files owned by others can't be written and any
-  process or /tmp file it leaves is found by uid and removed.
-- `bwrap`: bubblewrap with `--unshare-all --die-with-parent`, where installed.
+  its first one, on the host's filesystem. Without root (`unshare -r`) the program could read and
+  write whatever the caller can; use it as root, or where bubblewrap is missing.
 - `none`: no namespaces; refused for untrusted code unless `allow_unisolated` is set.
+
+As root (either kind) the program runs as a user of its own (a uid no one else has), so the process
+limit holds (root ignores RLIMIT_NPROC), files owned by others can't be written and any process or
+/tmp file it leaves is found by uid and removed.
 
 A test program (HumanEval, MBPP) runs apart from the program it tests (`run_pair`): two sandboxes, the
 program's answering calls over a pipe, the tests' deciding the verdict, so nothing the program writes,
-patches or returns can fake a pass. As root each side has its own uid and cannot read the other's job
-or write its report. Without root (`unshare -r`, `bwrap`) both run as the caller's uid on the shared
-filesystem: a program that finds the other run's directory in /tmp could read its job or overwrite its
-report; a private root per run (bubblewrap without the whole `/` bound) would close that.
+patches or returns can fake a pass. Under bubblewrap each side sees only its own run directory; as
+root each side also has its own uid. Either way the program cannot read the tests' job or write their
+report. The one gap left is `unshare` without root, where both share the caller's uid and filesystem.
 
 `harness.py` (copied into each run's directory) is what runs inside; see its docstring.
 """
@@ -49,6 +57,8 @@ ISOLATIONS = ("auto", "unshare", "bwrap", "none")
 HARNESS = Path(__file__).with_name("harness.py")
 UID_BASE = 1_900_000_000  # sandbox users: unused uids, one per concurrent run
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")  # where a sandbox user could leave files behind
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",  # read-only in a private root
+          "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
 _uids = itertools.count()
 
 
@@ -86,19 +96,54 @@ def _works(argv: tuple) -> bool:
         return False
 
 
-def _prefix(kind: str) -> list[str]:
-    """The command that puts a program into namespaces of the given kind."""
+def _prefix(kind: str, root: Path | None = None) -> list[str]:
+    """The command that puts a program into namespaces of the given kind (bwrap: with `root` its only host dir)."""
     if kind == "unshare":
         user = [] if os.geteuid() == 0 else ["-r"]  # not root: a user namespace makes the others possible
         return ["unshare", *user, "-n", "-p", "-f", "--kill-child", "--mount-proc", "--"]
     if kind == "bwrap":
-        return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--dev-bind", "/", "/",
-                "--proc", "/proc", "--"]
+        return _private_root(root)
     return []
 
 
+def _private_root(root: Path | None) -> list[str]:
+    """bubblewrap with a root of its own: the system and the interpreter read-only, `root` read-write."""
+    argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    if os.geteuid() == 0:  # no user namespace; the harness keeps only what it needs to become the run's user
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-user"]
+    made = {"/", "/tmp"}
+    binds = [(path, "--ro-bind") for path in (*SYSTEM, *_interpreter_dirs())]
+    if root:
+        binds.append((str(root), "--bind"))
+    for path, bind in binds:
+        if not os.path.lexists(path):
+            continue
+        for parent in list(reversed(Path(path).parents))[1:]:  # bwrap would make them mode 700
+            if str(parent) not in made:
+                made.add(str(parent))
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        argv += ["--symlink", os.readlink(path), path] if os.path.islink(path) else [bind, path, path]
+    return [*argv, "--"]
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter_dirs() -> list[str]:
+    """What the interpreter needs besides the system: its prefixes (a venv, pyenv) outside /usr."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.realpath(sys.executable))}
+    kept: list[str] = []
+    for path in sorted(paths):
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in ["/usr", *kept]):
+            kept.append(path)
+    return kept
+
+
 def isolation(mode: str = "auto", allow_unisolated: bool = False) -> str:
-    """The isolation that runs here: `unshare`, `bwrap` or (only when allowed) `none`."""
+    """The isolation that runs here: `bwrap`, `unshare` or (only when allowed) `none`. Without root, auto takes
+    unshare (the caller's files open to the program) only where unisolated runs are allowed."""
     if mode not in ISOLATIONS:
         raise ConfigError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {mode!r}")
     if mode == "none":
@@ -107,12 +152,16 @@ def isolation(mode: str = "auto", allow_unisolated: bool = False) -> str:
                               "set allow_unisolated: true to accept that")
         return "none"
     why = []
-    for kind in ("unshare", "bwrap") if mode == "auto" else (mode,):
-        if not shutil.which(kind):
+    for kind in ("bwrap", "unshare") if mode == "auto" else (mode,):
+        if kind == "unshare" and mode == "auto" and os.geteuid() != 0 and not allow_unisolated:
+            why.append("unshare without root leaves the caller's files open to the program "
+                       "(set isolation: unshare to accept that)")
+        elif not shutil.which(kind):
             why.append(f"{kind} is not installed" + (" (apt install bubblewrap)" if kind == "bwrap" else " (util-linux)"))
         elif not _works(tuple(_prefix(kind))):
             why.append(f"{kind} cannot make namespaces here (run as root, or allow user namespaces: "
-                       "sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces)")
+                       "sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces, "
+                       "kernel.apparmor_restrict_unprivileged_userns=0)")
         else:
             return kind
     if allow_unisolated:
@@ -123,9 +172,12 @@ def isolation(mode: str = "auto", allow_unisolated: bool = False) -> str:
 
 def describe(kind: str) -> str:
     """One line for a dataset card: which isolation the programs ran under."""
-    user = "a uid of its own per run" if os.geteuid() == 0 and (kind == "unshare" or kind == "none" and not _closed_prefixes()) else "the caller's uid"
-    spaces = {"unshare": "unshare: new network (no interfaces up), pid and mount namespaces",
-              "bwrap": "bubblewrap: all namespaces unshared", "none": "NO isolation (allow_unisolated)"}[kind]
+    own = os.geteuid() == 0 and (kind != "none" or not _closed_prefixes())
+    user = "a uid of its own per run" if own else "the caller's uid"
+    spaces = {"unshare": "unshare: new network (no interfaces up), pid and mount namespaces on the host's filesystem",
+              "bwrap": "bubblewrap: a private root (system read-only, only its own directory writable), "
+                       "new network (loopback only), pid, ipc and uts namespaces",
+              "none": "NO isolation (allow_unisolated)"}[kind]
     return f"{spaces}; {user}; rlimits on CPU time, address space, file size, processes; output capped"
 
 
@@ -191,7 +243,7 @@ def _start(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, st
     work, stage = root / "work", root / "stage"
     work.mkdir()
     stage.mkdir()
-    os.chmod(root, 0o755)
+    os.chmod(root, 0o755 if uid is not None else 0o700)  # a sandbox user must enter it; no one else need
     if uid is not None:
         os.chown(work, uid, uid)
         os.chmod(work, 0o700)
@@ -201,15 +253,14 @@ def _start(root: Path, uid: int | None, job: dict, limits: Limits, kind: str, st
             "uid": uid, "stage": str(stage), "expose": _closed_prefixes() if kind == "unshare" else [],
             "limits": {"RLIMIT_CPU": cpu, "RLIMIT_AS": limits.memory_mb << 20, "RLIMIT_FSIZE": limits.file_mb << 20,
                        "RLIMIT_NPROC": limits.processes, "RLIMIT_NOFILE": 256, "RLIMIT_CORE": 0}}
-    if kind == "bwrap" or (kind == "none" and _closed_prefixes()):
-        # bwrap maps no other user; without a mount namespace the interpreter may be closed to others
+    if kind == "none" and _closed_prefixes():  # without a mount namespace the interpreter may be closed to others
         full["uid"] = None
     job_path = root / "job.json"
     job_path.write_text(json.dumps(full))
     os.chmod(job_path, 0o600)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work),
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    argv = [*_prefix(kind), sys.executable, "-I", str(root / "harness.py"), str(job_path)]
+    argv = [*_prefix(kind, root), sys.executable, "-I", str(root / "harness.py"), str(job_path)]
     return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, cwd=work, env=env,
                             start_new_session=True)
 

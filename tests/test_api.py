@@ -14,7 +14,7 @@ import pytest
 from fault_server import FaultServer
 
 from seqdistill import config as configlib
-from seqdistill import generate, store
+from seqdistill import generate, sandbox, store
 from seqdistill.config import ConfigError
 from seqdistill.generate import GenerateConfig
 
@@ -250,10 +250,11 @@ def test_code_problems_verified_by_their_tests_through_the_pipeline(tmp_path):
                                       "problems.answer_field=null", "prompt.template=code", problems=3, n=4))
     reasons = {r["drop_reason"] for r in samples(tmp_path / "gen")}
     assert stats["funnel"]["kept"] > 0 and {"wrong_output", "no_code"} <= reasons
-    assert stats["verifier"]["tests"] == 12 and "unshare" in stats["verifier"]["sandbox"]
+    name = {"bwrap": "bubblewrap", "unshare": "unshare"}[sandbox.isolation("auto")]
+    assert stats["verifier"]["tests"] == 12 and stats["verifier"]["sandbox"].startswith(name)
     wrong = next(r for r in samples(tmp_path / "gen") if r["drop_reason"] == "wrong_output")
     assert wrong["verdict_detail"].startswith("case 0: input 1 2") and "expected" in wrong["verdict_detail"]
-    assert "12 programs against the problem's tests, unshare" in (tmp_path / "gen" / "README.md").read_text()
+    assert f"12 programs against the problem's tests, {name}" in (tmp_path / "gen" / "README.md").read_text()
 
 
 def test_eval_on_humaneval_scores_programs_by_its_tests(tmp_path):

@@ -5,9 +5,13 @@ import base64
 import json
 import os
 import pickle
+import shutil
 import socket
+import subprocess
+import sys
 import time
 import zlib
+from pathlib import Path
 
 import psutil
 import pytest
@@ -85,6 +89,16 @@ def test_config_errors():
     if not __import__("shutil").which("bwrap"):
         with pytest.raises(ConfigError, match="bwrap is not installed .apt install bubblewrap.; or set allow_unisolated"):
             sandbox.isolation("bwrap")
+
+
+def test_without_root_auto_never_opens_the_callers_files(monkeypatch):
+    """No bubblewrap and no root: auto refuses rather than run unshare on the caller's filesystem."""
+    which = shutil.which
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "bwrap" else which(name))
+    with pytest.raises(ConfigError, match="bwrap is not installed .apt install bubblewrap.; unshare without root "
+                                          "leaves the caller's files open .* or set allow_unisolated: true"):
+        sandbox.isolation("auto")
 
 
 def test_only_code_problems_ask_for_a_sandbox():
@@ -213,8 +227,12 @@ def test_no_network(nothing_left):
     try:
         for host, p in (("127.0.0.1", port), ("1.1.1.1", 80)):
             program = f"import socket\ns = socket.create_connection(('{host}', {p}), timeout=1)\nprint('done')"
-            out, seconds = timed(program)
-            assert out.status == "runtime_error" and "unreachable" in out.detail and seconds < 2, out
+            out, seconds = timed(program)  # bubblewrap brings its own loopback up: refused there
+            assert out.status == "runtime_error" and ("unreachable" in out.detail or "refused" in out.detail), out
+            assert seconds < 2
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing reached the host's port
+            server.accept()
     finally:
         server.close()
 
@@ -226,9 +244,8 @@ def test_no_writes_outside_its_directory(tmp_path, nothing_left):
                f"open('{shared_tmp}', 'w').write('x')\nprint('done')")
     tests = {"kind": "stdin", "cases": [{"input": "", "output": "denied\ndone"}]}
     out, _ = timed(program, tests)
-    if sandbox.isolation("auto") == "unshare" and os.geteuid() == 0:  # a sandbox user of its own
-        assert out.status == "passed", out
-        assert not os.path.exists(shared_tmp)  # its files in /tmp are swept with it
+    assert out.status == "passed", out  # a private root, or (unshare, only as root) a sandbox user of its own
+    assert not os.path.exists(shared_tmp)  # its /tmp is its own, or its files there are swept with it
     assert not outside.exists()
 
 
@@ -239,6 +256,118 @@ def test_no_secrets_in_its_environment(monkeypatch, nothing_left):
                "    except (OSError, ValueError):\n        pass\nprint('done' if not leak else leak)")
     out, _ = timed(program)
     assert out.status == "passed", out
+
+
+# ---- escapes, as root and as an unprivileged user ------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+ESCAPE = """
+import json, os, sys
+from seqdistill import code, sandbox
+from seqdistill.code import CodeConfig
+from seqdistill.config import ConfigError
+home, port = sys.argv[1], int(sys.argv[2])
+try:
+    out = {"can": sandbox.isolation("bwrap"), "default": sandbox.isolation("auto")}
+except ConfigError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit()
+sample = lambda program: f"```python\\n{program}\\n```"
+echo = {"kind": "stdin", "cases": [{"input": "", "output": "done"}]}
+pair = code.normalize({"prompt": "def add(a, b):\\n    pass\\n", "entry_point": "add",
+                       "test": "def check(candidate):\\n    assert candidate(1, 2) == 3\\n"})
+attacks = {  # each prints done (or adds right) only where it got out
+    "write": (f"open('{home}/escaped', 'w').write('x')\\nprint('done')", echo),
+    "secret": (f"print('done' if 'hf_' in open('{home}/.cache/huggingface/token').read() else 'no')", echo),
+    "network": (f"import socket\\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\\nprint('done')", echo),
+    "env": ("import glob, os\\nseen = list(os.environ.values())\\nfor path in glob.glob('/proc/*/environ'):\\n"
+            "    try:\\n        seen.append(open(path).read())\\n    except OSError:\\n        pass\\n"
+            "print('done' if any('sk-test' in v for v in seen) else 'no')", echo),
+    "other-run": ("import glob, os\\nown = os.path.dirname(os.getcwd())\\n"  # the tests' run: their job, their report
+                  "others = [d for d in glob.glob(os.path.dirname(own) + '/seqdistill-sandbox-*') if d != own]\\n"
+                  "def add(a, b):\\n    return a + b if any(os.access(d, os.W_OK) for d in others) else 0", pair),
+}
+for kind in ("auto", "none"):
+    cfg = CodeConfig(timeout=1, workers=1, isolation=kind, allow_unisolated=True)
+    out[kind] = {name: code.verify_program(sample(p), tests, cfg).status for name, (p, tests) in attacks.items()}
+    out[kind + "-wrote"] = os.path.exists(f"{home}/escaped")
+print(json.dumps(out))
+"""
+
+
+def escapes(home: Path, user: str | None = None) -> dict:
+    """Run ESCAPE (as `user`, or as we are) with a secret token in `home` and an API key in the environment."""
+    (home / ".cache/huggingface").mkdir(parents=True)
+    (home / ".cache/huggingface/token").write_text("hf_secret")
+    for path in (".cache", ".cache/huggingface", ".cache/huggingface/token"):
+        shutil.chown(home / path, user or os.getuid(), user or os.getgid())
+    os.chmod(home / ".cache/huggingface/token", 0o600)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    become = [*reachable([*sandbox._interpreter_dirs(), str(REPO)]),
+              "setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"] if user else []
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "OPENAI_API_KEY": "sk-test"}
+    try:
+        proc = subprocess.run([*become, sys.executable, "-c", ESCAPE, str(home), str(server.getsockname()[1])],
+                              capture_output=True, text=True, env=env, cwd=home, timeout=120)
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    if "error" in out:
+        pytest.skip(f"bubblewrap cannot run here: {out['error']}")
+    return out
+
+
+def reachable(paths: list[str]) -> list[str]:
+    """bwrap (run as root) showing the machine as it is, except that a directory closed to other users on the way
+    to one of `paths` (pyenv under /root, mode 700) is covered by an empty one holding only those paths."""
+    argv, made = ["bwrap", "--dev-bind", "/", "/"], set()
+    for path in sorted(paths):
+        above = list(reversed(Path(path).parents))[1:]  # /root, /root/.pyenv, ...
+        closed = [p for p in above if not p.stat().st_mode & 0o001]
+        if not closed:
+            continue
+        for parent in above[above.index(closed[0]):]:
+            if parent not in made:
+                made.add(parent)
+                argv += ["--perms", "0755", "--tmpfs" if parent == closed[0] else "--dir", str(parent)]
+        argv += ["--ro-bind", path, path]
+    return argv
+
+
+def check_escapes(out: dict) -> None:
+    assert out["can"] == out["default"] == "bwrap"  # a private root is the default where it works
+    assert out["auto"] == {"write": "runtime_error", "secret": "runtime_error", "network": "runtime_error",
+                           "env": "wrong_output", "other-run": "wrong_output"}, out
+    assert not out["auto-wrote"]
+    assert set(out["none"].values()) == {"passed"} and out["none-wrote"], out  # the same programs, unisolated, get out
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="bubblewrap is not installed (make bwrap)")
+def test_no_escape_as_root(tmp_path, no_leftovers):
+    check_escapes(escapes(tmp_path))
+
+
+@pytest.fixture
+def unprivileged_user():
+    """A user of its own for this test, with a home, removed after."""
+    if os.geteuid() != 0 or not all(map(shutil.which, ("useradd", "userdel", "setpriv", "bwrap"))):
+        pytest.skip("needs root (as CI runs), useradd, setpriv (util-linux) and bubblewrap (make bwrap) "
+                    "to create a user and run the sandbox as that user")
+    name = f"seqdistill{os.getpid()}"
+    subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name], check=True)
+    try:
+        yield name, Path(os.path.expanduser(f"~{name}"))
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+def test_no_escape_without_root(unprivileged_user):
+    """As a normal user: no write to its home, no read of its token, no network, no API key, no other run's files."""
+    user, home = unprivileged_user
+    check_escapes(escapes(home, user))
 
 
 # ---- forged passes: a program that tries to fake its verdict fails --------------------------------
