@@ -22,7 +22,7 @@ def kl_on_teacher_responses(teacher_path: str, student_path: str, samples: Path,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from seqdistill import kd, prompts, store
+    from seqdistill import kd_loss, prompts, store
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     template = prompts.load_template(prompt_cfg.template)
@@ -34,9 +34,9 @@ def kl_on_teacher_responses(teacher_path: str, student_path: str, samples: Path,
         head = prompts.encode(tokenizer, prompts.render(template, row), prompt_cfg)  # the prompt eval gave
         ids = torch.tensor([head + tokenizer(row["response"], add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
-            t, s = kd.full_distributions(student(ids).logits[0, len(head) - 1 : -1],
+            t, s = kd_loss.full_distributions(student(ids).logits[0, len(head) - 1 : -1],
                                          teacher(ids).logits[0, len(head) - 1 : -1], 1.0)
-        total += kd.divergence(t, s, "forward_kl").sum().item()
+        total += kd_loss.divergence(t, s, "forward_kl").sum().item()
         count += len(t)
     return total / count
 

@@ -108,9 +108,9 @@ def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) 
                        "storage_kept": stats.get("teacher_logprobs"),
                        "seconds_without": out["generate"][1]["seconds"], "tokens_without": out["generate"][1]["tokens"]}
     kd_samples = store.read_parquet(sorted((tmp / "gen-kd").glob("samples/*/chunk-*.parquet")))
-    from seqdistill import kd
+    from seqdistill import topk
 
-    out["logprobs"]["storage_all_samples"] = kd.storage_stats(kd_samples, 20, models.vocab_size(path))
+    out["logprobs"]["storage_all_samples"] = topk.storage_stats(kd_samples, 20, models.vocab_size(path))
     train = kd_samples.select([i % len(kd_samples) for i in range(size["train_examples"])])
     train.select_columns(["messages", "problem_id", "teacher", "prefill", "teacher_topk"]).to_parquet(str(tmp / "traces.parquet"))
     log([out["logprobs"]])

@@ -352,14 +352,14 @@ def token_id(token: str) -> int:
 
 
 def topk_arrays(stored, tokens: list[int] | None = None, first: int = 0):
-    """Journal form -> what kd.encode takes: (ids [T,k], log-probs [T,k], token ids [T]), from position `first`.
+    """Journal form -> what topk.encode takes: (ids [T,k], log-probs [T,k], token ids [T]), from position `first`.
 
     Prompt log-probs carry no sampled ids (`tokens`, the scored sequence, gives them); position 0 has none."""
     if not stored:
         return None
     import numpy as np
 
-    from seqdistill.kd import LOGPROB_FLOOR
+    from seqdistill.topk import LOGPROB_FLOOR
 
     k, positions = stored["k"], stored["pos"][first:]
     sampled = stored.get("sampled", tokens)[first : first + len(positions)]

@@ -219,7 +219,7 @@ def student_prompt(tokenizer, msgs: list[dict], text: str, prefill: str) -> tupl
 
 def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
     """Logit KD needs teacher log-probs (offline) or a teacher (online), and the teacher's tokenizer."""
-    from seqdistill import kd, models
+    from seqdistill import kd, models, topk
 
     if cfg.kd.mode == "offline":
         if "teacher_topk" not in table.column_names or not all(table["teacher_topk"]):
@@ -229,7 +229,7 @@ def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
         if "messages" not in table.column_names:
             raise ConfigError(f"kd.mode offline needs a `messages` dataset; {cfg.dataset} has {', '.join(table.column_names)}")
         n_vocab = models.vocab_size(models.resolve(cfg.student))
-        top = max(int(kd.decode(b)[0].max()) for b in table["teacher_topk"][:cfg.kd.check_samples])
+        top = max(int(topk.decode(b)[0].max()) for b in table["teacher_topk"][:cfg.kd.check_samples])
         if top >= n_vocab:
             raise ConfigError(f"teacher log-probs hold token id {top}, outside student {cfg.student}'s vocabulary "
                               f"({n_vocab} tokens); logit KD needs a shared tokenizer")
@@ -255,7 +255,7 @@ def to_kd_rows(table, tokenizer, eot: str, source: str):
     """
     import datasets
 
-    from seqdistill import kd
+    from seqdistill import topk
 
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     rows = []
@@ -265,7 +265,7 @@ def to_kd_rows(table, tokenizer, eot: str, source: str):
         prompt, prefill = student_prompt(tokenizer, msgs, prefill, prefill)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         head = tokenizer(prompt + prefill, add_special_tokens=False)["input_ids"]
-        sampled = kd.decode(blob)[2].tolist()
+        sampled = topk.decode(blob)[2].tolist()
         ids = head + sampled + ([] if sampled and sampled[-1] == eot_id else [eot_id])
         rows.append({"input_ids": ids, "completion_mask": [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids)),
                      "teacher_topk": blob, "kd_offset": len(head), "problem_id": pid})

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, engine, filters, hub, kd, models, problems as problemslib, prompts, store, trackers, verify
+from seqdistill import card, engine, filters, hub, kd, models, problems as problemslib, prompts, rgym, store, topk, trackers, verify
 from seqdistill import config as configlib
 from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
@@ -67,7 +67,7 @@ class GenerateConfig:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
         errors += engine.check_backend(self.engine, self.sampling, self.prompt.prefill)
         named = [filters.eval_preset(src) for src in self.filters.decontaminate]
-        errors += [f"problems.{p}" for p in problemslib.benchmark_tasks(self.problems, named, "filters.decontaminate")]
+        errors += [f"problems.{p}" for p in rgym.benchmark_tasks(self.problems, named, "filters.decontaminate")]
         return errors + hub.check(self.push_to_hub) + trackers.check(self.report_to)
 
 
@@ -146,7 +146,7 @@ def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Outp
             "completion_tokens": completion.tokens,
             "teacher": cfg.model,
             "prefill": cfg.prompt.prefill,
-            "teacher_topk": kd.encode(*completion.topk, vocab) if cfg.teacher_logprobs else None,
+            "teacher_topk": topk.encode(*completion.topk, vocab) if cfg.teacher_logprobs else None,
         })
     return samples
 
@@ -223,7 +223,7 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     if "usage" in summary:
         stats["requests"] = summary["usage"]
     if cfg.teacher_logprobs:
-        stats["teacher_logprobs"] = kd.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(cfg.model)))
+        stats["teacher_logprobs"] = topk.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(cfg.model)))
     store.write_text(out / "README.md", card.dataset_card(cfg, stats))
     if cfg.filters.pass_rate and not stats["funnel"]["kept"]:
         r = stats["pass_rate"]

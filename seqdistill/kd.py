@@ -1,26 +1,10 @@
-"""Logit-level knowledge distillation: the teacher's top-k log-probs, stored compactly, and the KD loss.
+"""Logit-level knowledge distillation: its settings and the checks that run before any model loads.
 
 Offline (the default): `generate` with `teacher_logprobs: true` records, in the same vLLM pass that
 samples each trace, the teacher's top-k log-probs for every generated token (`seqdistill score` does
-the same for traces from elsewhere, with vLLM prompt log-probs). `sft` with `kd.mode: offline` then
-trains on them; `kd.mode: online` loads the teacher beside the student and uses its full
-distribution at every step.
-
-Loss, per trained (assistant) token:  alpha * CE + (1 - alpha) * T^2 * D(teacher_T || student_T),
-D = forward KL, reverse KL, the generalized Jensen-Shannon divergence (beta), or DistiLLM's skew KL
-KL(p || a p + (1 - a) q) / skew reverse KL KL(q || a q + (1 - a) p) (p teacher, q student, a = skew_alpha),
-which stay finite where the student puts almost no mass and equal KL / reverse KL at a = 0. Offline, D is taken
-over k + 1 buckets: the teacher's top-k tokens and one "rest" bucket holding all other mass (for the
-teacher 1 - sum of its top-k probabilities, for the student the exact mass it puts outside those k
-tokens). This is exact when the teacher's mass is all in its top-k, and otherwise a lower bound of
-D over the full vocabulary (coarse-graining cannot raise a divergence). With T != 1 the rest bucket
-is tempered as if it were one token.
-
-Storage, per sample, one bytes value: a 20-byte header (n tokens, k, id bits, log-prob bits, number
-of sampled tokens outside the top-k), the top-k ids at ceil(log2(vocab)) bits, the log-probs
-quantised uniformly on [LOGPROB_FLOOR, 0] (8 bits; 7 when ids need 18 bits, so a pair fits in 25
-bits), the rank of the sampled token in the top-k (k meaning "not in it"), and the sampled ids that
-fell outside, as uint32. k=20 on a 49,152-token vocabulary: 60.6 bytes/token; on 262,144: 63.1.
+the same for traces from elsewhere, with vLLM prompt log-probs), stored compactly by seqdistill.topk.
+`sft` with `kd.mode: offline` then trains on them; `kd.mode: online` loads the teacher beside the
+student and uses its full distribution at every step. The loss is in seqdistill.kd_loss.
 
 Beyond logits (online teacher only; losses in seqdistill.kd_features), each added as weight * term:
 hidden states (kd.hidden_states), self-attention distributions (kd.attention) and relations between
@@ -32,13 +16,8 @@ teacher's distributions on them (seqdistill.kd_trainer).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
-import numpy as np
-
-LOGPROB_FLOOR = -20.0  # log-probs below are stored as this (probability < 2.1e-9)
-HEADER = struct.Struct("<5I")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 MODES = ("none", "offline", "online")
 HIDDEN_LOSSES = ("mse", "cosine")
@@ -223,9 +202,6 @@ def value_size(config) -> int:
     return (getattr(config, "num_key_value_heads", None) or heads) * head_dim
 
 
-# ---------------------------------------------------------------- storage
-
-
 def check_logprobs_k(k: int, engine) -> list[str]:
     """vLLM refuses more log-probs than its max_logprobs (raised to k by default, unless the user set it)."""
     max_logprobs = engine.extra.get("max_logprobs", max(20, k))
@@ -233,140 +209,6 @@ def check_logprobs_k(k: int, engine) -> list[str]:
         return [f"logprobs_k must be in [1, engine max_logprobs={max_logprobs}], got {k}; "
                 "lower it or raise engine.extra.max_logprobs"]
     return []
-
-
-def id_bits(vocab_size: int) -> int:
-    return max(1, (vocab_size - 1).bit_length())
-
-
-def pack(values: np.ndarray, bits: int) -> bytes:
-    v = np.asarray(values, dtype=np.uint64).ravel()
-    planes = ((v[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
-    return np.packbits(planes.ravel(), bitorder="little").tobytes()
-
-
-def unpack(data: bytes, bits: int, count: int) -> np.ndarray:
-    planes = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * bits].reshape(count, bits)
-    return (planes.astype(np.uint64) << np.arange(bits, dtype=np.uint64)).sum(1).astype(np.int64)
-
-
-def encode(ids: np.ndarray, logprobs: np.ndarray, sampled: np.ndarray, vocab_size: int) -> bytes:
-    """(n, k) top-k ids and log-probs plus the n sampled ids -> one compact bytes value."""
-    n, k = ids.shape
-    ib = id_bits(vocab_size)
-    lb = 8 if ib <= 17 else 7
-    levels = (1 << lb) - 1
-    q = np.rint(np.clip(logprobs, LOGPROB_FLOOR, 0) / LOGPROB_FLOOR * levels)
-    hit = ids == sampled[:, None]
-    rank = np.where(hit.any(1), hit.argmax(1), k)
-    outside = sampled[rank == k].astype("<u4")
-    return b"".join([HEADER.pack(n, k, ib, lb, len(outside)), pack(ids, ib), pack(q, lb),
-                     pack(rank, k.bit_length()), outside.tobytes()])
-
-
-def decode(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """bytes -> (n, k) top-k ids, (n, k) float32 log-probs, (n,) sampled ids."""
-    n, k, ib, lb, n_out = HEADER.unpack_from(blob)
-    pos = HEADER.size
-    sections = []
-    for count, bits in ((n * k, ib), (n * k, lb), (n, k.bit_length())):
-        size = (count * bits + 7) // 8
-        sections.append(unpack(blob[pos : pos + size], bits, count))
-        pos += size
-    ids, q, rank = sections
-    ids = ids.reshape(n, k)
-    logprobs = (q.reshape(n, k) * (LOGPROB_FLOOR / ((1 << lb) - 1))).astype(np.float32)
-    sampled = np.empty(n, np.int64)
-    inside = rank < k
-    sampled[inside] = ids[inside, rank[inside]]
-    sampled[~inside] = np.frombuffer(blob[pos : pos + 4 * n_out], "<u4")
-    return ids, logprobs, sampled
-
-
-def max_quantisation_error(vocab_size: int) -> float:
-    """Largest |stored - true| log-prob (nats) for log-probs >= LOGPROB_FLOOR."""
-    return -LOGPROB_FLOOR / ((1 << (8 if id_bits(vocab_size) <= 17 else 7)) - 1) / 2
-
-
-def storage_stats(table, k: int, vocab_size: int) -> dict:
-    """Bytes per stored token of a dataset's teacher_topk column, and the quantisation error bound."""
-    blobs = [b for b in table["teacher_topk"] if b]
-    tokens = sum(HEADER.unpack_from(b)[0] for b in blobs)
-    return {"k": k, "vocab_size": vocab_size, "id_bits": id_bits(vocab_size), "tokens": tokens,
-            "bytes": sum(len(b) for b in blobs), "bytes_per_token": round(sum(len(b) for b in blobs) / max(1, tokens), 2),
-            "max_logprob_error_nats": round(max_quantisation_error(vocab_size), 4), "logprob_floor": LOGPROB_FLOOR}
-
-
-def from_vllm(flat, token_ids, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k arrays from vLLM's FlatLogprobs (flat_logprobs=True) for positions first.. of `token_ids`."""
-    starts = np.asarray(flat.start_indices[first:], np.int64)
-    ends = np.asarray(flat.end_indices[first:], np.int64)
-    n = len(starts)
-    lo, hi = (int(starts[0]), int(ends[-1])) if n else (0, 0)
-    ids = np.asarray(flat.token_ids[lo:hi], np.int64)
-    lps = np.asarray(flat.logprobs[lo:hi], np.float32)
-    ranks = np.asarray([r or 0 for r in flat.ranks[lo:hi]], np.int64)
-    pos = np.repeat(np.arange(n), ends - starts)
-    top = (ranks >= 1) & (ranks <= k)
-    out_ids = np.zeros((n, k), np.int64)
-    out_lps = np.full((n, k), LOGPROB_FLOOR, np.float32)
-    out_ids[pos[top], ranks[top] - 1] = ids[top]
-    out_lps[pos[top], ranks[top] - 1] = lps[top]
-    return out_ids, out_lps, np.asarray(token_ids[first : first + n], np.int64)
-
-
-# ---------------------------------------------------------------- loss
-
-
-def divergence(teacher, student, kind: str, beta: float = 0.5, skew_alpha: float = 0.1):
-    """Per-row divergence between two (N, C) log-probability tensors (finite values)."""
-    if kind == "forward_kl":
-        return kl(teacher, student)
-    if kind == "reverse_kl":
-        return kl(student, teacher)
-    if kind == "skew_kl":  # KL(p || a p + (1 - a) q)
-        return kl(teacher, log_mixture(teacher, student, skew_alpha))
-    if kind == "skew_reverse_kl":  # KL(q || a q + (1 - a) p)
-        return kl(student, log_mixture(student, teacher, skew_alpha))
-    mix = log_mixture(teacher, student, beta)
-    return beta * kl(teacher, mix) + (1 - beta) * kl(student, mix)
-
-
-def kl(p, q):
-    """Per-row KL(p || q) of two log-probability tensors."""
-    return (p.exp() * (p - q)).sum(-1)
-
-
-def log_mixture(p, q, weight: float):
-    """log(weight * e^p + (1 - weight) * e^q), exact at weight 0."""
-    import torch
-
-    if weight == 0:
-        return q
-    return torch.logsumexp(torch.stack([p + np.log(weight), q + np.log(1 - weight)]), 0)
-
-
-def topk_buckets(student_logits, teacher_ids, teacher_logprobs, temperature: float):
-    """(N, k+1) log-probs of teacher and student over the teacher's top-k tokens plus a rest bucket."""
-    import torch
-
-    tiny = np.log(1e-20)
-    student = torch.log_softmax(student_logits.float() / temperature, -1)
-    s_top = student.gather(-1, teacher_ids)
-    s_rest = student.scatter(-1, teacher_ids, float("-inf")).logsumexp(-1, keepdim=True).clamp(min=tiny)
-    rest = 1 - teacher_logprobs.float().exp().sum(-1, keepdim=True)
-    t_rest = torch.log(torch.where(rest > 1e-5, rest, 1e-20))  # below 1e-5 it is float rounding: no rest
-    teacher = torch.log_softmax(torch.cat([teacher_logprobs.float(), t_rest], -1) / temperature, -1)
-    return teacher, torch.cat([s_top, s_rest], -1)
-
-
-def full_distributions(student_logits, teacher_logits, temperature: float):
-    """(N, V) tempered log-probs of both, over the vocabulary they share (padding rows sliced off)."""
-    import torch
-
-    v = min(student_logits.shape[-1], teacher_logits.shape[-1])
-    return (torch.log_softmax(teacher_logits[..., :v].float() / temperature, -1),
-            torch.log_softmax(student_logits[..., :v].float() / temperature, -1))
 
 
 def check_tokenizers(student, teacher, texts: list[str], student_name: str, teacher_name: str) -> None:

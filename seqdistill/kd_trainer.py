@@ -1,4 +1,4 @@
-"""TRL's SFTTrainer with the knowledge-distillation loss of seqdistill.kd; nothing else changes.
+"""TRL's SFTTrainer with the knowledge-distillation loss of seqdistill.kd_loss; nothing else changes.
 
 Imported only when `sft` runs with `kd.mode` offline or online (it imports torch and TRL).
 loss = alpha * CE + (1 - alpha) * T^2 * D (per token) + the weighted feature terms of seqdistill.kd_features;
@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from seqdistill import kd, kd_features
+from seqdistill import kd, kd_features, kd_loss, topk
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,10 @@ class KDCollator:
         if "teacher_topk" not in examples[0]:
             return batch
         length = batch["input_ids"].shape[1]
-        decoded = [kd.decode(ex["teacher_topk"]) for ex in examples]
+        decoded = [topk.decode(ex["teacher_topk"]) for ex in examples]
         k = decoded[0][0].shape[1]
         ids = torch.zeros(len(examples), length, k, dtype=torch.long)
-        logprobs = torch.full((len(examples), length, k), kd.LOGPROB_FLOOR)
+        logprobs = torch.full((len(examples), length, k), topk.LOGPROB_FLOOR)
         mask = torch.zeros(len(examples), length, dtype=torch.bool)
         for b, (ex, (t_ids, t_lps, _)) in enumerate(zip(examples, decoded)):
             start = ex["kd_offset"]
@@ -72,7 +72,7 @@ class KDCollator:
 
 
 class KDTrainer(SFTTrainer):
-    """loss = alpha * CE + (1 - alpha) * T^2 * divergence, per trained token (see seqdistill.kd), + feature terms."""
+    """loss = alpha * CE + (1 - alpha) * T^2 * divergence, per trained token (see seqdistill.kd_loss), + feature terms."""
 
     def __init__(self, *args, kd_config: kd.KDConfig, teacher_model=None, **kwargs):
         self.kd_config = kd_config
@@ -163,14 +163,14 @@ class KDTrainer(SFTTrainer):
         if self.teacher_model is not None:
             with torch.no_grad():
                 teacher_out = self.teacher_model(**inputs, use_cache=False, **extra)
-            t, s = kd.full_distributions(logits[trained], teacher_out.logits[:, :-1][trained], cfg.temperature)
+            t, s = kd_loss.full_distributions(logits[trained], teacher_out.logits[:, :-1][trained], cfg.temperature)
         else:
             if not teacher:
                 raise ValueError("kd.mode offline needs teacher log-probs in every batch (column teacher_topk)")
             scored = teacher["teacher_mask"][:, 1:] & trained
-            t, s = kd.topk_buckets(logits[scored], teacher["teacher_ids"][:, 1:][scored],
+            t, s = kd_loss.topk_buckets(logits[scored], teacher["teacher_ids"][:, 1:][scored],
                                    teacher["teacher_logprobs"][:, 1:][scored], cfg.temperature)
-        divergence = kd.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha).sum()
+        divergence = kd_loss.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha).sum()
         alpha = 0.0 if self.on_policy_batch and model.training else cfg.alpha  # the student's own tokens: no CE
         loss = (alpha * ce + (1 - alpha) * cfg.temperature**2 * divergence) / torch.as_tensor(tokens).clamp(min=1)
         terms = self.feature_terms(outputs, teacher_out, labels != -100, inputs) if cfg.features() else {}

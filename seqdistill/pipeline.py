@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import config as configlib
-from seqdistill import hub, models, problems, store, trackers
+from seqdistill import hub, models, rgym, store, trackers
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, ModelEntry
 from seqdistill.generate import GenerateConfig
@@ -42,7 +42,7 @@ class PipelineConfig:
         errors = trackers.check(self.report_to) if self.report_to is not None else []
         if self.generate and self.eval:  # training on a benchmark's rewritten test set, then evaluating on it
             named = [b.problems_config().preset for b in self.eval.benchmarks]
-            found = problems.benchmark_tasks(self.generate.problems, named, "eval.benchmarks")
+            found = rgym.benchmark_tasks(self.generate.problems, named, "eval.benchmarks")
             errors += [f"generate.problems.{p}" for p in found]
         return errors
 

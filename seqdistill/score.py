@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import engine, kd, models, store
+from seqdistill import engine, kd, models, store, topk
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 
@@ -74,7 +74,7 @@ def run(cfg: ScoreConfig, llm=None) -> dict:
     req = engine.Request(SamplingConfig(n=1, temperature=0.0, max_tokens=1), prompt_logprobs_k=cfg.logprobs_k)
 
     def to_rows(i: int, output: engine.Output) -> list[dict]:
-        return [{"index": i, "teacher_topk": kd.encode(*output.prompt_topk, vocab)}]
+        return [{"index": i, "teacher_topk": topk.encode(*output.prompt_topk, vocab)}]
 
     opener = lambda: engine.open_engine(path, cfg.engine, llm, max_logprobs=max(20, cfg.logprobs_k))  # noqa: E731
     with engine.lazy(opener) as get_engine:
@@ -90,7 +90,7 @@ def run(cfg: ScoreConfig, llm=None) -> dict:
     scored = (scored.add_column("teacher_topk", blobs).add_column("prefill", [""] * len(blobs))
               .add_column("teacher", [cfg.model] * len(blobs)))
     store.write_parquet(scored, out / "data" / "train.parquet")
-    stats = {"examples": len(blobs), "teacher_logprobs": kd.storage_stats(scored, cfg.logprobs_k, vocab)}
+    stats = {"examples": len(blobs), "teacher_logprobs": topk.storage_stats(scored, cfg.logprobs_k, vocab)}
     store.write_text(out / "stats.json", json.dumps(stats, indent=2))
     log.info("scored %d traces: %s", len(blobs), stats["teacher_logprobs"])
     return stats

@@ -3,8 +3,8 @@
 `generate` uses it to keep correct traces and `eval` to score models, so both read answers the
 same way. `judge` picks the verifier per problem: code rows (with `tests`) run their tests in the
 sandbox (`seqdistill.code`), reasoning-gym rows (with `rg_task`) are scored by their task's own
-`score_answer` (correct at a score >= `answer.rg_threshold`), every other row is compared with its
-gold answer by math-verify.
+`score_answer` (`seqdistill.rgym`; correct at a score >= `answer.rg_threshold`), every other row is
+compared with its gold answer by math-verify.
 
 A reasoning-gym answer may be any text (sorted words, a move list), so under `extraction: auto` it is
 the last `<answer>...</answer>` after the think block (what reasoning-gym's own prompts ask for), else
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from seqdistill import code
+from seqdistill import code, rgym
 from seqdistill.answers import (  # noqa: F401  (answer extraction's home is answers; these names stay importable here)
     LATEX_COMMAND, NUMBER, AnswerConfig, extract_answer, extract_free_answer, is_code, is_reasoning_gym,
     last_boxed, last_number, last_tag, leading_number, strip_think,
@@ -31,17 +31,6 @@ def extract_for(text: str, problem: dict | None, cfg: AnswerConfig) -> str | Non
     if is_code(problem):
         return code.extract_code(text, cfg.think_tag)
     return extract_free_answer(text, cfg) if is_reasoning_gym(problem) else extract_answer(text, cfg)
-
-
-def rg_score(answer: str | None, problem: dict) -> float:
-    """The task's own score_answer on its exact entry; an answer the checker chokes on scores 0."""
-    from seqdistill.problems import rg_entry
-
-    dataset, entry = rg_entry(problem)
-    try:
-        return float(dataset.score_answer(answer, entry))
-    except Exception:
-        return 0.0
 
 
 @lru_cache(maxsize=100_000)
@@ -156,7 +145,7 @@ def judge_many(texts: list[str], problems: list[dict], cfg: AnswerConfig, code_c
             continue
         if is_reasoning_gym(problem):
             answer = extract_free_answer(text, cfg)
-            score = rg_score(answer, problem) if answer is not None else 0.0
+            score = rgym.score(answer, problem) if answer is not None else 0.0
             correct = score >= cfg.rg_threshold
             verdict = "passed" if correct else "no_answer" if answer is None else "wrong_answer"
             out[i] = Judgement(answer, correct, verdict, f"score {score:.3g}")

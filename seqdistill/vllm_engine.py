@@ -93,7 +93,7 @@ class VLLMEngine:
     def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
         from vllm import SamplingParams
 
-        from seqdistill import kd
+        from seqdistill import topk
 
         s = req.sampling
         params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
@@ -110,9 +110,9 @@ class VLLMEngine:
         outputs = []
         for p, r in zip(prompts, results):
             completions = [Completion(c.text, str(c.finish_reason), len(c.token_ids),
-                                      kd.from_vllm(c.logprobs, c.token_ids, req.logprobs_k) if req.logprobs_k else None)
+                                      topk.from_vllm(c.logprobs, c.token_ids, req.logprobs_k) if req.logprobs_k else None)
                            for c in r.outputs]
-            prompt_topk = (kd.from_vllm(r.prompt_logprobs, p.token_ids, req.prompt_logprobs_k, first=p.score_from)
+            prompt_topk = (topk.from_vllm(r.prompt_logprobs, p.token_ids, req.prompt_logprobs_k, first=p.score_from)
                            if req.prompt_logprobs_k else None)
             outputs.append(Output(completions, len(p.token_ids), prompt_topk))
         return outputs

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from seqdistill import config as configlib
-from seqdistill import generate, kd, score, sft, store
+from seqdistill import generate, kd, kd_loss, score, sft, store, topk
 from seqdistill.config import ConfigError
 from seqdistill.generate import GenerateConfig
 from seqdistill.sft import SFTStageConfig
@@ -25,14 +25,14 @@ def test_divergences_match_full_distribution_formulas():
     t, s = torch.log_softmax(logits(0), -1), torch.log_softmax(logits(1), -1)
     forward = torch.nn.functional.kl_div(s, t, log_target=True, reduction="none").sum(-1)  # KL(t || s)
     reverse = torch.nn.functional.kl_div(t, s, log_target=True, reduction="none").sum(-1)  # KL(s || t)
-    assert torch.allclose(kd.divergence(t, s, "forward_kl"), forward, atol=1e-6)
-    assert torch.allclose(kd.divergence(t, s, "reverse_kl"), reverse, atol=1e-6)
+    assert torch.allclose(kd_loss.divergence(t, s, "forward_kl"), forward, atol=1e-6)
+    assert torch.allclose(kd_loss.divergence(t, s, "reverse_kl"), reverse, atol=1e-6)
     p, q = t.exp(), s.exp()
     m = (p + q) / 2
     jsd = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)
-    assert torch.allclose(kd.divergence(t, s, "jsd", 0.5), jsd, atol=1e-6)
+    assert torch.allclose(kd_loss.divergence(t, s, "jsd", 0.5), jsd, atol=1e-6)
     assert (jsd <= math.log(2) + 1e-6).all() and (forward > 0).all()
-    assert torch.allclose(kd.divergence(t, t, "forward_kl"), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(kd_loss.divergence(t, t, "forward_kl"), torch.zeros(5), atol=1e-6)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 0.5])
@@ -40,25 +40,25 @@ def test_topk_buckets_over_the_whole_vocabulary_equal_the_full_computation(tempe
     student, teacher = logits(2), logits(3)
     teacher_logp = torch.log_softmax(teacher, -1)
     ids = teacher_logp.argsort(-1, descending=True)  # k = V: every token is in the top-k
-    t, s = kd.topk_buckets(student, ids, teacher_logp.gather(-1, ids), temperature)
-    full_t, full_s = kd.full_distributions(student, teacher, temperature)
+    t, s = kd_loss.topk_buckets(student, ids, teacher_logp.gather(-1, ids), temperature)
+    full_t, full_s = kd_loss.full_distributions(student, teacher, temperature)
     for kind in kd.DIVERGENCES:
-        assert torch.allclose(kd.divergence(t, s, kind), kd.divergence(full_t, full_s, kind), atol=1e-5), kind
+        assert torch.allclose(kd_loss.divergence(t, s, kind), kd_loss.divergence(full_t, full_s, kind), atol=1e-5), kind
 
 
 def test_topk_buckets_keep_the_rest_mass_and_lower_bound_the_full_kl():
     student, teacher = logits(4, v=50), logits(5, v=50)
     teacher_logp = torch.log_softmax(teacher, -1)
     top = teacher_logp.topk(5, -1)
-    t, s = kd.topk_buckets(student, top.indices, top.values, 1.0)
+    t, s = kd_loss.topk_buckets(student, top.indices, top.values, 1.0)
     assert torch.allclose(t.exp().sum(-1), torch.ones(5)) and torch.allclose(s.exp().sum(-1), torch.ones(5), atol=1e-5)
-    full_t, full_s = kd.full_distributions(student, teacher, 1.0)
-    assert (kd.divergence(t, s, "forward_kl") <= kd.divergence(full_t, full_s, "forward_kl") + 1e-6).all()
+    full_t, full_s = kd_loss.full_distributions(student, teacher, 1.0)
+    assert (kd_loss.divergence(t, s, "forward_kl") <= kd_loss.divergence(full_t, full_s, "forward_kl") + 1e-6).all()
 
 
 def test_vocab_padding_is_sliced_to_the_shared_vocabulary():
     student, teacher = logits(6, v=12), logits(7, v=11)  # e.g. 152064 vs 151936 rows
-    t, s = kd.full_distributions(student, teacher, 1.0)
+    t, s = kd_loss.full_distributions(student, teacher, 1.0)
     assert t.shape == s.shape == (5, 11)
 
 
@@ -73,14 +73,14 @@ def test_storage_round_trip_and_size(vocab):
     lps = np.sort(np.log(rng.dirichlet(np.ones(k * 2), n)[:, :k]), 1)[:, ::-1].astype(np.float32)
     sampled = ids[np.arange(n), rng.integers(0, k, n)]
     sampled[::7] = vocab - 1 - np.arange(len(sampled[::7]))  # some sampled tokens fall outside the top-k
-    blob = kd.encode(ids, lps, sampled, vocab)
-    got_ids, got_lps, got_sampled = kd.decode(blob)
+    blob = topk.encode(ids, lps, sampled, vocab)
+    got_ids, got_lps, got_sampled = topk.decode(blob)
     assert np.array_equal(got_ids, ids) and np.array_equal(got_sampled, sampled)
-    inside = lps >= kd.LOGPROB_FLOOR
-    assert np.abs(got_lps - lps)[inside].max() <= kd.max_quantisation_error(vocab) + 1e-6
-    assert (got_lps[~inside] == kd.LOGPROB_FLOOR).all()
+    inside = lps >= topk.LOGPROB_FLOOR
+    assert np.abs(got_lps - lps)[inside].max() <= topk.max_quantisation_error(vocab) + 1e-6
+    assert (got_lps[~inside] == topk.LOGPROB_FLOOR).all()
     assert len(blob) / n <= 64  # bytes per token at k=20 (sampled ids outside the top-k included)
-    assert kd.max_quantisation_error(vocab) <= 0.08
+    assert topk.max_quantisation_error(vocab) <= 0.08
 
 
 # ---------------------------------------------------------------- vLLM + TRL
@@ -109,7 +109,7 @@ def test_generate_records_teacher_topk_that_match_the_model(teacher_samples, smo
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
     agree, total = 0, 0
     for row in samples.select(range(4)):
-        ids, lps, sampled = kd.decode(row["teacher_topk"])
+        ids, lps, sampled = topk.decode(row["teacher_topk"])
         assert len(sampled) == row["completion_tokens"] and ids.shape == (len(sampled), 20)
         assert tokenizer.decode(sampled, skip_special_tokens=True) == row["completion"]
         prompt = tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False)
@@ -136,10 +136,10 @@ def kl_to_teacher(student_path_or_model, teacher, rows, tokenizer) -> float:
     for row in rows:
         prompt = tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False)
         head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([head + kd.decode(row["teacher_topk"])[2].tolist()])
+        ids = torch.tensor([head + topk.decode(row["teacher_topk"])[2].tolist()])
         with torch.no_grad():
-            t, s = kd.full_distributions(student(ids).logits[0, len(head) - 1 : -1], teacher(ids).logits[0, len(head) - 1 : -1], 1.0)
-        total += kd.divergence(t, s, "forward_kl").sum().item()
+            t, s = kd_loss.full_distributions(student(ids).logits[0, len(head) - 1 : -1], teacher(ids).logits[0, len(head) - 1 : -1], 1.0)
+        total += kd_loss.divergence(t, s, "forward_kl").sum().item()
         count += len(t)
     return total / count
 
@@ -196,8 +196,8 @@ def test_score_adds_the_same_logprobs_as_generate(teacher_samples, smollm2_llm, 
     cfg = configlib.load(score.ScoreConfig, None, [f"model={smollm2_path}", f"dataset={source}", f"output_dir={tmp_path / 'scored'}"])
     stats = score.run(cfg, llm=smollm2_llm)
     scored = store.read_parquet([tmp_path / "scored" / "data" / "train.parquet"])[0]
-    ids, lps, sampled = kd.decode(scored["teacher_topk"])
-    g_ids, g_lps, g_sampled = kd.decode(row["teacher_topk"])
+    ids, lps, sampled = topk.decode(scored["teacher_topk"])
+    g_ids, g_lps, g_sampled = topk.decode(row["teacher_topk"])
     assert stats["examples"] == 1 and scored["teacher"] == smollm2_path
     if sampled.tolist() == g_sampled.tolist():  # the text re-tokenizes to the sampled ids
         assert (ids[:, 0] == g_ids[:, 0]).mean() > 0.9 and np.abs(lps[:, 0] - g_lps[:, 0]).mean() < 0.1

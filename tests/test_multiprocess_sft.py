@@ -26,7 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from seqdistill import config as configlib
-from seqdistill import kd, sft, store
+from seqdistill import sft, store, topk
 from seqdistill.sft import SFTStageConfig
 
 DDP = Path(__file__).resolve().parents[1] / "accelerate" / "ddp.yaml"
@@ -200,7 +200,7 @@ def kd_traces(traces, tiny_llama, tmp_path_factory):
         ids = rng.integers(0, len(tokenizer), (len(sampled), 4))
         ids[:, 0] = sampled
         logprobs = np.sort(-rng.exponential(2.0, (len(sampled), 4)), axis=1)[:, ::-1]
-        row["teacher_topk"] = kd.encode(ids, logprobs, sampled, len(tokenizer))
+        row["teacher_topk"] = topk.encode(ids, logprobs, sampled, len(tokenizer))
         row["teacher"] = tiny_llama
     path = tmp_path_factory.mktemp("kd-traces") / "traces.parquet"
     store.write_parquet(rows, path)

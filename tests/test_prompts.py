@@ -66,11 +66,11 @@ def test_kd_student_prompt_holds_one_think_opening(r1_qwen_tokenizer, release):
     import datasets
     import numpy as np
 
-    from seqdistill import data, kd
+    from seqdistill import data, topk
 
     tokenizer = r1_student(r1_qwen_tokenizer, release)
     sampled = np.array(tokenizer("Step 1: 1+1=2.\n</think>\nThe answer is 2.", add_special_tokens=False)["input_ids"])
-    blob = kd.encode(sampled[:, None], np.zeros((len(sampled), 1)), sampled, len(tokenizer))
+    blob = topk.encode(sampled[:, None], np.zeros((len(sampled), 1)), sampled, len(tokenizer))
     msgs = [{"role": "user", "content": "What is 1+1?"},
             {"role": "assistant", "content": "<think>\nStep 1: 1+1=2.\n</think>\nThe answer is 2."}]
     table = datasets.Dataset.from_list([{"messages": msgs, "teacher_topk": blob, "prefill": "<think>\n"}])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, generate, kd, precision, score, store
+from seqdistill import evaluate, generate, precision, score, store, topk
 from seqdistill.evaluate import EvalConfig
 from seqdistill.generate import GenerateConfig
 
@@ -80,8 +80,8 @@ def test_greedy_generate_through_the_server_matches_in_process(tiny_llm, tiny_ll
     assert [r["prompt_tokens"] for r in remote] == [r["prompt_tokens"] for r in local]
     for a, b in zip(local, remote):  # stored teacher log-probs: same ids, same quantised values within a level
         if a["teacher_topk"] is not None:
-            ids_a, lp_a, s_a = kd.decode(a["teacher_topk"])
-            ids_b, lp_b, s_b = kd.decode(b["teacher_topk"])
+            ids_a, lp_a, s_a = topk.decode(a["teacher_topk"])
+            ids_b, lp_b, s_b = topk.decode(b["teacher_topk"])
             assert (s_a == s_b).all() and (ids_a[:, 0] == ids_b[:, 0]).all()
             assert np.abs(lp_a[:, 0] - lp_b[:, 0]).max() < 0.2
     usage = stats["requests"]
@@ -133,7 +133,7 @@ def test_score_through_the_server_matches_in_process(tiny_llm, tiny_llama, vllm_
     remote = store.read_parquet([tmp_path / "served" / "data" / "train.parquet"])["teacher_topk"]
     assert len(local) == len(remote) > 0
     for a, b in zip(local, remote):
-        ids_a, lp_a, s_a = kd.decode(a)
-        ids_b, lp_b, s_b = kd.decode(b)
+        ids_a, lp_a, s_a = topk.decode(a)
+        ids_b, lp_b, s_b = topk.decode(b)
         assert (s_a == s_b).all() and (ids_a[:, 0] == ids_b[:, 0]).all()
         assert np.abs(lp_a[:, 0] - lp_b[:, 0]).max() < 0.2
