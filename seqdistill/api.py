@@ -7,6 +7,8 @@ the replicas in `base_url`; a replica that fails is skipped until its back-off h
 5xx, timeouts, dropped connections and malformed answers are retried with exponential back-off and
 jitter (`Retry-After` wins); 400/401/403/404 stop the run with one line (nothing retried would
 succeed). The API key is read from the environment variable `api_key_env` names and never written.
+Before the first request the run's size and cost are estimated (`plan`); `max_cost` / `max_tokens_total`
+refuse a run whose lower estimate is over them and stop one that reaches them (`Budget`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class OpenAIEngine:
         self.replicas = [{"url": str(u).rstrip("/"), "down_until": 0.0, "fails": 0, "inflight": 0} for u in cfg.base_url]
         self.usage: collections.Counter = collections.Counter()
         self.pace = {"next": 0.0, "window": collections.deque(), "lock": None}
+        self.budget: Budget | None = None  # set by `plan`
 
     def start_chunk(self, *key) -> None:
         pass  # every request carries its own seed (see `body`)
@@ -109,7 +112,55 @@ class OpenAIEngine:
         resp = client.post(f"{url.removesuffix('/v1')}/tokenize", json={"model": self.model, "messages": p.messages})
         return resp.json().get("count", 0) if resp.status_code == 200 else 0  # not vLLM: the server will say
 
+    def plan(self, jobs: list[tuple], req: Request, journals: list[Path], earlier: list[dict]) -> None:
+        """Before the first request: log the estimate, refuse a run whose lower end is over a limit, and set the
+        budget that `sample` spends. `jobs` are the chunks to sample (k, seed key, prompts), `journals` theirs,
+        `earlier` the usage of the finished chunks (what earlier runs spent)."""
+        spent = Budget(self.cfg, sum(u.get("prompt_tokens", 0) for u in earlier),
+                       sum(u.get("completion_tokens", 0) for u in earlier))
+        answered = sum(u.get("requests", 0) - u.get("errors", 0) for u in earlier)
+        left = []
+        for (_, _, batch), journal in zip(jobs, journals):
+            _, records, todo = self.pending(batch, req, journal)
+            for r in records.values():
+                if r.get("ok"):
+                    spent.add(r)
+                    answered += 1
+            left += [p for p, _ in todo]
+        chat = any(p.token_ids is None for p in left)
+        # chat prompts are rendered by the server: about 4 characters a token, template not counted
+        prompt = sum(len(p.token_ids) if p.token_ids is not None else
+                     -(-sum(len(str(m.get("content") or "")) for m in p.messages) // 4) for p in left)
+        mean = spent.completion_tokens / answered if answered else 1  # a finished answer has at least one token
+        low = Budget(self.cfg, spent.prompt_tokens + prompt, spent.completion_tokens + round(len(left) * mean))
+        bound = 1 if req.prompt_logprobs_k else req.sampling.max_tokens  # score asks for one token
+        high = Budget(self.cfg, spent.prompt_tokens + prompt, spent.completion_tokens + len(left) * bound)
+        line = (f"estimate: {len(left)} requests for {len({p.key for p in left})} prompts, ~{prompt} prompt tokens "
+                f"({'characters/4' if chat else 'token ids counted'}), completion between "
+                f"{low.completion_tokens - spent.completion_tokens} and {high.completion_tokens - spent.completion_tokens} "
+                f"tokens (from {f'the mean {mean:.0f} of {answered} answers so far' if answered else '1'} to {bound} "
+                f"each)")
+        if spent.priced():
+            line += f", total cost between {money(low.cost())} and {money(high.cost())}"
+        if answered:
+            line += f"; spent so far {spent.spent()}"
+        if spent.limits():
+            line += f"; limit {spent.limits()}"
+        log.info("%s", line)
+        over = left and low.beyond(strict=True)
+        if over:
+            raise ConfigError(f"{line}: even the lower estimate is over {over}; raise it, or sample fewer problems or "
+                              "samples (problems.num_problems, sampling.n)")
+        self.budget = spent if spent.limits() else None
+
     # ------------------------------------------------------------ sampling
+
+    def pending(self, prompts: list[Prompt], req: Request, journal: Path | None) -> tuple[str, dict, list]:
+        """(journal fingerprint, journaled answers, (prompt, sample) requests still to send) of a chunk."""
+        fp = f"{self.fingerprint(req)}-{prompts_digest(prompts)}"  # answers of these very prompts, these settings
+        records = read_journal(journal, fp) if journal else {}
+        todo = [(p, j) for p in prompts for j in range(req.sampling.n) if not records.get(f"{p.key}/{j}", {}).get("ok")]
+        return fp, records, todo
 
     def fingerprint(self, req: Request) -> str:
         what = [self.model, asdict(req.sampling), req.logprobs_k, req.prompt_logprobs_k, self.cfg.api,
@@ -117,15 +168,17 @@ class OpenAIEngine:
         return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
-        fp = f"{self.fingerprint(req)}-{prompts_digest(prompts)}"  # answers of these very prompts, these settings
-        records = read_journal(journal, fp) if journal else {}
+        fp, records, todo = self.pending(prompts, req, journal)
         n = req.sampling.n
-        todo = [(p, j) for p in prompts for j in range(n) if not records.get(f"{p.key}/{j}", {}).get("ok")]
         if len(todo) < len(prompts) * n:
             log.info("%d of %d requests already answered (journal); sending %d", len(prompts) * n - len(todo),
                      len(prompts) * n, len(todo))
         if todo:
             asyncio.run(self.send_all(todo, req, journal, fp, records))
+        if self.budget and self.budget.held:  # the answers are journaled: a rerun sends only the rest
+            raise ConfigError(f"{self.budget.beyond(strict=False)} reached: {self.budget.spent()} spent, the requests "
+                              "in flight finished and every answer is kept; raise the limit and rerun the same "
+                              "command to continue")
         outputs = []
         for p in prompts:
             recs = [records.get(f"{p.key}/{j}", {"ok": False, "error": "not sent"}) for j in range(n)]
@@ -161,9 +214,14 @@ class OpenAIEngine:
             async with httpx.AsyncClient(timeout=self.cfg.timeout, headers=self.headers(), limits=limits) as client:
                 async def one(p: Prompt, j: int):
                     async with gate:
+                        if self.budget and self.budget.beyond(strict=False):
+                            self.budget.held += 1  # not sent; those in flight finish
+                            return
                         record = await self.request(client, p, j, req)
                     record.update(key=f"{p.key}/{j}", fp=fp)
                     records[record["key"]] = record
+                    if self.budget and record["ok"]:
+                        self.budget.add(record)
                     if sink:
                         sink.write(json.dumps(record) + "\n")
                         sink.flush()  # in the OS's hands: survives a SIGKILL of this process
@@ -332,6 +390,46 @@ class OpenAIEngine:
     def window_add(self, tokens: int) -> None:
         if self.cfg.tokens_per_minute:
             self.pace["window"].append((time.monotonic(), tokens))
+
+
+class Budget:
+    """Tokens answered requests used (their usage) against engine.max_cost and engine.max_tokens_total."""
+
+    def __init__(self, cfg: EngineConfig, prompt_tokens: int = 0, completion_tokens: int = 0):
+        self.cfg, self.prompt_tokens, self.completion_tokens = cfg, prompt_tokens, completion_tokens
+        self.held = 0  # requests not sent because a limit was reached
+
+    def add(self, record: dict) -> None:
+        self.prompt_tokens += record.get("prompt_tokens", 0)
+        self.completion_tokens += record.get("completion_tokens", 0)
+
+    def priced(self) -> bool:
+        return self.cfg.price_input is not None or self.cfg.price_output is not None
+
+    def cost(self) -> float:
+        return (self.prompt_tokens * (self.cfg.price_input or 0) + self.completion_tokens * (self.cfg.price_output or 0)) / 1e6
+
+    def spent(self) -> str:
+        tokens = f"{self.prompt_tokens} prompt + {self.completion_tokens} completion tokens"
+        return f"{money(self.cost())} ({tokens})" if self.priced() else tokens
+
+    def limits(self) -> str:
+        c = self.cfg
+        return ", ".join(([f"engine.max_cost {money(c.max_cost)}"] if c.max_cost is not None else [])
+                         + ([f"engine.max_tokens_total {c.max_tokens_total}"] if c.max_tokens_total is not None else []))
+
+    def beyond(self, strict: bool) -> str:
+        """The limit these totals pass (strict) or reach, as a setting and its value; '' when none."""
+        c, tokens = self.cfg, self.prompt_tokens + self.completion_tokens
+        if c.max_cost is not None and (self.cost() > c.max_cost if strict else self.cost() >= c.max_cost):
+            return f"engine.max_cost {money(c.max_cost)}"
+        if c.max_tokens_total is not None and (tokens > c.max_tokens_total if strict else tokens >= c.max_tokens_total):
+            return f"engine.max_tokens_total {c.max_tokens_total}"
+        return ""
+
+
+def money(x: float) -> str:
+    return f"${x:.4f}"
 
 
 def longest_of(prompts: list[Prompt]) -> Prompt:

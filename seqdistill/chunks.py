@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from seqdistill.api import OpenAIEngine
 from seqdistill.config import first_line
 from seqdistill.ranks import DataParallel
 from seqdistill.sampling import EngineConfig, Output, Prompt, Request, prompts_digest
@@ -34,6 +35,10 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
     failed = 0
     # a chunk's seed key is (seed_key, k): a resumed chunk, or one drawn by another rank, draws the same
     jobs = [(k, (*seed_key, k), [prompts[i] for i in chunks[k]]) for k in todo]
+    if todo and isinstance(eng := get_engine(), OpenAIEngine):  # paid requests: the estimate, and the limits
+        earlier = [json.loads(parts[k].with_suffix(".json").read_text()).get("usage") or {}
+                   for k in sorted(set(range(len(chunks))) - set(todo))]
+        eng.plan(jobs, req, [parts[k].with_suffix(".journal.jsonl") for k in todo], earlier)
     for k, outputs, seconds, usage in chunk_outputs(get_engine, jobs, req, parts):
         idx = chunks[k]
         journal = parts[k].with_suffix(".journal.jsonl")

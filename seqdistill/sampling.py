@@ -52,6 +52,11 @@ class EngineConfig:
     extra_body: dict = field(default_factory=dict)  # server-specific request fields, e.g. vLLM's top_k, min_p
     price_input: float | None = None  # price per million prompt tokens, for the cost line
     price_output: float | None = None  # price per million completion tokens
+    # Stop sending once this much is spent (in price_input/price_output's currency; both must be set), counted
+    # over the stage's output with earlier runs (per shard; eval: per model and benchmark). The requests in flight
+    # finish and are kept; a rerun with a higher limit continues. A run whose lower estimate exceeds it is refused.
+    max_cost: float | None = None
+    max_tokens_total: int | None = None  # the same limit in tokens, prompt + completion, as the server counts them
 
     def validate(self) -> list[str]:
         errors = []
@@ -73,6 +78,9 @@ class EngineConfig:
             errors.append("extra.data_parallel_size is an engine setting of its own: set engine.data_parallel_size "
                           "instead (one engine process per rank)")
         if self.backend != "openai":
+            if self.max_cost is not None or self.max_tokens_total is not None:
+                errors.append("max_cost and max_tokens_total limit the requests to a server (backend openai); the "
+                              "vllm backend sends none: remove them")
             return errors
         vllm_only = [f.name for f in fields(self) if f.name in VLLM_ONLY and getattr(self, f.name) != f.default
                      and not (f.name == "extra" and not self.extra)]
@@ -90,6 +98,16 @@ class EngineConfig:
         for name in ("requests_per_minute", "tokens_per_minute"):
             if (getattr(self, name) or 1) <= 0:
                 errors.append(f"{name} must be > 0 (or null for no limit)")
+        for name in ("price_input", "price_output"):
+            if (getattr(self, name) or 0) < 0:
+                errors.append(f"{name} must be >= 0 (or null for no cost line), got {getattr(self, name)}")
+        if self.max_cost is not None and not self.max_cost > 0:
+            errors.append(f"max_cost must be > 0 (or null for no limit), got {self.max_cost}")
+        elif self.max_cost is not None and (self.price_input is None or self.price_output is None):
+            errors.append("max_cost needs engine.price_input and engine.price_output (per million prompt / completion "
+                          "tokens) to count what is spent; set both (0 for a free direction)")
+        if self.max_tokens_total is not None and self.max_tokens_total < 1:
+            errors.append(f"max_tokens_total must be at least 1 (or null for no limit), got {self.max_tokens_total}")
         if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             errors.append("api_key_env must be the NAME of an environment variable holding the key (e.g. "
                           "OPENAI_API_KEY), not the key itself")
@@ -128,7 +146,8 @@ VLLM_ONLY = ("dtype", "max_model_len", "tensor_parallel_size", "data_parallel_si
 # settings that change how fast or where samples come, not which: a resumed run may change them
 OPERATIONAL = tuple(f"engine.{k}" for k in ("base_url", "api_key_env", "max_concurrency", "requests_per_minute",
                                              "tokens_per_minute", "timeout", "max_retries", "retry_backoff",
-                                             "price_input", "price_output", "in_process", "gpu_memory_utilization",
+                                             "price_input", "price_output", "max_cost", "max_tokens_total",
+                                             "in_process", "gpu_memory_utilization",
                                              "kv_cache_memory_bytes", "enable_prefix_caching", "data_parallel_size"))
 
 

@@ -160,6 +160,7 @@ def test_rate_limit_paces_requests(tmp_path):
     (["sampling.max_tokens=5000"], r"\+ sampling.max_tokens \(5000\) exceeds the server's context \(4096\)"),
     (["teacher_logprobs=true"], r"teacher log-probs need the model's config to store token ids, and 'fake-teacher' has none"),
     (["engine.max_model_len=2048"], r"max_model_len configure the in-process vllm backend and do nothing for backend openai"),
+    (["engine.max_cost=10"], r"max_cost needs engine.price_input and engine.price_output \(per million"),
 ])
 def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
     with FaultServer() as server:
@@ -167,6 +168,68 @@ def test_bad_input_fails_before_any_request(tmp_path, overrides, message):
             generate.run(make_cfg(server, tmp_path / "gen", *overrides))
         assert server.requests == 0
     assert not (tmp_path / "gen" / "samples").exists()
+
+
+def journaled(out) -> list[str]:
+    """The (problem/sample) keys answered so far: rows of finished chunks and answers in journals."""
+    keys = [f"{r['problem_index']}/{r['sample_index']}" for part in sorted(out.rglob("chunk-*.parquet"))
+            for r in store.read_parquet([part])]
+    return keys + [r["key"] for j in out.rglob("*.journal.jsonl") for r in map(json.loads, j.read_text().splitlines())
+                   if r["ok"]]
+
+
+PRICED = ["engine.price_input=0", "engine.price_output=1000000"]  # $1 a completion token: 7 ($7) an answer
+
+
+@pytest.mark.parametrize("limit,message", [
+    ("engine.max_cost=5", r"estimate: 10 requests for 5 prompts, .*completion between 10 and 640 tokens \(from 1 to 64 "
+                          r"each\), total cost between \$10.0000 and \$640.0000; limit engine.max_cost \$5.0000: even "
+                          r"the lower estimate is over engine.max_cost \$5.0000; raise it"),
+    ("engine.max_tokens_total=200", r"~338 prompt tokens \(characters/4\).*: even the lower estimate is over "
+                                    r"engine.max_tokens_total 200"),
+])
+def test_a_run_over_its_limit_is_refused_before_any_request(tmp_path, limit, message):
+    with FaultServer() as server:
+        with pytest.raises(ConfigError, match=message):
+            generate.run(make_cfg(server, tmp_path / "gen", *PRICED, limit))
+        assert server.requests == 0
+
+
+def test_the_limit_stops_the_run_after_the_requests_in_flight_and_keeps_every_answer(tmp_path):
+    with FaultServer(delay=0.05) as server:
+        with pytest.raises(ConfigError, match=r"engine.max_cost \$30.0000 reached: \$(35|42).0000 \(\d+ prompt \+ "
+                                              r"(35|42) completion tokens\) spent, .* raise the limit and rerun the same "
+                                              r"command"):
+            generate.run(make_cfg(server, tmp_path / "gen", *PRICED, "engine.max_cost=30"))
+        # 5 answers pass $30; the one in flight beside the 5th (max_concurrency 2) finishes, no other is sent
+        assert 5 <= server.requests <= 6 and server.requests == sum(server.answered.values())
+        assert set(server.answered.values()) == {1}
+    keys = journaled(tmp_path / "gen")
+    assert len(keys) == len(set(keys)) == server.requests  # every answer kept, once
+    assert not (tmp_path / "gen" / "stats.json").exists()
+
+
+def test_a_rerun_with_a_higher_limit_continues_exactly_once(tmp_path):
+    with FaultServer() as server:
+        whole = generate.run(make_cfg(server, tmp_path / "whole", *PRICED))
+    with FaultServer(delay=0.05) as server:
+        with pytest.raises(ConfigError, match=r"engine.max_cost \$30.0000 reached"):
+            generate.run(make_cfg(server, tmp_path / "gen", *PRICED, "engine.max_cost=30"))
+        sent = server.requests
+        # what was spent plus the mean answer (7 tokens) for each request left is $70: over $50 before any request
+        with pytest.raises(ConfigError, match=r"the mean 7 of [56] answers so far.*total cost between \$70.0000 and .*; "
+                                              r"spent so far \$(35|42).*: even the lower estimate is over engine.max_cost \$50.0000"):
+            generate.run(make_cfg(server, tmp_path / "gen", *PRICED, "engine.max_cost=50"))
+        assert server.requests == sent
+        stats = generate.run(make_cfg(server, tmp_path / "gen", *PRICED, "engine.max_cost=100"))
+        assert server.requests == 10 and len(server.answered) == 10 and set(server.answered.values()) == {1}
+    assert samples(tmp_path / "gen") == samples(tmp_path / "whole")
+    assert stats["requests"] == whole["requests"] and stats["requests"]["cost"] == 70.0
+
+
+def test_a_spending_limit_needs_backend_openai():
+    with pytest.raises(ConfigError, match=r"max_cost and max_tokens_total limit the requests to a server \(backend openai\)"):
+        configlib.load(GenerateConfig, None, ["engine.max_tokens_total=1000"])
 
 
 def test_data_parallel_size_is_the_servers_with_backend_openai():
