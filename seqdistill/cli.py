@@ -7,7 +7,8 @@
     seqdistill config generate      # the default config as YAML, to start a --config file from
 
 Settings come from the YAML file given with --config, then `--set key.sub=value` or `--key.sub value`
-overrides (values read as YAML). Bad settings stop the run in the first second with a one-line error.
+overrides (values read as YAML). Bad settings stop the run in the first second with a one-line error;
+with -v, the tracebacks of what caused it come first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 from seqdistill import __version__
 from seqdistill import config as configlib
@@ -226,11 +228,24 @@ def main(argv: list[str] | None = None) -> None:
                       f"{metrics['train_tokens_per_second']} tokens/s, {card.memory_line(metrics)}; "
                       f"student: {cfg.output_dir}/model")
     except ConfigError as e:
+        if getattr(args, "verbose", 0) > 0:
+            print_causes(e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished chunks are saved, rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def print_causes(e: BaseException) -> None:
+    """-v: the traceback of a one-line error and of the exceptions it was made from (one raised `from None`
+    included: its cause is still there, only hidden), before the line itself."""
+    link, seen = e, set()
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    traceback.print_exception(e, file=sys.stderr)
 
 
 def print_generate_summary(cfg, stats: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -253,7 +254,7 @@ def save(obj: Any, path: str | Path, extra: dict | None = None) -> dict:
     record = {"config": to_dict(obj), "run": run_info(), **(extra or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # store.temp_path's name: the next run removes a torn one
     tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     tmp.replace(path)
     return record

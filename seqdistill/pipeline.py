@@ -8,7 +8,10 @@ Every stage writes under RUN_DIR/STAGE, and each stage's output feeds the next: 
 RUN_DIR/generate, eval scores the teacher, the untouched student and the distilled student
 (unless the recipe lists its own models). A stage whose outputs exist for the same resolved
 config is skipped with a line saying so; a changed stage and every stage after it rerun; an
-interrupted stage resumes (each stage's own resume). RUN_DIR also holds the resolved pipeline.
+interrupted stage resumes (each stage's own resume). A change that only re-filters reuses the
+samples; a stage that samples (generate, eval) and must start over sets its old directory aside
+(RUN_DIR/STAGE.old-TIME, named in a log line) rather than delete it. Every stage is checked before
+the first one runs. RUN_DIR also holds the resolved pipeline.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
             try:
                 load_table(cfg.sft.dataset, cfg.sft.dataset_split)
             except ConfigError as e:
-                raise ConfigError(f"sft.dataset: {e} (the pipeline has no generate stage to write it)") from None
+                raise ConfigError(f"sft.dataset: {e} (the pipeline has no generate stage to write it)") from e
     if cfg.eval:
         cfg.eval.output_dir = str(run / "eval")
         if "models" not in (raw.get("eval") or {}):
@@ -120,15 +123,18 @@ def default_compare(entries: list[ModelEntry]) -> list[list[str]]:
 
 def preflight(cfg: PipelineConfig, selected: list[str]) -> dict:
     """Before the first stage runs, each stage's own checks on what exists now: generate's (when it will run),
-    sft's dataset (a finished generate's; `load` read a dataset no stage writes), eval's benchmarks, prompts and
-    context lengths for the models that exist already (the distilled student appears only after sft).
+    sft's precision on this device and LoRA targets (when it will run) and its dataset (a finished generate's;
+    `load` read a dataset no stage writes), eval's benchmarks, prompts and context lengths for the models that
+    exist already (the distilled student appears only after sft).
     Returns what generate's check found, which its run then reuses (the first stage: nothing changed since)."""
-    from seqdistill import data, evaluate, generate
+    from seqdistill import data, evaluate, generate, sft
 
     checked = {}
     generate_runs = "generate" in selected and not layout("generate", cfg.generate).done(cfg.generate.output_dir, cfg.generate)
     if generate_runs:
         checked["generate"] = generate.check(cfg.generate)
+    if "sft" in selected and (generate_runs or not layout("sft", cfg.sft).done(cfg.sft.output_dir, cfg.sft)):
+        sft.check(cfg.sft)
     if "sft" in selected and cfg.generate and not generate_runs:
         data.load_table(cfg.sft.dataset, cfg.sft.dataset_split)
     if "eval" in selected:
@@ -160,6 +166,7 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
     present = [s for s in STAGES if getattr(cfg, s) is not None]
     selected = [s for s in present if (not only or s in only) and (not start or STAGES.index(s) >= STAGES.index(start))]
     checked = preflight(cfg, selected)  # a run refused by any stage's checks writes nothing
+    store.remove_stale_temps(cfg.run_dir)  # of writes a killed run left, in stages this run may skip too
     configlib.save(cfg, Path(cfg.run_dir) / "pipeline.yaml")
     results, dirty = {}, False
     for stage in selected:
@@ -170,9 +177,16 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
             hub.push(stage, stage_cfg)  # a push that failed before is tried again (a done one is not repeated)
             continue
         out = Path(stage_cfg.output_dir)
-        if dirty or (rules.changes(out, stage_cfg) and not rules.rebuildable(out, stage_cfg)):
-            # a changed stage (unless only settings it rebuilds from its sampled parts), or one after a stage that ran
-            stage_cfg.overwrite = True  # starts over
+        changes = rules.changes(out, stage_cfg)
+        if dirty or (changes and not rules.rebuildable(out, stage_cfg)):
+            # a changed stage (unless only settings it rebuilds from its sampled parts), or one after a stage that ran,
+            # starts over: sampled work is set aside (only the user's own --overwrite deletes it), the rest replaced
+            if rules.parts and not stage_cfg.overwrite:
+                shown = "; ".join(changes[:3]) + (" ..." if len(changes) > 3 else "") if changes else ""
+                why = f"{stage} settings changed ({shown})" if changes else f"a stage before {stage} ran"
+                rules.set_aside(out, why)
+            else:
+                stage_cfg.overwrite = True
         elif stage == "sft":
             stage_cfg.resume = True  # an interrupted training continues from its last checkpoint
         print(f"[{stage}] running -> {stage_cfg.output_dir}", flush=True)

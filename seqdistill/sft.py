@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqdistill import card, hub, kd, models, store, trackers
-from seqdistill.config import ConfigError
+from seqdistill.config import ConfigError, first_line
 from seqdistill.data import TrainingData
 from seqdistill.hub import HubConfig
 
@@ -241,7 +241,16 @@ def peak_gpu_memory(device: str) -> dict:
     return {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
-def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
+def check(cfg: SFTStageConfig) -> None:
+    """What this machine and the student refuse, found before any model loads (`seqdistill run` calls it before
+    its first stage): the precision on this device and the LoRA targets."""
+    check_precision(cfg)
+    check_lora_targets(cfg, cfg.student)
+
+
+def check_precision(cfg: SFTStageConfig) -> bool:
+    """Refuse a precision this device can't train in, without initialising CUDA (a vLLM engine may start in this
+    process after the check); returns whether there is a GPU. bfloat16 on a GPU without it: `pick_precision`."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -252,6 +261,13 @@ def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
             raise ConfigError("method qlora needs a CUDA GPU and `pip install bitsandbytes`; use method lora here")
     if cfg.dtype == "float16" and not cuda:
         raise ConfigError("dtype float16 training needs a GPU; use dtype float32 (or bfloat16) on CPU")
+    return cuda
+
+
+def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
+    import torch
+
+    cuda = check_precision(cfg)
     if not cuda:  # auto: float32, measured faster than bf16 for training even on AVX512_BF16 CPUs (RESULTS.md)
         from seqdistill import precision
 
@@ -264,14 +280,21 @@ def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
 
 
 def check_lora_targets(cfg: SFTStageConfig, student: str) -> None:
-    """LoRA target modules must match some module: checked on an empty (meta) model, before loading weights."""
+    """LoRA target modules must match some module: checked on an empty (meta) model built from the student's
+    config.json alone, before loading weights."""
     if cfg.method == "full" or cfg.lora.target_modules == ["all-linear"]:
         return
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    path = models.resolve(student)  # `run` passes it resolved already; `check` the reference (converted once)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # no config.json here, an unknown architecture, or no hub
+        raise ConfigError(f"lora.target_modules: the config of student {cfg.student} can't be read here to check them "
+                          f"({first_line(e)}); name a local model directory or a reachable hub id") from e
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(student))
+        model = AutoModelForCausalLM.from_config(config)
     names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     missing = [t for t in cfg.lora.target_modules if t not in names]
     if missing:

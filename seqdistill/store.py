@@ -2,7 +2,8 @@
 
 A stage writes its work in parts; each part appears whole (written to a temporary name, then
 renamed) or not at all, so a crash or Ctrl-C never leaves a half-written part, and a rerun of the
-same command skips the parts that exist.
+same command skips the parts that exist. A killed write's temporary file is removed by the next run.
+Sampled work is deleted only by `--overwrite`: a run that must start over sets the old one aside.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -30,8 +34,8 @@ def saved_config(out: str | Path) -> dict:
         return {}
     try:
         return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{path} is not valid YAML; move it away or pick another output_dir") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML; move it away or pick another output_dir") from e
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ class Layout:
     A directory is `empty` (or absent), holds the `same` run (its saved config equals this one but
     for the settings in `ignore`, which don't change the outputs), a `different` run, or is
     `foreign` (files, but no seqdistill config). A stage is done when its `marker` (written last)
-    exists for the same run. `--overwrite` deletes only the files in `owned`, and never touches a foreign directory.
+    exists for the same run. `--overwrite` deletes only the files in `owned`, and never touches a foreign directory;
+    it is the only way to delete `parts` (sampled work): a run that must start over without it is `set_aside`.
     """
 
     owned: tuple[str, ...]  # files and folders this stage writes
@@ -87,7 +92,8 @@ class Layout:
         if state == "different" and not overwrite and not self.rebuildable(out, cfg):
             diff = self.changes(out, cfg)
             raise ConfigError(f"output directory {out} holds a different run ({'; '.join(diff[:3])}"
-                              f"{' ...' if len(diff) > 3 else ''}); use another output_dir, or pass --overwrite to replace it")
+                              f"{' ...' if len(diff) > 3 else ''}); use another output_dir, or pass --overwrite to "
+                              f"replace it (deleting {self.present(out)})")
         if state == "foreign":  # --overwrite replaces seqdistill's own runs, never files it did not write
             raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run (no {CONFIG_FILE}), "
                               "so even --overwrite leaves it alone: pick a new output_dir, or move its files away")
@@ -105,15 +111,37 @@ class Layout:
                 if name not in self.parts:
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if state in ("different", "same", "foreign") and overwrite:
-            log.warning("overwriting the run in %s", out)
+            log.warning("--overwrite: deleting %s in %s", self.present(out), out)
             for name in self.owned + (CONFIG_FILE,):
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"cannot create output_dir {out}: {e.strerror}") from None
+            raise ConfigError(f"cannot create output_dir {out}: {e.strerror}") from e
+        remove_stale_temps(out)
         configlib.save(cfg, out / CONFIG_FILE)
+
+    def present(self, out: Path) -> str:
+        """The files of this stage in `out`, as --overwrite would delete them: 'samples/, data/, stats.json'."""
+        names = [f"{n}/" if (Path(out) / n).is_dir() else n for n in self.owned + (CONFIG_FILE,) if (Path(out) / n).exists()]
+        return ", ".join(names) or "nothing"
+
+    def set_aside(self, out: Path, why: str) -> Path | None:
+        """Move the run in `out`, whole, to OUT.old-TIME (TIME: when it last started, UTC) so that a fresh run can
+        start in `out` with nothing deleted; says so in one line. None when `out` holds no seqdistill run."""
+        out = Path(out)
+        if not (out / CONFIG_FILE).is_file():
+            return None
+        started = datetime.fromtimestamp((out / CONFIG_FILE).stat().st_mtime, timezone.utc)
+        aside = out.with_name(f"{out.name}.old-{started:%Y%m%d-%H%M%S}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = out.with_name(f"{out.name}.old-{started:%Y%m%d-%H%M%S}-{n}")
+        out.rename(aside)
+        log.warning("%s: the earlier run in %s is kept, whole, in %s; this one starts afresh", why, out, aside)
+        return aside
 
 
 def drop(data: dict, keys: tuple[str, ...]) -> dict:
@@ -135,11 +163,47 @@ def drop(data: dict, keys: tuple[str, ...]) -> dict:
     return data
 
 
-def remove_stale_temps(folder: Path) -> None:
-    """Temporary files of writes that a killed run left behind."""
-    if Path(folder).is_dir():
-        for tmp in Path(folder).glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+TEMP_NAME = re.compile(r"\..+\.tmp(\d*)")  # .NAME.tmpPID: every atomic write's temporary file (`temp_path`)
+QUIET_SECONDS = 10  # a temporary file unchanged this long, whose writer is not running here, is a killed write's
+
+
+def temp_path(path: Path) -> Path:
+    """Where an atomic write of `path` writes first (then renames): hidden, and named after its process."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporary files that killed writes left anywhere under `folder` (a stage's output directory,
+    a chunk folder, a run_dir): those whose writer no longer runs on this machine and that have not changed
+    for QUIET_SECONDS (a shard job on another machine may be writing into a shared directory). Returns them."""
+    removed, now = [], time.time()
+    for tmp in sorted(Path(folder).rglob(".*.tmp*")) if Path(folder).is_dir() else []:
+        match = TEMP_NAME.fullmatch(tmp.name)
+        if not match or not tmp.is_file() or writing(int(match[1]) if match[1] else None):
+            continue
+        try:
+            if now - tmp.stat().st_mtime >= QUIET_SECONDS:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # its writer renamed it in the meantime
+            pass
+    if removed:
+        log.info("removed %d temporary file(s) of interrupted writes under %s", len(removed), folder)
+    return removed
+
+
+def writing(pid: int | None) -> bool:
+    """Whether process `pid` may still be writing its temporary file (a shard job beside this one); this
+    process writes none while it cleans up."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def write_parquet(rows_or_dataset, path: Path, features=None) -> None:
@@ -150,7 +214,7 @@ def write_parquet(rows_or_dataset, path: Path, features=None) -> None:
     if not isinstance(data, datasets.Dataset):
         data = datasets.Dataset.from_list(rows_or_dataset, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     data.to_parquet(str(tmp))
     tmp.replace(path)
 
@@ -175,6 +239,6 @@ def read_json(path: Path, fix: str = "rerun the stage that writes it, or remove 
 
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

@@ -112,6 +112,12 @@ def foreign(c: Ctx) -> None:
     (c.out / "stats.json").write_text("{}")
 
 
+def unknown_architecture(c: Ctx) -> str:
+    """A model directory whose config.json names an architecture transformers does not know."""
+    c.file("odd-model/model.safetensors", b"")
+    return str(Path(c.file("odd-model/config.json", '{"model_type": "no-such-architecture"}')).parent)
+
+
 def another_run(c: Ctx) -> None:
     from seqdistill import config as configlib
     from seqdistill.generate import GenerateConfig
@@ -345,6 +351,12 @@ CASES = [
          setup=empty_generate_stage),
     Case("run-kd-offline-without-logprobs", lambda c: run(c, {"generate": GEN_STAGE, "sft": {"kd": {"mode": "offline"}}}),
          "set generate.teacher_logprobs: true"),
+    # sft's own checks come before generate samples anything (the generate stage would trip the engine tripwire)
+    Case("run-sft-lora-targets", lambda c: run(c, {"generate": GEN_STAGE, "sft": {"lora": {"target_modules": ["nope_proj"]}}}),
+         "match no module"),
+    Case("run-sft-lora-targets-unknown-architecture",
+         lambda c: run(c, {"sft": {"student": unknown_architecture(c), "dataset": c.traces(), "lora": {"target_modules": ["q_proj"]}}}),
+         "lora.target_modules: the config of student"),
     # ---- report ----
     Case("report-missing-dir", lambda c: ["report", str(c.root / "nope")], "holds no pipeline run"),
     Case("report-results-not-json", lambda c: ["report", str(c.root)], "results.json",

@@ -56,3 +56,29 @@ def test_quiet_reaches_vllm_and_transformers():
             "import transformers; print(transformers.logging.get_verbosity())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["ERROR", "error", "40"]  # transformers defaults to warning
+
+
+def test_verbose_shows_what_caused_the_one_line_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: [n: 1\n")
+    out = cli("generate", "--config", str(bad))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    out = cli("generate", "-v", "--config", str(bad))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and lines[-1].startswith(f"error: config file {bad} is not valid YAML")
+    assert "yaml.parser.ParserError" in out.stderr and "The above exception was the direct cause" in out.stderr
+
+
+def test_verbose_shows_a_cause_raised_from_none(capsys):
+    from seqdistill import cli as clilib
+    from seqdistill.config import ConfigError
+
+    try:
+        try:
+            int("seven")
+        except ValueError:
+            raise ConfigError("layers must be numbers") from None
+    except ConfigError as e:
+        clilib.print_causes(e)
+    err = capsys.readouterr().err
+    assert "ValueError: invalid literal for int() with base 10: 'seven'" in err and "ConfigError: layers must be" in err
