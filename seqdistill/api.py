@@ -255,7 +255,7 @@ class OpenAIEngine:
                 try:
                     record = self.parse(data, req)
                 except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
-                    raise Retry(f"a malformed answer ({type(e).__name__}: {e})") from None
+                    raise Retry(f"a malformed answer ({type(e).__name__}: {e})") from e
                 replica["fails"] = 0
                 self.window_add(record["prompt_tokens"] + record["completion_tokens"])
                 return {"ok": True, "retries": attempt, "errors": errors, **record}
@@ -318,8 +318,8 @@ class OpenAIEngine:
             raise Refused(f"the server refused the request ({status}): {' '.join(text.split())}{hint}")
         try:
             data = resp.json()
-        except ValueError:
-            raise Retry(f"malformed JSON in a {status} answer: {resp.text[:100]!r}") from None
+        except ValueError as e:
+            raise Retry(f"malformed JSON in a {status} answer: {resp.text[:100]!r}") from e
         if not isinstance(data, dict) or not data.get("choices"):
             raise Retry("an answer with no choices")
         return data

@@ -238,7 +238,7 @@ def decode_private(value) -> list:
         data = _PlainUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(value)))).load()
     except Exception as e:
         raise ConfigError(f"LiveCodeBench private_test_cases could not be decoded safely ({e}); only pickles of "
-                          "lists, dicts, strings and numbers are read; drop the field to use the public tests") from None
+                          "lists, dicts, strings and numbers are read; drop the field to use the public tests") from e
     data = json.loads(data) if isinstance(data, str) else data
     if not _plain(data) or not isinstance(data, list):
         raise ConfigError("LiveCodeBench private_test_cases hold something other than a list of plain values; "
@@ -344,7 +344,7 @@ def _run_program(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
     try:
         names = sorted({*tests.get("calls", []), *free_names(tests["test"], context)})
     except SyntaxError as e:
-        raise ConfigError(f"a problem's test program is not valid Python ({e}); fix or drop the problem") from None
+        raise ConfigError(f"a problem's test program is not valid Python ({e}); fix or drop the problem") from e
     serve = {"mode": "serve", "source": source, "case_timeout": cfg.timeout}
     drive = {"mode": "drive", "context": context, "test": tests["test"], "names": names, "case_timeout": cfg.timeout}
     result = sandbox.run_pair(serve, drive, cfg.limits(), kind)

@@ -126,7 +126,7 @@ def load_table(source: str, split: str):
     try:
         table = datasets.load_dataset(source, split=split)
     except Exception as e:
-        raise ConfigError(f"could not load dataset {source!r} split {split!r}: {first_line(e)}") from None
+        raise ConfigError(f"could not load dataset {source!r} split {split!r}: {first_line(e)}") from e
     if len(table) == 0:
         raise nothing_kept(source, None)
     return table, None
@@ -240,7 +240,7 @@ def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
     try:
         teacher_tokenizer = models.load_tokenizer(models.resolve(name, weights=False))  # only its tokenizer is read
     except ConfigError as e:
-        raise ConfigError(f"teacher {name} (whose tokenizer logit KD checks against the student's): {e}") from None
+        raise ConfigError(f"teacher {name} (whose tokenizer logit KD checks against the student's): {e}") from e
     texts = [m[-1]["content"] for m in table["messages"][:cfg.kd.check_samples]] if "messages" in table.column_names else []
     kd.check_tokenizers(tokenizer, teacher_tokenizer, texts + ["The answer is 12,345.67 <think>x</think>"],
                         cfg.student, name)

@@ -235,7 +235,7 @@ def load_tokenizer(path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
-        raise ConfigError(f"could not load the tokenizer of {path!r}: {first_line(e)}") from None
+        raise ConfigError(f"could not load the tokenizer of {path!r}: {first_line(e)}") from e
 
 
 def context_length(path: str) -> int | None:

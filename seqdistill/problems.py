@@ -257,7 +257,7 @@ def _load_table(cfg: ProblemsConfig):
         return datasets.load_dataset(cfg.source, cfg.subset, split=cfg.split)
     except Exception as e:  # the hub or the name may be wrong; say which dataset failed
         raise ConfigError(f"could not load hub dataset {cfg.source!r} (subset {cfg.subset}, split {cfg.split}): "
-                          f"{first_line(e)}; for a local file give its path as problems.source") from None
+                          f"{first_line(e)}; for a local file give its path as problems.source") from e
 
 
 def read_local(path: Path, what: str):

@@ -67,7 +67,7 @@ def load_template(name: str):
     try:
         return env.from_string(path.read_text())
     except TemplateSyntaxError as e:
-        raise ConfigError(f"prompt template {path} line {e.lineno}: {e.message}") from None
+        raise ConfigError(f"prompt template {path} line {e.lineno}: {e.message}") from e
 
 
 def render(template, problem: dict) -> str:
@@ -79,7 +79,7 @@ def render(template, problem: dict) -> str:
         return template.render(**fields).strip()
     except UndefinedError as e:
         raise ConfigError(f"prompt template uses a field the problems don't have ({e.message}); "
-                          f"fields: {', '.join(sorted(fields))}") from None
+                          f"fields: {', '.join(sorted(fields))}") from e
 
 
 def messages(user: str, cfg: PromptConfig) -> list[dict]:

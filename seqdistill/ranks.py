@@ -34,9 +34,9 @@ def rank_devices(cfg: EngineConfig) -> list[RankDevices]:
     GPUs are counted without initialising CUDA in this process."""
     try:
         from vllm.platforms import current_platform
-    except ImportError:
+    except ImportError as e:
         raise ConfigError("vLLM is not installed: `pip install -e .[cpu]` on CPU machines, "
-                          "`pip install -e .[cuda]` on CUDA machines") from None
+                          "`pip install -e .[cuda]` on CUDA machines") from e
     n, tp = cfg.data_parallel_size, cfg.tensor_parallel_size
     if current_platform.is_cpu():
         cores = sorted(os.sched_getaffinity(0))

@@ -65,8 +65,8 @@ def parse_layers(spec: str | list[int]) -> int | list[int]:
             return step
         try:
             spec = [int(part) for part in spec.split(",") if part.strip()]
-        except ValueError:
-            raise ConfigError(f"{usage}; got {spec!r}") from None
+        except ValueError as e:
+            raise ConfigError(f"{usage}; got {spec!r}") from e
     if not spec:
         raise ConfigError("layers selects no layer; name at least one (e.g. every:2 or [0, 2, 4])")
     return list(spec)

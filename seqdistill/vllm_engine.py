@@ -27,9 +27,9 @@ def load_vllm(path: str, cfg: EngineConfig, **kwargs):
     try:
         from vllm import LLM
         from vllm.platforms import current_platform
-    except ImportError:
+    except ImportError as e:
         raise ConfigError("vLLM is not installed: `pip install -e .[cpu]` on CPU machines, "
-                          "`pip install -e .[cuda]` on CUDA machines") from None
+                          "`pip install -e .[cuda]` on CUDA machines") from e
     from seqdistill import precision
 
     cpu = current_platform.is_cpu()
