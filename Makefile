@@ -55,7 +55,8 @@ browser:
 bwrap:
 	@# the code sandbox's private root (seqdistill/sandbox.py): Debian's bubblewrap, as root (non-fatal)
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap) || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap 2>/dev/null || \
+	   (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap)) || \
 	  echo "bubblewrap not installed: the sandbox falls back to unshare (root only); tests/test_code.py skips its escape checks"; }
 
 # docs/settings.md from the config dataclasses (tests/test_settings_doc.py checks it is current)

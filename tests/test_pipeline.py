@@ -17,7 +17,7 @@ RECIPE = {
         "prompt": {"template": "number"},
         "sampling": {"n": 8, "temperature": 0.8, "max_tokens": 64},
         "answer": {"extraction": "last_number"},
-        "engine": {"max_model_len": 512, "kv_cache_memory_bytes": 536870912},
+        "engine": {"max_model_len": 512, "kv_cache_memory_bytes": 536870912, "enforce_eager": True},
     },
     "sft": {"student": "embedded:SmolLM2-135M-Instruct", "max_steps": 2, "per_device_train_batch_size": 4,
             "report_to": ["none"], "merge": True, "max_length": 256},
