@@ -182,8 +182,7 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
             # a changed stage (unless only settings it rebuilds from its sampled parts), or one after a stage that ran,
             # starts over: sampled work is set aside (only the user's own --overwrite deletes it), the rest replaced
             if rules.parts and not stage_cfg.overwrite:
-                shown = "; ".join(changes[:3]) + (" ..." if len(changes) > 3 else "") if changes else ""
-                why = f"{stage} settings changed ({shown})" if changes else f"a stage before {stage} ran"
+                why = f"{stage} settings changed ({store.shown(changes)})" if changes else f"a stage before {stage} ran"
                 rules.set_aside(out, why)
             else:
                 stage_cfg.overwrite = True

@@ -91,9 +91,8 @@ class Layout:
         state = self.state(out, cfg)
         if state == "different" and not overwrite and not self.rebuildable(out, cfg):
             diff = self.changes(out, cfg)
-            raise ConfigError(f"output directory {out} holds a different run ({'; '.join(diff[:3])}"
-                              f"{' ...' if len(diff) > 3 else ''}); use another output_dir, or pass --overwrite to "
-                              f"replace it (deleting {self.present(out)})")
+            raise ConfigError(f"output directory {out} holds a different run ({shown(diff)}); use another "
+                              f"output_dir, or pass --overwrite to replace it (deleting {self.present(out)})")
         if state == "foreign":  # --overwrite replaces seqdistill's own runs, never files it did not write
             raise ConfigError(f"output directory {out} is not empty and holds no seqdistill run (no {CONFIG_FILE}), "
                               "so even --overwrite leaves it alone: pick a new output_dir, or move its files away")
@@ -142,6 +141,11 @@ class Layout:
         out.rename(aside)
         log.warning("%s: the earlier run in %s is kept, whole, in %s; this one starts afresh", why, out, aside)
         return aside
+
+
+def shown(changes: list[str]) -> str:
+    """The first three changed settings for a one-line message: 'sampling.n: 2 -> 1; ...'."""
+    return "; ".join(changes[:3]) + (" ..." if len(changes) > 3 else "")
 
 
 def drop(data: dict, keys: tuple[str, ...]) -> dict:
