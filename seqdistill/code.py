@@ -134,6 +134,13 @@ def normalize(row: dict, schema: str = "auto") -> dict:
     tests = globals()[f"_from_{schema}"](row)
     if tests["kind"] != "program" and not tests["cases"]:
         raise ConfigError(f"code problem {row.get('id', '')!r} has no test cases in {field!r}")
+    if tests["kind"] == "program":  # the functions the tests call across (see _run_program), found once per problem
+        tests["context"] = f"{tests['prefix']}\n{tests.get('context', '')}"
+        try:
+            tests["calls"] = sorted({*tests.get("calls", []), *free_names(tests["test"], tests["context"])})
+        except SyntaxError as e:
+            raise ConfigError(f"code problem {row.get('id', '')!r}: its test program is not valid Python ({e}); "
+                              "fix or drop the problem") from e
     return tests
 
 
@@ -338,15 +345,11 @@ def run_tests(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
 def _run_program(code: str, tests: dict, cfg: CodeConfig, kind: str) -> Verdict:
     """The program answers calls in one sandbox; the test program runs in another (`sandbox.run_pair`)."""
     # the prefix can't go above a __future__ import; such programs bring their own imports anyway
-    prefix = tests.get("prefix") or ""
+    prefix = tests["prefix"]
     source = f"{prefix}\n{code}" if prefix and "from __future__" not in code else code
-    context = f"{prefix}\n{tests.get('context') or ''}"
-    try:
-        names = sorted({*tests.get("calls", []), *free_names(tests["test"], context)})
-    except SyntaxError as e:
-        raise ConfigError(f"a problem's test program is not valid Python ({e}); fix or drop the problem") from e
     serve = {"mode": "serve", "source": source, "case_timeout": cfg.timeout}
-    drive = {"mode": "drive", "context": context, "test": tests["test"], "names": names, "case_timeout": cfg.timeout}
+    drive = {"mode": "drive", "context": tests["context"], "test": tests["test"], "names": tests["calls"],
+             "case_timeout": cfg.timeout}
     result = sandbox.run_pair(serve, drive, cfg.limits(), kind)
     if result.report["status"] == "assertion":
         return Verdict("wrong_output", f"failed: {result.report.get('line', '')}", result.seconds)

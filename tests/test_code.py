@@ -126,6 +126,9 @@ def test_bad_tests_are_named():
         code.normalize({"id": "p"}, "codeforces")
     with pytest.raises(ConfigError, match="cannot run 'cpp' programs; it runs: python"):
         code.normalize({"verification_info": {"language": "cpp", "test_cases": [{"input": "", "output": ""}]}})
+    with pytest.raises(ConfigError, match=r"code problem 'p': its test program is not valid Python .*fix or drop"):
+        code.normalize({"id": "p", "test_list": ["assert add(1, 2) == (3"]})  # refused as problems load, not per sample
+    assert code.normalize({"id": "p", "test_list": ["assert add(1, 2) == 3"]})["calls"] == ["add"]
 
 
 # ---- schemas: a right and a wrong program each --------------------------------------------------
