@@ -1,6 +1,7 @@
 """Statistics of a generated dataset, and every card seqdistill writes: the dataset card (the README.md that
 `datasets` reads), the eval card, and the model cards of sft and student, built with huggingface_hub's
-DatasetCard/ModelCard."""
+DatasetCard/ModelCard. The model cards are written here too: sft and student call `write_sft_cards` and
+`write_student_card`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ EMBEDDED_HUB = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
                 "Qwen2.5-Coder-0.5B-Instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
                 "Qwen2.5-Coder-1.5B-Instruct": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+MODEL_CARD = "README.md"  # a model directory's card, which the hub and huggingface_hub's ModelCard read
 
 
 def quantiles(values: list[int]) -> dict:
@@ -211,7 +213,7 @@ def eval_card(cfg, table: str, details: dict[str, tuple[str, str]]) -> str:
     rows = "\n".join(f"| `{name}` | {model} | {bench} |" for name, (model, bench) in details.items())
     return with_metadata(DatasetCard, data, f"""# Evaluation results
 
-Scored by `seqdistill eval` ({', '.join(b.name for b in cfg.benchmarks)}); `results.json` holds every
+Scored by `seqdistill eval` ({', '.join(b.name for b in cfg.benchmarks)}); `{store.RESULTS_FILE}` holds every
 figure with the settings that produced it.
 
 {table}
@@ -249,6 +251,28 @@ def kd_line(cfg) -> str:
             f"{k.divergence}{kd.describe(k)}, T = {k.temperature}.")
 
 
+def training_data(cfg, data) -> str:
+    """The dataset sft trained on, or the table of its mixture's sources."""
+    if not data.mixture:
+        return f"`{cfg.dataset}` (split `{cfg.dataset_split}`)"
+    rows = "\n".join(f"| `{r['path']}` | {r['split']} | {r['rows']} | {r['used']} | "
+                     f"{'weight ' + str(r['weight']) if r.get('weight') is not None else 'fraction ' + str(r.get('fraction', 1.0))} "
+                     f"| {r['share']} |" for r in data.mixture)
+    return (f"a mixture of {len(data.mixture)} datasets drawn with seed {cfg.seed}\n\n"
+            f"| dataset | split | rows | used | weight or fraction | share |\n| --- | --- | --- | --- | --- | --- |\n{rows}\n\n")
+
+
+def student_changes(cfg) -> str:
+    """What a user of the model must know beyond the weights: its template switches and a stretched context."""
+    notes = []
+    if cfg.chat_template_kwargs:
+        notes.append(f"Render prompts with the chat-template switches {json.dumps(cfg.chat_template_kwargs)}, "
+                     "as it was trained.")
+    if cfg.context:
+        notes.append(f"Its context was stretched to {cfg.context} tokens (YaRN RoPE scaling, in its config.json).")
+    return "".join(" " + n for n in notes)
+
+
 def sft_model_card(cfg, data, metrics: dict, merged: bool = False) -> str:
     """The card of OUTPUT_DIR/model (the adapter, or the model when method is full), or with `merged`
     of OUTPUT_DIR/merged; its metadata names the base model and dataset by hub id where they have one."""
@@ -258,9 +282,10 @@ def sft_model_card(cfg, data, metrics: dict, merged: bool = False) -> str:
               else "(not a seqdistill generate dataset)")
     teacher = data.teacher or "unknown"
     adapter = cfg.method != "full" and not merged
-    base, dataset = hub_id(cfg.student), dataset_hub_id(cfg.dataset)
+    base = hub_id(cfg.student)
+    hub_datasets = [d for d in (dataset_hub_id(r["path"]) for r in data.mixture or [{"path": cfg.dataset}]) if d]
     meta = ModelCardData(
-        base_model=base, datasets=[dataset] if dataset else None, library_name="peft" if adapter else "transformers",
+        base_model=base, datasets=hub_datasets or None, library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation", model_name=f"{Path(cfg.output_dir).name}{'-merged' if merged else ''}",
         tags=["seqdistill", "distillation", "sft", "trl", *([cfg.method] if cfg.method != "full" else []),
               *(["knowledge-distillation"] if cfg.kd.mode != "none" else [])],
@@ -273,9 +298,9 @@ def sft_model_card(cfg, data, metrics: dict, merged: bool = False) -> str:
     return with_metadata(ModelCard, meta, f"""# {Path(cfg.output_dir).name}: `{cfg.student}` distilled from `{teacher}`
 
 Fine-tuned by `seqdistill sft` ({cfg.method}{f', r={cfg.lora.r}, alpha={cfg.lora.alpha}' if cfg.method != 'full' else ''})
-on `{cfg.dataset}` (split `{cfg.dataset_split}`, {data.n_train} examples), loss on
+on {training_data(cfg, data)} ({data.n_train} examples), loss on
 {'the assistant turn only' if cfg.assistant_only_loss else 'the whole sequence'}, each example ending with the
-end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)} This directory holds {what}.{origin}
+end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)} This directory holds {what}.{origin}{student_changes(cfg)}
 
 ## Teacher dataset funnel
 
@@ -292,6 +317,19 @@ end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)} This directory holds {what
 ```yaml
 {configlib.dump(cfg)}```
 """)
+
+
+def write_sft_cards(cfg, data, metrics: dict) -> None:
+    """OUTPUT_DIR/model/README.md, and OUTPUT_DIR/merged/README.md when sft saved a merged model."""
+    out = Path(cfg.output_dir)
+    store.write_text(out / "model" / MODEL_CARD, sft_model_card(cfg, data, metrics))
+    if (out / "merged").is_dir():
+        store.write_text(out / "merged" / MODEL_CARD, sft_model_card(cfg, data, metrics, merged=True))
+
+
+def write_student_card(cfg, info: dict, model_type: str, dtype: str) -> None:
+    """OUTPUT_DIR/README.md of a student built by `seqdistill student`."""
+    store.write_text(Path(cfg.output_dir) / MODEL_CARD, student_model_card(cfg, info, model_type, dtype))
 
 
 def student_model_card(cfg, info: dict, model_type: str, dtype: str) -> str:

@@ -9,6 +9,8 @@
 Settings come from the YAML file given with --config, then `--set key.sub=value` or `--key.sub value`
 overrides (values read as YAML). Bad settings stop the run in the first second with a one-line error;
 with -v, the tracebacks of what caused it come first.
+
+The commands and their help lines are listed in commands.py; what each one does is its function in RUNS here.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import traceback
 
 from seqdistill import __version__
 from seqdistill import config as configlib
+from seqdistill.commands import COMMANDS, CONFIG_STAGES, PIPELINE_STAGES, config_class
 from seqdistill.config import ConfigError
-
-CONFIG_STAGES = ("generate", "sft", "eval", "score", "student", "run")  # commands whose settings --KEY VALUE sets
 
 
 class StageParser(argparse.ArgumentParser):
@@ -53,40 +54,24 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqdistill", description=__doc__.split("\n\n")[0], parents=[common])
     p.add_argument("--version", action="version", version=f"seqdistill {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=StageParser)
-
-    def stage(name: str, help: str, description: str) -> StageParser:
-        # no abbreviations: --over must not be read as --overwrite when it may be a setting's name
-        return sub.add_parser(name, parents=[common], allow_abbrev=False, help=help, description=description)
-
-    add_config_args(stage("generate", "sample teacher traces with vLLM into a verified, filtered dataset",
-                          "Sample teacher traces with vLLM, verify and filter them, write a dataset."))
-    s = stage("sft", "fine-tune a student on the traces with TRL (LoRA, full or QLoRA)",
-              "Fine-tune a student on a traces dataset with TRL's SFTTrainer.")
-    add_config_args(s)
-    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    s.add_argument("--merge", action="store_true", help="also save the LoRA merged into the base model")
-    add_config_args(stage("score", "add a teacher's top-k log-probs to an existing traces dataset (logit KD)",
-                          "One vLLM prompt-log-probs pass over each trace; writes a dataset sft can use "
-                          "with kd.mode offline."))
-    add_config_args(stage("student", "build a smaller student from a model by keeping some of its decoder layers",
-                          "Keep a subset of a model's decoder layers (e.g. every other one, as DistilBERT did) and "
-                          "save it as a model directory sft can train."))
-    add_config_args(stage("eval", "score teacher and students on benchmarks with vLLM",
-                          "pass@1 (± s.e.), pass@k and maj@k of several models on several benchmarks."))
-    r = stage("run", "run the whole chain (generate -> sft -> eval) from a pipeline recipe",
-              "Run a pipeline recipe; finished stages with the same config are skipped.")
+    for name, command in COMMANDS.items():
+        # no abbreviations where settings are flags: --over must not be read as --overwrite when it may be a setting
+        c = sub.add_parser(name, parents=[common], allow_abbrev=command.config is None, help=command.help,
+                           description=command.description)
+        c.stage = name if command.config else None
+        if command.config and name != "run":  # run reads a pipeline recipe, with its own --set
+            add_config_args(c)
+    commands = sub.choices
+    commands["sft"].add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    commands["sft"].add_argument("--merge", action="store_true", help="also save the LoRA merged into the base model")
+    r = commands["run"]
     r.add_argument("pipeline", help="pipelines/NAME.yaml")
     r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set sft.learning_rate=1e-4 generate.sampling.n=4")
-    r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (generate, sft, eval)")
+    r.add_argument("--only", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(PIPELINE_STAGES)})")
     r.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on")
-    rep = sub.add_parser("report", parents=[common],
-                         help="rebuild RUN_DIR/report.md and its figures from a run's artifacts")
-    rep.add_argument("run_dir")
-    v = sub.add_parser("view", parents=[common],
-                       help="write one self-contained HTML page to browse a run's traces and eval samples",
-                       description="Write an HTML page (no server, opens from disk) to browse kept and dropped traces "
-                                   "by drop reason, problem and verdict, and each model's eval samples side by side.")
+    commands["report"].add_argument("run_dir")
+    v = commands["view"]
     v.add_argument("path", metavar="RUN_DIR|DATASET_DIR", help="a `seqdistill run` run_dir, or a generate or eval output_dir")
     v.add_argument("-o", "--output", metavar="FILE", help="where to write the page (default: DIR/view.html)")
     from seqdistill.view import MAX_CHARS, MAX_TRACES
@@ -95,12 +80,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"at most this many teacher traces, and as many eval samples, in the page (default {MAX_TRACES})")
     v.add_argument("--max-chars", type=int, default=MAX_CHARS,
                    help=f"characters kept of each think block and answer: head and tail (default {MAX_CHARS})")
-    c = sub.add_parser("config", parents=[common],
-                       help="print a stage's default config as YAML, with each setting's help",
-                       description="Print a stage's full default config as YAML (a starting point for --config).")
-    c.add_argument("stage", choices=CONFIG_STAGES)
-    for name, stage_parser in sub.choices.items():
-        stage_parser.stage = name if name in CONFIG_STAGES else None
+    commands["config"].add_argument("stage", choices=CONFIG_STAGES)
     return p
 
 
@@ -158,75 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         # flags are settings too: --resume is resume=true; --key.sub value is --set key.sub=value
         overrides = getattr(args, "overrides", []) + [
             f"{k}=true" for k in ("overwrite", "resume", "merge") if getattr(args, k, False)] + flag_overrides(extra)
-        if args.command == "config":
-            from seqdistill import settings_doc
-
-            cls, default, skip = settings_doc.stage_class(args.stage), None, {}
-            if args.stage == "run":  # a pipeline's stages are off unless named: show each with its defaults
-                default = cls(**{s: settings_doc.stage_class(s)() for s in ("generate", "sft", "eval")})
-                skip = {f"{s}.output_dir": "RUN_DIR/" + s for s in ("generate", "sft", "eval")}
-                skip.update({"sft.dataset": "what generate writes (name one when there is no generate stage)",
-                             "eval.models": "the teacher, the student before and after sft (or name your own)"})
-            try:
-                print(settings_doc.default_yaml(cls, default, skip))
-            except BrokenPipeError:  # seqdistill config sft | head: the reader has gone (Python's own recipe)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        elif args.command == "generate":
-            from seqdistill import generate
-
-            cfg = configlib.load(generate.GenerateConfig, args.config, overrides, "generate")
-            print("# resolved config\n" + configlib.dump(cfg), flush=True)
-            stats = generate.run(cfg)
-            print_generate_summary(cfg, stats)
-        elif args.command == "score":
-            from seqdistill import score
-
-            cfg = configlib.load(score.ScoreConfig, args.config, overrides, "score")
-            print("# resolved config\n" + configlib.dump(cfg), flush=True)
-            stats = score.run(cfg)
-            print(f"scored {stats['examples']} traces, {stats['teacher_logprobs']['bytes_per_token']} bytes/token; "
-                  f"dataset: {cfg.output_dir}/data/train.parquet")
-        elif args.command == "student":
-            from seqdistill import student
-
-            cfg = configlib.load(student.StudentConfig, args.config, overrides, "student")
-            print("# resolved config\n" + configlib.dump(cfg), flush=True)
-            info = student.run(cfg)
-            print(f"kept layers {info['kept']} of {info['source_layers']}; student: {cfg.output_dir}")
-        elif args.command == "eval":
-            from seqdistill import evaluate
-
-            cfg = configlib.load(evaluate.EvalConfig, args.config, overrides, "eval")
-            print("# resolved config\n" + configlib.dump(cfg), flush=True)
-            results = evaluate.run(cfg)
-            print("\n" + evaluate.table(results))
-            print(f"results: {cfg.output_dir}/results.md, per-sample records under {cfg.output_dir}/MODEL/BENCHMARK/")
-        elif args.command == "run":
-            from seqdistill import pipeline
-
-            cfg = pipeline.load(args.pipeline, overrides)
-            print("# resolved pipeline\n" + configlib.dump(cfg), flush=True)
-            pipeline.run(cfg, only=args.only, start=args.start)
-        elif args.command == "report":
-            from seqdistill import report
-
-            print(f"report: {report.write(args.run_dir)}")
-        elif args.command == "view":
-            from seqdistill import view
-
-            print(f"page: {view.write(args.path, args.output, args.max_traces, args.max_chars)}")
-        elif args.command == "sft":
-            from seqdistill import card, sft
-
-            cfg = configlib.load(sft.SFTStageConfig, args.config, overrides, "sft")
-            main_process = sft.processes(cfg).is_main_process  # under accelerate launch, the others print nothing
-            if main_process:
-                print("# resolved config\n" + configlib.dump(cfg), flush=True)
-            metrics = sft.run(cfg).metrics
-            if main_process:
-                print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
-                      f"{metrics['train_tokens_per_second']} tokens/s, {card.memory_line(metrics)}; "
-                      f"student: {cfg.output_dir}/model")
+        RUNS[args.command](args, overrides)
     except ConfigError as e:
         if getattr(args, "verbose", 0) > 0:
             print_causes(e)
@@ -235,6 +147,100 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted; finished chunks are saved, rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def resolved(name: str, args, overrides: list[str]):
+    """The command's settings from --config and the overrides, printed before it runs."""
+    cfg = configlib.load(config_class(name), args.config, overrides, name)
+    print("# resolved config\n" + configlib.dump(cfg), flush=True)
+    return cfg
+
+
+def run_generate(args, overrides: list[str]) -> None:
+    from seqdistill import generate
+
+    cfg = resolved("generate", args, overrides)
+    print_generate_summary(cfg, generate.run(cfg))
+
+
+def run_sft(args, overrides: list[str]) -> None:
+    from seqdistill import card, sft
+
+    cfg = configlib.load(sft.SFTStageConfig, args.config, overrides, "sft")
+    main_process = sft.processes(cfg).is_main_process  # under accelerate launch, the others print nothing
+    if main_process:
+        print("# resolved config\n" + configlib.dump(cfg), flush=True)
+    metrics = sft.run(cfg).metrics
+    if main_process:
+        print(f"train loss {metrics['train_loss']:.4f} in {metrics['train_seconds']} s, "
+              f"{metrics['train_tokens_per_second']} tokens/s, {card.memory_line(metrics)}; "
+              f"student: {cfg.output_dir}/model")
+
+
+def run_eval(args, overrides: list[str]) -> None:
+    from seqdistill import evaluate, store
+
+    cfg = resolved("eval", args, overrides)
+    results = evaluate.run(cfg)
+    print("\n" + evaluate.table(results))
+    print(f"results: {cfg.output_dir}/{store.RESULTS_TABLE}, per-sample records under {cfg.output_dir}/MODEL/BENCHMARK/")
+
+
+def run_score(args, overrides: list[str]) -> None:
+    from seqdistill import score
+
+    cfg = resolved("score", args, overrides)
+    stats = score.run(cfg)
+    print(f"scored {stats['examples']} traces, {stats['teacher_logprobs']['bytes_per_token']} bytes/token; "
+          f"dataset: {cfg.output_dir}/data/train.parquet")
+
+
+def run_student(args, overrides: list[str]) -> None:
+    from seqdistill import student
+
+    cfg = resolved("student", args, overrides)
+    info = student.run(cfg)
+    print(f"kept layers {info['kept']} of {info['source_layers']}; student: {cfg.output_dir}")
+
+
+def run_pipeline(args, overrides: list[str]) -> None:
+    from seqdistill import pipeline
+
+    cfg = pipeline.load(args.pipeline, overrides)
+    print("# resolved pipeline\n" + configlib.dump(cfg), flush=True)
+    pipeline.run(cfg, only=args.only, start=args.start)
+
+
+def run_report(args, overrides: list[str]) -> None:
+    from seqdistill import report
+
+    print(f"report: {report.write(args.run_dir)}")
+
+
+def run_view(args, overrides: list[str]) -> None:
+    from seqdistill import view
+
+    print(f"page: {view.write(args.path, args.output, args.max_traces, args.max_chars)}")
+
+
+def print_config(args, overrides: list[str]) -> None:
+    from seqdistill import settings_doc
+
+    cls, default, skip = settings_doc.stage_class(args.stage), None, {}
+    if args.stage == "run":  # a pipeline's stages are off unless named: show each with its defaults
+        default = cls(**{s: settings_doc.stage_class(s)() for s in PIPELINE_STAGES})
+        skip = {f"{s}.output_dir": "RUN_DIR/" + s for s in PIPELINE_STAGES}
+        skip.update({"sft.dataset": "what generate writes (name one when there is no generate stage)",
+                     "eval.models": "the teacher, the student before and after sft (or name your own)"})
+    try:
+        print(settings_doc.default_yaml(cls, default, skip))
+    except BrokenPipeError:  # seqdistill config sft | head: the reader has gone (Python's own recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# what each command of commands.COMMANDS does with its parsed arguments and setting overrides
+RUNS = {"generate": run_generate, "sft": run_sft, "eval": run_eval, "score": run_score, "student": run_student,
+        "run": run_pipeline, "report": run_report, "view": run_view, "config": print_config}
 
 
 def print_causes(e: BaseException) -> None:

@@ -208,6 +208,22 @@ def fingerprint(obj: Any, ignore: tuple[str, ...] = ()) -> dict:
     return json.loads(json.dumps(data, sort_keys=True, default=str))
 
 
+def with_defaults(saved: Any, obj: Any) -> Any:
+    """`saved` (a config as once saved for `obj`'s class) with every setting added since at its default: a
+    run saved before a setting existed ran as its default says."""
+    if dataclasses.is_dataclass(obj) and isinstance(saved, dict):
+        saved = dict(saved)
+        for f in dataclasses.fields(obj):
+            if f.name in saved:
+                saved[f.name] = with_defaults(saved[f.name], getattr(obj, f.name))
+            elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                saved[f.name] = to_dict(default) if dataclasses.is_dataclass(default) else default
+    elif isinstance(obj, list) and isinstance(saved, list) and len(saved) == len(obj):
+        saved = [with_defaults(s, o) for s, o in zip(saved, obj)]
+    return saved
+
+
 def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Human-readable list of the keys whose values differ."""
     out = []

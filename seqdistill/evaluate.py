@@ -28,7 +28,7 @@ from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 from seqdistill.hub import HubConfig
-from seqdistill.problems import PRESETS, ProblemsConfig
+from seqdistill.problems import PRESETS, ProblemSource
 from seqdistill.prompts import PromptConfig
 from seqdistill.verify import AnswerConfig
 
@@ -48,7 +48,7 @@ class ModelEntry:
 
 
 @dataclass
-class BenchmarkConfig(ProblemsConfig):
+class BenchmarkConfig(ProblemSource):
     """A benchmark: a preset name (gsm8k, math-500, aime24, ...), embedded-heldout, or any problem source."""
 
     name: str = ""
@@ -64,15 +64,15 @@ class BenchmarkConfig(ProblemsConfig):
                     "or give a source file with its field mapping"]
         return super().validate()
 
-    def problems_config(self) -> ProblemsConfig:
+    def problems_config(self) -> ProblemSource:
         import dataclasses
 
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ProblemsConfig)}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ProblemSource)}
         if self.name == EMBEDDED_HELDOUT:
             fields.update(source="embedded", split="heldout")
         elif self.name in PRESETS and self.preset is None:
             fields["preset"] = self.name
-        return ProblemsConfig(**fields)
+        return ProblemSource(**fields)
 
 
 @dataclass
@@ -94,16 +94,20 @@ class EvalConfig:
     hub: HubConfig = field(default_factory=HubConfig)  # how push_to_hub pushes
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # pass@k, maj@k to: tensorboard, wandb, none
     run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
+    # not a setting (no annotation: not a dataclass field): directories an earlier stage of the pipeline writes
+    # (PipelineConfig sets them), so a model or adapter under one (e.g. RUN_DIR/sft/merged) need not exist yet
+    planned = ()
 
     def validate(self) -> list[str]:
         errors = hub.check(self.push_to_hub) + trackers.check(self.report_to)
         for m in self.models:
             errors += [f"models[{m.label()}]: {p}" for p in engine.check_backend(self.engine_of(m), self.sampling, self.prompt.prefill)]
+            errors += [f"models[{m.label()}]: {p}" for p in prompts.check_served_chat(self.prompt, self.engine_of(m))]
             if m.adapter and self.engine_of(m).backend == "openai":
                 errors.append(f"models[{m.label()}]: an adapter can't be loaded into a server from here; serve it "
                               "(vllm serve --lora-modules NAME=DIR) and name it in engine.served_model")
-            errors += [f"models[{m.label()}]: {p}" for p in models.check(m.model)]
-            if m.adapter and not models.will_exist(m.adapter) and not (Path(m.adapter) / "adapter_config.json").is_file():
+            errors += [f"models[{m.label()}]: {p}" for p in models.check(m.model, planned=self.planned)]
+            if m.adapter and not models.will_exist(m.adapter, self.planned) and not (Path(m.adapter) / "adapter_config.json").is_file():
                 errors.append(f"models[{m.label()}]: adapter {m.adapter} has no adapter_config.json")
         labels = [m.label() for m in self.models]
         if len(set(labels)) != len(labels):
@@ -141,7 +145,7 @@ class EvalConfig:
 def output_layout(cfg: EvalConfig) -> store.Layout:
     per_model = tuple(f"models.*.{key}" for key in engine.OPERATIONAL)  # a model's own engine, as eval's
     samples = tuple(m.label() for m in cfg.models)  # compare is read off the saved samples: changing it samples nothing
-    return store.Layout(owned=(*samples, "results.json", "results.md", "runs", hub.MARKER), marker="results.json",
+    return store.Layout(owned=(*samples, store.RESULTS_FILE, store.RESULTS_TABLE, "runs", hub.MARKER), marker=store.RESULTS_FILE,
                         ignore=(*engine.OPERATIONAL, *per_model, "push_to_hub", "hub", "report_to", "run_name"),
                         rebuild=("compare",), parts=samples)
 
@@ -187,7 +191,7 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
         with engine.lazy(opener) as get_engine:
             for m in entries:
                 for b in cfg.benchmarks:
-                    if not (out / m.label() / b.name / "results.json").is_file():
+                    if not (out / m.label() / b.name / store.RESULTS_FILE).is_file():
                         failures += evaluate(cfg, get_engine, m, b, entries.index(m), benchmarks[b.name], batch[b.name], out)
     if failures:
         raise ConfigError(f"{len(failures)} requests failed after retries (first: {failures[0]}); "
@@ -282,7 +286,7 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
         log.warning("%s on %s: %.0f%% of responses hit max_tokens=%d; scores are biased low, raise sampling.max_tokens",
                     m.label(), b.name, 100 * result["truncated_share"], cfg.sampling.max_tokens)
     store.write_parquet(samples, where / "samples.parquet")
-    store.write_text(where / "results.json", json.dumps(result, indent=2))  # written last: marks the pair done
+    store.write_text(where / store.RESULTS_FILE, json.dumps(result, indent=2))  # written last: marks the pair done
     log.info("%s on %s: pass@1 %.3f ± %.3f", m.label(), b.name, result["pass@1"], result["pass@1_stderr"])
     return []
 
@@ -297,7 +301,7 @@ def record(row: dict, prompt: str, j: int, text: str, completion, judged: verify
 def collect(cfg: EvalConfig, out: Path) -> dict:
     """All results, as JSON and as a Markdown table with one row per model and one column group per benchmark;
     each `compare` pair's paired comparison goes under results[model][benchmark]["compare"][baseline]."""
-    results = {m.label(): {b.name: json.loads((out / m.label() / b.name / "results.json").read_text())
+    results = {m.label(): {b.name: json.loads((out / m.label() / b.name / store.RESULTS_FILE).read_text())
                            for b in cfg.benchmarks} for m in cfg.models}
     entries = {m.label(): m for m in cfg.models}
     for base, model in cfg.compare:
@@ -310,8 +314,8 @@ def collect(cfg: EvalConfig, out: Path) -> dict:
             paired = metrics.paired(*[[r[i]["correct"] for i in ids] for r in records])
             paired["same_seeds"] = cfg.engine_of(entries[base]).seed == cfg.engine_of(entries[model]).seed
             results[model][b.name].setdefault("compare", {})[base] = paired
-    store.write_text(out / "results.json", json.dumps(results, indent=2))
-    store.write_text(out / "results.md", table(results))
+    store.write_text(out / store.RESULTS_FILE, json.dumps(results, indent=2))
+    store.write_text(out / store.RESULTS_TABLE, table(results))
     return results
 
 

@@ -110,15 +110,15 @@ def push_generate(cfg, out: Path, message: str) -> list[str]:
 def push_eval(cfg, out: Path, message: str) -> list[str]:
     from seqdistill import card
 
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / store.RESULTS_FILE).read_text())
     tables, details = [], {}
     for model, per_bench in results.items():
         for bench in per_bench:
             name = re.sub(r"[^\w.-]+", "_", f"{model}__{bench}")
             tables.append((name, f"details/{name}", {"samples": store.read_parquet([out / model / bench / "samples.parquet"])}))
             details[name] = (model, bench)
-    card_text = card.eval_card(cfg, (out / "results.md").read_text(), details)
-    files = {"results.json": out / "results.json", "results.md": out / "results.md"}
+    card_text = card.eval_card(cfg, (out / store.RESULTS_TABLE).read_text(), details)
+    files = {name: out / name for name in (store.RESULTS_FILE, store.RESULTS_TABLE)}
     return push_dataset(cfg.push_to_hub, cfg.hub, message, card_text, files, tables)
 
 

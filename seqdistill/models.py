@@ -9,13 +9,13 @@ size and sha256 recorded here before it is converted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,23 +58,13 @@ EMBEDDED = {
         "teachers"),
 }
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
-_PLANNED: list[Path] = []  # directories an earlier pipeline stage will write before a later one reads them
 
 
-@contextlib.contextmanager
-def planned(*dirs: str | Path):
-    """Within this block, paths under `dirs` pass the existence checks: a pipeline stage writes them first."""
-    before = len(_PLANNED)
-    _PLANNED.extend(Path(d).expanduser().resolve() for d in dirs)
-    try:
-        yield
-    finally:
-        del _PLANNED[before:]
-
-
-def will_exist(ref: str | Path) -> bool:
+def will_exist(ref: str | Path, planned: Sequence[str | Path]) -> bool:
+    """Whether `ref` lies under one of `planned`: directories an earlier pipeline stage writes before a later
+    one reads them."""
     path = Path(ref).expanduser().resolve()
-    return any(path.is_relative_to(d) for d in _PLANNED)
+    return any(path.is_relative_to(Path(d).expanduser().resolve()) for d in planned)
 
 
 def cache_dir() -> Path:
@@ -86,8 +76,9 @@ def is_local(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.endswith(".gguf") or ref.count("/") > 1 or Path(ref).exists()
 
 
-def check(ref: str, weights: bool = True) -> list[str]:
-    """Config-time checks of a model reference (no loading); `weights`: a local directory must hold them."""
+def check(ref: str, weights: bool = True, planned: Sequence[str | Path] = ()) -> list[str]:
+    """Config-time checks of a model reference (no loading); `weights`: a local directory must hold them;
+    a path under one of `planned` (see will_exist) need not exist yet."""
     if ref.startswith("embedded:"):
         name = ref.split(":", 1)[1]
         if name not in EMBEDDED:
@@ -100,7 +91,7 @@ def check(ref: str, weights: bool = True) -> list[str]:
     if is_local(ref):
         path = Path(ref).expanduser()
         if not path.exists():
-            return [] if will_exist(path) else [f"model path {ref} does not exist"]
+            return [] if will_exist(path, planned) else [f"model path {ref} does not exist"]
         if path.is_dir() and not (path / "config.json").is_file():
             return [f"model directory {ref} has no config.json; point at a Hugging Face model directory or a .gguf file"]
         if path.is_dir():

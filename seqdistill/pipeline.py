@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import config as configlib
-from seqdistill import hub, models, rgym, store, trackers
+from seqdistill import commands, hub, models, rgym, store, trackers
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, ModelEntry
 from seqdistill.generate import GenerateConfig
 from seqdistill.sft import SFTStageConfig
 
 log = logging.getLogger(__name__)
-STAGES = ["generate", "sft", "eval"]
+STAGES = commands.PIPELINE_STAGES
 
 
 @dataclass
@@ -40,6 +40,11 @@ class PipelineConfig:
     generate: GenerateConfig | None = None
     sft: SFTStageConfig | None = None
     eval: EvalConfig | None = None
+
+    def __post_init__(self):
+        # eval may name what this pipeline's sft stage will write (e.g. RUN_DIR/sft/merged): it need not exist yet
+        if self.eval is not None:
+            self.eval.planned = (str(Path(str(self.run_dir)) / "sft"),) if self.sft is not None else ()
 
     def validate(self) -> list[str]:
         errors = trackers.check(self.report_to) if self.report_to is not None else []
@@ -53,17 +58,17 @@ class PipelineConfig:
 def load(path: str, overrides: list[str]) -> PipelineConfig:
     """The recipe with overrides, its stages wired together under run_dir."""
     raw = configlib.read(path, overrides, "run")
-    # eval may name what this pipeline's sft stage will write (e.g. RUN_DIR/sft/merged)
-    planned = [Path(str(raw.get("run_dir", PipelineConfig.run_dir))) / "sft"] if raw.get("sft") is not None else []
     # without eval.models, eval.compare names the default models, which exist only after the build
     compare = raw["eval"].pop("compare", None) if isinstance(raw.get("eval"), dict) and "models" not in raw["eval"] else None
-    with models.planned(*planned):
-        cfg = configlib.build(PipelineConfig, raw)
+    cfg = configlib.build(PipelineConfig, raw)
     run = Path(cfg.run_dir)
     if cfg.generate:
         cfg.generate.output_dir = str(run / "generate")
     if cfg.sft:
         cfg.sft.output_dir = str(run / "sft")
+        if cfg.generate and cfg.sft.datasets:
+            raise ConfigError("sft.datasets names its own datasets, but in a pipeline with a generate stage sft trains "
+                              "on what generate writes: drop sft.datasets, or drop the generate stage")
         if cfg.generate:
             cfg.sft.dataset = cfg.generate.output_dir
             if cfg.sft.kd.mode == "offline" and not cfg.generate.teacher_logprobs:
@@ -72,10 +77,13 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
         else:  # the dataset must exist now: nothing in this pipeline will write it
             from seqdistill.data import load_table
 
-            try:
-                load_table(cfg.sft.dataset, cfg.sft.dataset_split)
-            except ConfigError as e:
-                raise ConfigError(f"sft.dataset: {e} (the pipeline has no generate stage to write it)") from e
+            named = ([(f"sft.datasets[{i}]", s.path, s.split or cfg.sft.dataset_split) for i, s in enumerate(cfg.sft.datasets)]
+                     or [("sft.dataset", cfg.sft.dataset, cfg.sft.dataset_split)])
+            for key, path, split in named:
+                try:
+                    load_table(path, split)
+                except ConfigError as e:
+                    raise ConfigError(f"{key}: {e} (the pipeline has no generate stage to write it)") from e
     if cfg.eval:
         cfg.eval.output_dir = str(run / "eval")
         if "models" not in (raw.get("eval") or {}):
@@ -145,15 +153,9 @@ def preflight(cfg: PipelineConfig, selected: list[str]) -> dict:
     return checked
 
 
-def modules() -> dict:
-    from seqdistill import evaluate, generate, sft
-
-    return {"generate": generate, "sft": sft, "eval": evaluate}
-
-
 def layout(stage: str, cfg) -> store.Layout:
     """The stage's own output-directory rules (one object per stage: the stage and the pipeline use the same)."""
-    module = modules()[stage]
+    module = commands.module(stage)
     return module.output_layout(cfg) if stage == "eval" else module.OUTPUT
 
 
@@ -170,7 +172,7 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
     configlib.save(cfg, Path(cfg.run_dir) / "pipeline.yaml")
     results, dirty = {}, False
     for stage in selected:
-        stage_cfg, module = getattr(cfg, stage), modules()[stage]
+        stage_cfg, module = getattr(cfg, stage), commands.module(stage)
         rules = layout(stage, stage_cfg)
         if rules.done(stage_cfg.output_dir, stage_cfg) and not dirty:
             print(f"[{stage}] outputs in {stage_cfg.output_dir} match this config; skipped", flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from seqdistill import card, evaluate, metrics, store
+from seqdistill import card, commands, evaluate, metrics, store
 from seqdistill.config import ConfigError
 
 KEPT, DROPPED, LINE = "#55A868", "#C44E52", "#4C72B0"
@@ -31,8 +31,8 @@ def write(run_dir: str | Path) -> Path:
     gen, sft, ev = run / "generate", run / "sft", run / "eval"
     if not any(p.is_dir() for p in (gen, sft, ev)):
         raise ConfigError(f"{run} holds no pipeline run (no generate/, sft/ or eval/); give the run_dir of `seqdistill run`")
-    stats = store.read_json(gen / "stats.json") if (gen / "stats.json").is_file() else None
-    results = store.read_json(ev / "results.json") if (ev / "results.json").is_file() else None
+    stats = store.read_json(gen / store.STATS_FILE) if (gen / store.STATS_FILE).is_file() else None
+    results = store.read_json(ev / store.RESULTS_FILE) if (ev / store.RESULTS_FILE).is_file() else None
     metrics = store.read_json(sft / "metrics.json") if (sft / "metrics.json").is_file() else None
     parts = [f"# seqdistill run: `{run}`\n", provenance(run, stats, results)]
     if results:
@@ -52,8 +52,8 @@ def write(run_dir: str | Path) -> Path:
 def stage_times(run: Path) -> list[tuple[str, float, str]]:
     """Wall time per stage, from its config file (written when the stage starts) to its finishing file."""
     rows = []
-    for stage, marker, detail in (("generate", "stats.json", "sampling_seconds"), ("sft", "metrics.json", "train_seconds"),
-                                  ("eval", "results.json", None)):
+    for stage, marker, detail in (("generate", store.STATS_FILE, "sampling_seconds"), ("sft", "metrics.json", "train_seconds"),
+                                  ("eval", store.RESULTS_FILE, None)):
         start, end = run / stage / store.CONFIG_FILE, run / stage / marker
         if start.is_file() and end.is_file():
             data = json.loads(end.read_text())
@@ -67,7 +67,7 @@ def stage_times(run: Path) -> list[tuple[str, float, str]]:
 
 def provenance(run: Path, stats: dict | None, results: dict | None) -> str:
     pipeline = yaml.safe_load((run / "pipeline.yaml").read_text()) if (run / "pipeline.yaml").is_file() else {}
-    saved = {s: store.saved_config(run / s) for s in ("generate", "sft", "eval")}
+    saved = {s: store.saved_config(run / s) for s in commands.PIPELINE_STAGES}
     info = pipeline.get("run") or next((v.get("run") for v in saved.values() if v), {})
     cfg = {s: v.get("config") or {} for s, v in saved.items()}
     lines = ["## Provenance\n"]
@@ -114,7 +114,7 @@ def teacher_note(stats: dict, gen: dict, ev: dict) -> str:
 
 def results_section(run: Path, results: dict) -> list[str]:
     ev = run / "eval"
-    parts = ["## Results\n", (ev / "results.md").read_text(), f"![pass@1]({pass_figure(results, run)})\n"]
+    parts = ["## Results\n", (ev / store.RESULTS_TABLE).read_text(), f"![pass@1]({pass_figure(results, run)})\n"]
     for model, per_bench in results.items():
         for bench, r in per_bench.items():
             for base, c in r.get("compare", {}).items():

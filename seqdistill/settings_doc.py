@@ -25,15 +25,9 @@ from typing import Any
 
 import yaml
 
-# stage -> (module, config class), imported only when asked for, so `seqdistill --help` stays instant
-STAGES = {
-    "generate": ("seqdistill.generate", "GenerateConfig"),
-    "sft": ("seqdistill.sft", "SFTStageConfig"),
-    "eval": ("seqdistill.evaluate", "EvalConfig"),
-    "score": ("seqdistill.score", "ScoreConfig"),
-    "student": ("seqdistill.student", "StudentConfig"),
-    "run": ("seqdistill.pipeline", "PipelineConfig"),
-}
+from seqdistill import commands
+
+STAGES = commands.CONFIG_STAGES  # the commands with settings (their config classes are imported only when asked for)
 REQUIRED = object()  # the default of a field that has none
 BANNER = re.compile(r"^-{2,}[^-]*-{2,}\s*$|^-{2,}[^-]*-{2,}\s+")  # "# ---- backend vllm ----": a group, not help
 
@@ -48,10 +42,7 @@ class Setting:
 
 
 def stage_class(stage: str) -> type:
-    import importlib
-
-    module, name = STAGES[stage]
-    return getattr(importlib.import_module(module), name)
+    return commands.config_class(stage)
 
 
 def settings(cls: type, prefix: str = "", obj: Any = None) -> list[Setting]:

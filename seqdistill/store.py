@@ -25,6 +25,10 @@ from seqdistill.config import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "seqdistill_config.yaml"
+# what a finished stage leaves beside its outputs, read by later stages, the report, the viewer and the hub push
+STATS_FILE = "stats.json"  # generate's and score's statistics (generate's: the funnel, lengths, throughput)
+RESULTS_FILE = "results.json"  # eval's figures per model and benchmark (one in each MODEL/BENCHMARK/ too)
+RESULTS_TABLE = "results.md"  # eval's results as a Markdown table
 
 
 def saved_config(out: str | Path) -> dict:
@@ -64,7 +68,7 @@ class Layout:
         """Keys whose values differ from the run saved in `out`; None when `out` holds no run."""
         if not (Path(out) / CONFIG_FILE).is_file():
             return None
-        old = saved_config(out).get("config", {})
+        old = configlib.with_defaults(saved_config(out).get("config", {}), cfg)
         return configlib.diff(drop(old, self.ignored()), drop(configlib.to_dict(cfg), self.ignored()))
 
     def rebuildable(self, out: Path, cfg) -> bool:

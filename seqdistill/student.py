@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
              "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
-OUTPUT = store.Layout(owned=("config.json", "generation_config.json", *WEIGHTS, *TOKENIZER, "README.md"),
-                      marker="README.md")
+OUTPUT = store.Layout(owned=("config.json", "generation_config.json", *WEIGHTS, *TOKENIZER, card.MODEL_CARD),
+                      marker=card.MODEL_CARD)  # the card is written last
 EVERY = re.compile(r"^every:(-?\d+)$")
 
 
@@ -159,7 +159,7 @@ def run(cfg: StudentConfig) -> dict:
     model.save_pretrained(out, max_shard_size="1000GB")  # one weights file: the directory's files are known
     tokenizer.save_pretrained(out)
     dtype = str(model.dtype).removeprefix("torch.")
-    store.write_text(out / "README.md", card.student_model_card(cfg, info, model.config.model_type, dtype))
+    card.write_student_card(cfg, info, model.config.model_type, dtype)
     log.info("kept %d of %d layers (%s): %.1fM of %.1fM parameters -> %s", len(kept), n_source, kept,
              info["parameters"] / 1e6, source_params / 1e6, out)
     return info

@@ -139,7 +139,7 @@ def traces(gen: Path, max_traces: int, max_chars: int) -> dict:
                     "verdict": verdict(r), "answer": r.get("answer"), "detail": r.get("verdict_detail"),
                     "finish": r.get("finish_reason"), "tokens": r.get("completion_tokens"),
                     **content(r["completion"], tag, max_chars)})
-    stats = gen / "stats.json"
+    stats = gen / store.STATS_FILE
     teacher = read(files[:1], ("teacher",))[:1]
     return {"dir": str(gen), "teacher": teacher[0]["teacher"] if teacher else None, "reasons": reasons,
             "totals": dict(totals), "total": len(rows), "problems": plist, "traces": out,
@@ -147,7 +147,7 @@ def traces(gen: Path, max_traces: int, max_chars: int) -> dict:
 
 
 def eval_samples(ev: Path, max_samples: int, max_chars: int) -> dict:
-    results = store.read_json(ev / "results.json") if (ev / "results.json").is_file() else {}
+    results = store.read_json(ev / store.RESULTS_FILE) if (ev / store.RESULTS_FILE).is_file() else {}
     found = sorted(p.parent for p in ev.glob("*/*/samples.parquet"))
     models = [m for m in results if any(d.parent.name == m for d in found)]
     models += sorted({d.parent.name for d in found} - set(models))

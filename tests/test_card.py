@@ -34,7 +34,7 @@ def test_dataset_card_metadata():
 def model_card(tmp_path, merged=False, **settings):
     cfg = sft.SFTStageConfig(output_dir=str(tmp_path / "sft"), **settings)
     data = SimpleNamespace(source_stats={"funnel": FUNNEL}, teacher="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-                           n_train=4, end_of_turn="<|im_end|>", lengths={"max": 20})
+                           n_train=4, end_of_turn="<|im_end|>", lengths={"max": 20}, mixture=None)
     return ModelCard(card.sft_model_card(cfg, data, METRICS, merged=merged))
 
 

@@ -49,3 +49,19 @@ def test_empty_override_is_empty_string():
     cfg = configlib.load(GenerateConfig, None, ["problems.source=", "problems.preset=gsm8k", "push_to_hub=null"])
     assert cfg.problems.source == "" and cfg.push_to_hub is None
     assert cfg.problems.resolved().source == "openai/gsm8k"
+
+
+def test_a_setting_added_since_a_run_was_saved_reads_as_its_default(tmp_path):
+    """A finished run saved before a setting existed is the same run at that setting's default, and a
+    different one at any other value (the saved config is read with the new fields filled in)."""
+    import yaml
+
+    from seqdistill import generate, store
+
+    cfg = configlib.load(GenerateConfig, None, [f"output_dir={tmp_path}"])
+    saved = configlib.to_dict(cfg)
+    del saved["filters"]["language"], saved["problems"]["mix"]  # as a run saved before they existed
+    store.write_text(tmp_path / store.CONFIG_FILE, yaml.safe_dump({"config": saved}))
+    assert generate.OUTPUT.changes(tmp_path, cfg) == []
+    other = configlib.load(GenerateConfig, None, [f"output_dir={tmp_path}", "filters.language=english"])
+    assert generate.OUTPUT.changes(tmp_path, other) == ["filters.language: None -> 'english'"]

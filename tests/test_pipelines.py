@@ -44,3 +44,18 @@ def test_data_parallel_recipe_passes_only_through_rank_processes():
     assert (cfg.generate.engine.backend, cfg.generate.engine.data_parallel_size) == ("vllm", 8)
     with pytest.raises(ConfigError, match=r"engine.extra.data_parallel_size is an engine setting of its own: set engine.data_parallel_size"):
         pipeline.load(str(path), ["generate.engine.data_parallel_size=1", "generate.engine.extra={data_parallel_size: 8}"])
+
+
+def test_sft_mixture_in_a_pipeline(tmp_path):
+    """With a generate stage, sft trains on what it writes, so a mixture of other datasets is refused; without
+    one, each mixture dataset must exist when the recipe loads (named by its place in the list)."""
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "generate": {}, "sft": {"datasets": [
+        {"path": str(tmp_path / "a.jsonl"), "weight": 1}]}}))
+    with pytest.raises(ConfigError, match="sft.datasets names its own datasets, but in a pipeline with a generate stage"):
+        pipeline.load(str(recipe), [])
+    (tmp_path / "a.jsonl").write_text('{"messages": [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}]}\n')
+    recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "sft": {"datasets": [
+        {"path": str(tmp_path / "a.jsonl"), "weight": 1}, {"path": str(tmp_path / "missing.jsonl"), "weight": 1}]}}))
+    with pytest.raises(ConfigError, match=r"sft.datasets\[1\]: .*missing.jsonl.*no generate stage to write it"):
+        pipeline.load(str(recipe), [])

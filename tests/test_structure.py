@@ -80,3 +80,44 @@ def test_readme_layout_names_every_module():
     listed = set(re.findall(r"^  ([a-z_]+\.py)", layout, flags=re.M))
     modules = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py"}
     assert listed == modules
+
+
+def test_only_card_writes_model_cards():
+    """card.py builds the model cards and writes them (sft and student call card.write_*): no stage builds or
+    writes one of its own, so they cannot drift apart in where a card goes or what it says."""
+    for path in PACKAGE.glob("*.py"):
+        if path.stem != "card":
+            text = path.read_text()
+            assert "ModelCard" not in text and "_model_card(" not in text, path.name
+
+
+def test_commands_are_listed_once():
+    """commands.COMMANDS is the one list of commands (module, config class, help): the CLI, `seqdistill run`,
+    the report and the settings docs read it; no other module spells out a list of them (a test of one or two
+    names is fine), or their modules."""
+    from seqdistill import cli, commands
+
+    assert list(cli.RUNS) == list(commands.COMMANDS)  # what each command does, in the table's order
+    names = set(commands.COMMANDS)
+    for path in PACKAGE.glob("*.py"):
+        if path.stem == "commands":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+                listed = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in names]
+                assert len(listed) < 3, f"{path.name}:{node.lineno} lists commands {listed}: read commands.py"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not re.fullmatch(r"seqdistill\.\w+", node.value), f"{path.name}:{node.lineno}"
+
+
+def test_artifact_names_have_one_owner():
+    """store.py names the files a finished stage leaves for the others (its config, stats.json, results.json,
+    results.md); every other module uses its constants, so a renamed file can't leave a reader behind."""
+    from seqdistill import store
+
+    names = {store.CONFIG_FILE, store.STATS_FILE, store.RESULTS_FILE, store.RESULTS_TABLE}
+    for path in PACKAGE.glob("*.py"):
+        if path.stem != "store":
+            spelled = [(n.lineno, n.value) for n in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
+            assert not spelled, f"{path.name} spells {spelled}: use store's constants"
