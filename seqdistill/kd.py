@@ -12,6 +12,11 @@ a sequence's tokens (kd.relations). Layers are numbered as `output_hidden_states
 0 the embeddings (hidden states only), 1..L the outputs of transformer blocks 1..L. With kd.on_policy
 the student samples the completions of a share of the batches itself (GKD) and learns from the
 teacher's distributions on them (seqdistill.kd_trainer).
+
+Across tokenizers (kd.cross_tokenizer, offline only): the teacher's stored ids are decoded with the
+teacher's tokenizer (the dataset's `teacher` column names it), the student tokenizes that text, the
+positions are aligned on common byte boundaries (seqdistill.xtok) and the loss on them is ULD
+(seqdistill.kd_loss.uld_topk) in place of the divergence.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 MODES = ("none", "offline", "online")
 HIDDEN_LOSSES = ("mse", "cosine")
 RELATIONS = ("distance", "angle", "attention_relation")
-KD_COLUMNS = ["teacher_topk", "kd_offset"]  # what the KD trainer's dataset carries beside TRL's columns
+CROSS_TOKENIZER = ("auto", "shared", "uld")  # not "off": YAML reads an unquoted off as false
+KD_COLUMNS = ["teacher_topk", "kd_offset", "kd_positions"]  # what the KD trainer's dataset carries beside TRL's columns
 
 
 @dataclass
@@ -100,6 +106,7 @@ class KDConfig:
     skew_alpha: float = 0.1  # skew_kl / skew_reverse_kl only: share a of the target kept in the mixture, in [0, 1)
     teacher: str | None = None  # online: the teacher model (hub id, dir, .gguf, embedded:NAME)
     check_samples: int = 32  # examples whose tokenization must agree between teacher and student
+    cross_tokenizer: str = "auto"  # auto (uld when the teacher's tokenizer splits text differently) | shared (refuse that) | uld (always); offline only
     hidden_states: HiddenStatesKD = field(default_factory=HiddenStatesKD)  # online: match hidden states (off by default)
     attention: AttentionKD = field(default_factory=AttentionKD)  # online: match self-attention (forces eager attention)
     relations: RelationsKD = field(default_factory=RelationsKD)  # online: match token-to-token relations
@@ -119,12 +126,27 @@ class KDConfig:
             errors.append(f"beta must be in (0, 1), got {self.beta}")
         if not 0 <= self.skew_alpha < 1:
             errors.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
+        if self.cross_tokenizer not in CROSS_TOKENIZER:
+            errors.append(f"cross_tokenizer must be one of {', '.join(CROSS_TOKENIZER)}, got {self.cross_tokenizer!r}")
+        if self.cross_tokenizer == "uld":
+            errors += [f"cross_tokenizer uld: {p}" for p in self.cross_problems()]
         if self.mode == "online" and not self.teacher:
             errors.append("mode online needs kd.teacher (the teacher model to load beside the student)")
         for name in self.features() + (["on_policy"] if self.on_policy.fraction > 0 else []):
             if self.mode != "online":
                 errors.append(f"{name} needs the teacher loaded beside the student (a dataset holds only its top-k "
                               f"log-probs on its own traces): set kd.mode online and kd.teacher (got kd.mode {self.mode})")
+        return errors
+
+    def cross_problems(self) -> list[str]:
+        """What cross-tokenizer KD (ULD on aligned tokens) cannot be combined with."""
+        errors = []
+        if self.mode == "online":
+            errors.append("distilling across tokenizers works on stored teacher top-k: score the traces with the "
+                          "teacher (`seqdistill score`, or generate with teacher_logprobs: true) and set kd.mode offline")
+        if self.divergence != "forward_kl":
+            errors.append(f"the loss is ULD (sorted probabilities, L1), which has no kd.divergence: leave it at "
+                          f"forward_kl (got {self.divergence})")
         return errors
 
     def features(self) -> list[str]:
@@ -211,16 +233,40 @@ def check_logprobs_k(k: int, engine) -> list[str]:
     return []
 
 
-def check_tokenizers(student, teacher, texts: list[str], student_name: str, teacher_name: str) -> None:
-    """Logit KD compares distributions token by token: both must split these texts into the same ids."""
-    from seqdistill.config import ConfigError
-
+def tokenization_difference(student, teacher, texts: list[str], student_name: str, teacher_name: str) -> str | None:
+    """Where the two tokenizers first split one of these texts into different ids, or None."""
     for text in texts:
         s = student(text, add_special_tokens=False)["input_ids"]
         t = teacher(text, add_special_tokens=False)["input_ids"]
         if s != t:
             i = next((j for j, (a, b) in enumerate(zip(s, t)) if a != b), min(len(s), len(t)))
-            raise ConfigError(
-                f"student {student_name} and teacher {teacher_name} tokenize differently (token {i}: "
-                f"{student.convert_ids_to_tokens(s[i:i + 1])} vs {teacher.convert_ids_to_tokens(t[i:i + 1])}); "
-                "logit KD needs a shared tokenizer: pick a student of the teacher's family, or set kd.mode none")
+            return (f"student {student_name} and teacher {teacher_name} tokenize differently (token {i}: "
+                    f"{student.convert_ids_to_tokens(s[i:i + 1])} vs {teacher.convert_ids_to_tokens(t[i:i + 1])})")
+    return None
+
+
+def cross_tokenizer(cfg: KDConfig, student, teacher, texts: list[str], student_name: str, teacher_name: str | None) -> bool:
+    """Whether logit KD runs across tokenizers (ULD on aligned tokens); ConfigError where it cannot run at all.
+
+    `teacher` is the teacher's tokenizer, None when the dataset names no teacher (then only today's
+    shared-tokenizer path runs: uld must decode the stored ids with the teacher's tokenizer)."""
+    from seqdistill import xtok
+    from seqdistill.config import ConfigError
+
+    if teacher is None:
+        if cfg.cross_tokenizer == "uld":
+            raise ConfigError("kd.cross_tokenizer uld decodes the teacher's stored token ids with the teacher's tokenizer, "
+                              "and the dataset names no teacher: add a `teacher` column (its hub id or path) or set "
+                              "kd.cross_tokenizer auto (today's path, for a dataset scored with the student's tokenizer)")
+        return False
+    differ = tokenization_difference(student, teacher, texts, student_name, teacher_name)
+    if cfg.cross_tokenizer == "shared" or (cfg.cross_tokenizer == "auto" and differ is None):
+        if differ:
+            raise ConfigError(f"{differ}; kd.cross_tokenizer shared needs a shared tokenizer: set it to auto (ULD across "
+                              "tokenizers), pick a student of the teacher's family, or set kd.mode none")
+        return False
+    problems = [f"{differ}, and {p}" if differ else p for p in cfg.cross_problems()]
+    problems += xtok.check_pair(student, teacher, student_name, teacher_name)
+    if problems:
+        raise ConfigError(problems)
+    return True

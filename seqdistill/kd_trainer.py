@@ -2,6 +2,7 @@
 
 Imported only when `sft` runs with `kd.mode` offline or online (it imports torch and TRL).
 loss = alpha * CE + (1 - alpha) * T^2 * D (per token) + the weighted feature terms of seqdistill.kd_features;
+across tokenizers (rows with kd_positions, seqdistill.xtok) alpha * CE + (1 - alpha) * ULD on the aligned tokens;
 hidden-state projections (when hidden sizes differ) are trained in the same optimizer and saved as
 kd_projections.safetensors beside the student (and in each checkpoint, so --resume restores them).
 """
@@ -46,7 +47,8 @@ def prepare_online(cfg, student: str, longest: int, model_kwargs: dict) -> dict:
 
 
 class KDCollator:
-    """TRL's collator, plus the teacher's top-k ids/log-probs laid out on the batch's token positions."""
+    """TRL's collator, plus the teacher's top-k ids/log-probs laid out on the batch's token positions: from
+    kd_offset on (shared tokenizer), or each teacher token on its aligned student position (kd_positions)."""
 
     def __init__(self, base):
         self.base = base
@@ -62,6 +64,13 @@ class KDCollator:
         logprobs = torch.full((len(examples), length, k), topk.LOGPROB_FLOOR)
         mask = torch.zeros(len(examples), length, dtype=torch.bool)
         for b, (ex, (t_ids, t_lps, _)) in enumerate(zip(examples, decoded)):
+            if ex.get("kd_positions") is not None:
+                positions = torch.as_tensor(ex["kd_positions"], dtype=torch.long)
+                on = (positions >= 0) & (positions < length)  # aligned, and not cut off at max_length
+                ids[b, positions[on]] = torch.from_numpy(t_ids)[on]
+                logprobs[b, positions[on]] = torch.from_numpy(t_lps)[on]
+                mask[b, positions[on]] = True
+                continue
             start = ex["kd_offset"]
             n = max(0, min(len(t_ids), length - start))
             ids[b, start : start + n] = torch.from_numpy(t_ids[:n])
@@ -78,6 +87,8 @@ class KDTrainer(SFTTrainer):
         self.kd_config = kd_config
         super().__init__(*args, **kwargs)
         self.data_collator = KDCollator(self.data_collator)
+        columns = getattr(self.train_dataset, "column_names", None) or []
+        self.uld = kd_config.cross_tokenizer == "uld" or "kd_positions" in columns  # rows built by seqdistill.xtok
         self.teacher_model = teacher_model
         if teacher_model is not None:
             self.teacher_model = self.place_teacher(teacher_model.eval().requires_grad_(False))
@@ -164,15 +175,15 @@ class KDTrainer(SFTTrainer):
             with torch.no_grad():
                 teacher_out = self.teacher_model(**inputs, use_cache=False, **extra)
             t, s = kd_loss.full_distributions(logits[trained], teacher_out.logits[:, :-1][trained], cfg.temperature)
+            per_token = kd_loss.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha)
         else:
             if not teacher:
                 raise ValueError("kd.mode offline needs teacher log-probs in every batch (column teacher_topk)")
-            scored = teacher["teacher_mask"][:, 1:] & trained
-            t, s = kd_loss.topk_buckets(logits[scored], teacher["teacher_ids"][:, 1:][scored],
-                                   teacher["teacher_logprobs"][:, 1:][scored], cfg.temperature)
-        divergence = kd_loss.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha).sum()
+            per_token = offline_term(logits, trained, teacher, cfg, self.uld)
+        divergence = per_token.sum()
         alpha = 0.0 if self.on_policy_batch and model.training else cfg.alpha  # the student's own tokens: no CE
-        loss = (alpha * ce + (1 - alpha) * cfg.temperature**2 * divergence) / torch.as_tensor(tokens).clamp(min=1)
+        scale = 1.0 if self.uld else cfg.temperature**2  # ULD is an L1 of probabilities: no KL gradient scale to restore
+        loss = (alpha * ce + (1 - alpha) * scale * divergence) / torch.as_tensor(tokens).clamp(min=1)
         terms = self.feature_terms(outputs, teacher_out, labels != -100, inputs) if cfg.features() else {}
         if terms:  # each term is a mean over this batch: weigh it by the batch's share of the accumulated tokens
             share = trained.sum() / torch.as_tensor(tokens).clamp(min=1)
@@ -182,7 +193,7 @@ class KDTrainer(SFTTrainer):
         mode = "train" if model.training else "eval"
         n = max(1, int(trained.sum()))
         self._metrics[mode]["ce_loss"].append(ce.item() / n)
-        self._metrics[mode]["kd_loss"].append(divergence.item() / max(1, len(t)))
+        self._metrics[mode]["kd_loss"].append(divergence.item() / max(1, len(per_token)))
         for name, value in terms.items():
             self._metrics[mode][f"{name}_loss"].append(value.item())
         if cfg.on_policy.fraction > 0 and model.training:
@@ -251,6 +262,18 @@ class KDTrainer(SFTTrainer):
             terms["relations"] = kd_features.relation_loss(student.hidden_states[-1], teacher.hidden_states[-1], rows,
                                                            cfg.relations.kind, cfg.relations.max_tokens)
         return terms
+
+
+def offline_term(logits, trained, teacher: dict, cfg, uld: bool):
+    """The per-token KD term against stored top-k at the trained positions that carry a teacher distribution:
+    the divergence over the teacher's k + 1 buckets, or across tokenizers the ULD distance (teacher ids unused:
+    they name another vocabulary's tokens)."""
+    scored = teacher["teacher_mask"][:, 1:] & trained  # position t predicts token t + 1
+    logprobs = teacher["teacher_logprobs"][:, 1:][scored]
+    if uld:
+        return kd_loss.uld_topk(logits[scored], logprobs, cfg.temperature)
+    t, s = kd_loss.topk_buckets(logits[scored], teacher["teacher_ids"][:, 1:][scored], logprobs, cfg.temperature)
+    return kd_loss.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha)
 
 
 class ProjectionGrads(TrainerCallback):
