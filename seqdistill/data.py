@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from seqdistill import card, prompts, store
@@ -34,6 +35,7 @@ class TrainingData:
     lengths: dict
     source_stats: dict | None = None
     teacher: str | None = None
+    mixture: list[dict] | None = None  # per source of `datasets`: path, split, rows, used, weight or fraction, share
 
     @property
     def n_train(self) -> int:
@@ -41,22 +43,27 @@ class TrainingData:
 
     @classmethod
     def load(cls, cfg, tokenizer) -> "TrainingData":
-        table, stats = load_table(cfg.dataset, cfg.dataset_split)
+        kwargs = cfg.chat_template_kwargs  # the student's chat-template switches, in every rendering below
+        if cfg.datasets:  # a weighted mixture (plain SFT only: validate refuses kd with one)
+            tables, mixture = load_mixture(cfg.datasets, cfg.dataset_split, cfg.seed)
+            stats = None
+        else:
+            table, stats = load_table(cfg.dataset, cfg.dataset_split)
+            tables, mixture = [(table, cfg.dataset)], None
         ensure_chat_template(tokenizer, cfg.chat_template)
-        eot = end_of_turn(tokenizer)
-        teacher = table["teacher"][0] if "teacher" in table.column_names else None
-        if cfg.kd.mode != "none":
-            check_kd(cfg, table, tokenizer, teacher)
-        convert = to_kd_rows if cfg.kd.mode == "offline" else to_prompt_completion
-        pairs = convert(table, tokenizer, eot, cfg.dataset)
+        eot = end_of_turn(tokenizer, kwargs)
+        teacher = ", ".join(sorted({t["teacher"][0] for t, _ in tables if "teacher" in t.column_names and len(t)})) or None
+        aligner = check_kd(cfg, tables[0][0], tokenizer, teacher) if cfg.kd.mode != "none" else None
+        convert = partial(to_kd_rows, aligner=aligner) if cfg.kd.mode == "offline" else to_prompt_completion
+        pairs = mix(tables, tokenizer, eot, kwargs) if mixture else convert(tables[0][0], tokenizer, eot, cfg.dataset, kwargs)
         train, evaluation = pairs, None
         if cfg.eval_dataset:
             eval_table, _ = load_table(cfg.eval_dataset, "train" if Path(cfg.eval_dataset).is_file() else cfg.dataset_split)
-            evaluation = convert(eval_table, tokenizer, eot, cfg.eval_dataset)
+            evaluation = convert(eval_table, tokenizer, eot, cfg.eval_dataset, kwargs)
         elif cfg.eval_fraction > 0:
             train, evaluation = split_by_problem(pairs, cfg.eval_fraction, cfg.seed)
         lengths = check_lengths(token_lengths(train, tokenizer), cfg.max_length, cfg.max_truncated_fraction)
-        return cls(train, evaluation, eot, lengths, stats, teacher)
+        return cls(train, evaluation, eot, lengths, stats, teacher, mixture)
 
     def check_eos(self, tokenized, tokenizer, max_length: int) -> int:
         """Every example TRL will train on ends with the end-of-turn token, not masked out of the loss.
@@ -105,7 +112,7 @@ def load_table(source: str, split: str):
 
     path = Path(source).expanduser()
     if (path / "data" / f"{split}.parquet").is_file():  # a seqdistill generate output
-        stats_file, data = path / "stats.json", path / "data" / f"{split}.parquet"
+        stats_file, data = path / store.STATS_FILE, path / "data" / f"{split}.parquet"
         rebuild = "; rerun `seqdistill generate` with the same settings (it rebuilds the dataset from its sampled chunks)"
         try:
             stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
@@ -132,6 +139,55 @@ def load_table(source: str, split: str):
     return table, None
 
 
+def mixture_counts(sizes: list[int], weights: list[float | None], fractions: list[float | None]) -> list[int]:
+    """Rows to draw from each source. Weights: each source's share of the mixture, and the mixture as large as
+    it can be without repeating a row (the scarcest source, for its weight, gives all its rows). Otherwise each
+    source's fraction of its own rows (all of them without one)."""
+    if all(w is not None for w in weights):
+        shares = [w / sum(weights) for w in weights]
+        total = min(n / share for n, share in zip(sizes, shares) if share > 0)
+        return [min(n, round(total * share)) for n, share in zip(sizes, shares)]
+    return [round(n * (1.0 if f is None else f)) for n, f in zip(sizes, fractions)]
+
+
+def load_mixture(sources, split: str, seed: int) -> tuple[list[tuple[object, str]], list[dict]]:
+    """Each source's sampled rows (seeded: the same seed draws the same rows) and what was drawn from where."""
+    import random
+
+    tables = [load_table(s.path, s.split or split)[0] for s in sources]
+    counts = mixture_counts([len(t) for t in tables], [s.weight for s in sources], [s.fraction for s in sources])
+    picked, record = [], []
+    for i, (source, table, count) in enumerate(zip(sources, tables, counts)):
+        rows = sorted(random.Random(f"mixture:{seed}:{i}").sample(range(len(table)), count))
+        picked.append((table.select(rows), source.path))
+        record.append({"path": source.path, "split": source.split or split, "rows": len(table), "used": count,
+                       **({"weight": source.weight} if source.weight is not None else
+                          {"fraction": source.fraction if source.fraction is not None else 1.0}),
+                       "share": round(count / max(1, sum(counts)), 4)})
+    if not sum(counts):
+        sizes = ", ".join(f"{r['path']}: {r['rows']} rows" for r in record)
+        raise ConfigError(f"the datasets mixture draws no rows ({sizes}); raise the weights or fractions")
+    log.info("datasets mixture (seed %d): %s", seed, "; ".join(f"{r['path']} {r['used']} of {r['rows']} rows "
+                                                               f"({r['share']:.1%})" for r in record))
+    return picked, record
+
+
+def mix(tables: list[tuple[object, str]], tokenizer, eot: str, template_kwargs: dict | None = None):
+    """The sampled rows of every source as one prompt/completion dataset; a row without a problem_id gets its
+    source and row number, so eval_fraction holds out rows of different sources apart."""
+    import datasets
+
+    rows = []
+    for table, path in tables:
+        if not len(table):
+            continue
+        pairs = to_prompt_completion(table, tokenizer, eot, path, template_kwargs)
+        ids = pairs["problem_id"] if "problem_id" in pairs.column_names else [None] * len(pairs)
+        rows += [{"prompt": p, "completion": c, "problem_id": pid if pid is not None else f"{path}#{j}"}
+                 for j, (p, c, pid) in enumerate(zip(pairs["prompt"], pairs["completion"], ids))]
+    return datasets.Dataset.from_list(rows)
+
+
 def nothing_kept(source: str, stats: dict | None) -> ConfigError:
     """An empty training set, said with the generate funnel's biggest drop when there is one."""
     if not stats or not stats.get("drop_reasons"):
@@ -153,10 +209,10 @@ def ensure_chat_template(tokenizer, template: str | None) -> None:
     tokenizer.chat_template = path.read_text()
 
 
-def end_of_turn(tokenizer) -> str:
+def end_of_turn(tokenizer, template_kwargs: dict | None = None) -> str:
     """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>, ...)."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": SENTINEL}], tokenize=False)
+    text = prompts.template_text(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": SENTINEL}],
+                                 False, template_kwargs)
     suffix = text.split(SENTINEL, 1)[1] if SENTINEL in text else ""
     special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
     for token_id in tokenizer(suffix, add_special_tokens=False)["input_ids"]:
@@ -168,15 +224,16 @@ def end_of_turn(tokenizer) -> str:
     return tokenizer.eos_token
 
 
-def strips_think(tokenizer) -> bool:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>\nr\n</think>\n" + SENTINEL}],
-        tokenize=False)
+def strips_think(tokenizer, template_kwargs: dict | None = None) -> bool:
+    text = prompts.template_text(
+        tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>\nr\n</think>\n" + SENTINEL}],
+        False, template_kwargs)
     return "<think>\nr\n</think>" not in text
 
 
-def to_prompt_completion(table, tokenizer, eot: str, source: str):
-    """(prompt, completion) strings from a `messages` or prompt/completion dataset."""
+def to_prompt_completion(table, tokenizer, eot: str, source: str, template_kwargs: dict | None = None):
+    """(prompt, completion) strings from a `messages` or prompt/completion dataset; `template_kwargs` are
+    the student's chat-template switches (sft's chat_template_kwargs)."""
     import datasets
 
     columns = table.column_names
@@ -194,7 +251,7 @@ def to_prompt_completion(table, tokenizer, eot: str, source: str):
     else:
         raise ConfigError(f"dataset {source} has no `messages` column (nor prompt/completion); it has: "
                           f"{', '.join(columns)}")
-    if any("<think>" in m[-1]["content"] for m in conversations[:50]) and strips_think(tokenizer):
+    if any("<think>" in m[-1]["content"] for m in conversations[:50]) and strips_think(tokenizer, template_kwargs):
         log.warning("the student's chat template strips <think> blocks from assistant turns; seqdistill trains on the "
                     "full trace anyway (prompt = template with generation prompt, completion = trace + %s)", eot)
     rows = []
@@ -203,23 +260,27 @@ def to_prompt_completion(table, tokenizer, eot: str, source: str):
     for msgs, pid, prefill in zip(conversations, ids, prefills):
         if not msgs or msgs[-1]["role"] != "assistant":
             raise ConfigError(f"dataset {source}: every conversation must end with an assistant turn")
-        prompt, completion = student_prompt(tokenizer, msgs, msgs[-1]["content"], prefill or prompts.THINK_OPEN)
+        prompt, completion = student_prompt(tokenizer, msgs, msgs[-1]["content"], prefill or prompts.THINK_OPEN,
+                                            template_kwargs)
         rows.append({"prompt": prompt, "completion": completion + eot, "problem_id": pid})
     return datasets.Dataset.from_list(rows)
 
 
-def student_prompt(tokenizer, msgs: list[dict], text: str, prefill: str) -> tuple[str, str]:
+def student_prompt(tokenizer, msgs: list[dict], text: str, prefill: str,
+                   template_kwargs: dict | None = None) -> tuple[str, str]:
     """The student's prompt (its chat template on every turn but the last, with the generation prompt) and
     the text that follows it: `text` less its opening `prefill` when the prompt already ends with it."""
-    prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    prompt = prompts.template_text(tokenizer, msgs[:-1], True, template_kwargs)
     if text.startswith(prefill):
         text = prompts.unopened(tokenizer, prompt, prefill) + text[len(prefill):]
     return prompt, text
 
 
-def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
-    """Logit KD needs teacher log-probs (offline) or a teacher (online), and the teacher's tokenizer."""
-    from seqdistill import kd, models, topk
+def check_kd(cfg, table, tokenizer, teacher: str | None):
+    """Logit KD needs teacher log-probs (offline) or a teacher (online), and the teacher's tokenizer.
+
+    Returns a seqdistill.xtok.Aligner when KD runs across tokenizers (kd.cross_tokenizer), else None."""
+    from seqdistill import kd, models, topk, xtok
 
     if cfg.kd.mode == "offline":
         if "teacher_topk" not in table.column_names or not all(table["teacher_topk"]):
@@ -228,30 +289,47 @@ def check_kd(cfg, table, tokenizer, teacher: str | None) -> None:
                               "or use kd.mode online with kd.teacher")
         if "messages" not in table.column_names:
             raise ConfigError(f"kd.mode offline needs a `messages` dataset; {cfg.dataset} has {', '.join(table.column_names)}")
+    name = cfg.kd.teacher if cfg.kd.mode == "online" else teacher
+    texts = [m[-1]["content"] for m in table["messages"][:cfg.kd.check_samples]] if "messages" in table.column_names else []
+    if name is None:
+        kd.cross_tokenizer(cfg.kd, tokenizer, None, texts, cfg.student, None)  # uld refuses: it decodes the teacher's ids
+        log.warning("dataset %s does not name its teacher; tokenizer agreement not checked", cfg.dataset)
+        cross = False
+    else:
+        try:
+            teacher_tokenizer = models.load_tokenizer(models.resolve(name, weights=False))  # only its tokenizer is read
+        except ConfigError as e:
+            raise ConfigError(f"teacher {name} (whose tokenizer logit KD checks against the student's, and decodes "
+                              f"its stored token ids with): {e}") from e
+        cross = kd.cross_tokenizer(cfg.kd, tokenizer, teacher_tokenizer,
+                                   texts + ["The answer is 12,345.67 <think>x</think>"], cfg.student, name)
+    if cross:
+        aligner = xtok.Aligner(tokenizer, teacher_tokenizer)
+        n = cfg.kd.check_samples
+        problems = aligner.check([topk.decode(b)[2] for b in table["teacher_topk"][:n]], texts, name)
+        if problems:
+            raise ConfigError(problems)
+        log.info("kd.cross_tokenizer %s: ULD on the tokens of student %s aligned with teacher %s's (seqdistill.xtok)",
+                 cfg.kd.cross_tokenizer, cfg.student, name)
+        return aligner
+    if cfg.kd.mode == "offline":
         n_vocab = models.vocab_size(models.resolve(cfg.student))
         top = max(int(topk.decode(b)[0].max()) for b in table["teacher_topk"][:cfg.kd.check_samples])
         if top >= n_vocab:
             raise ConfigError(f"teacher log-probs hold token id {top}, outside student {cfg.student}'s vocabulary "
-                              f"({n_vocab} tokens); logit KD needs a shared tokenizer")
-    name = cfg.kd.teacher if cfg.kd.mode == "online" else teacher
-    if name is None:
-        log.warning("dataset %s does not name its teacher; tokenizer agreement not checked", cfg.dataset)
-        return
-    try:
-        teacher_tokenizer = models.load_tokenizer(models.resolve(name, weights=False))  # only its tokenizer is read
-    except ConfigError as e:
-        raise ConfigError(f"teacher {name} (whose tokenizer logit KD checks against the student's): {e}") from e
-    texts = [m[-1]["content"] for m in table["messages"][:cfg.kd.check_samples]] if "messages" in table.column_names else []
-    kd.check_tokenizers(tokenizer, teacher_tokenizer, texts + ["The answer is 12,345.67 <think>x</think>"],
-                        cfg.student, name)
+                              f"({n_vocab} tokens); name the teacher in the dataset (column `teacher`) so "
+                              "kd.cross_tokenizer can decode its ids, or pick a student of the teacher's family")
+    return None
 
 
-def to_kd_rows(table, tokenizer, eot: str, source: str):
+def to_kd_rows(table, tokenizer, eot: str, source: str, template_kwargs: dict | None = None, aligner=None):
     """Tokenized rows whose completion is the teacher's own sampled token ids, with their top-k log-probs.
 
     input_ids = student prompt + prefill (unless the prompt ends with it) + teacher ids (+ end-of-turn when
     the teacher stopped otherwise);
     kd_offset = where the teacher's ids start, so the collator lays the log-probs on exactly those tokens.
+    Across tokenizers (aligner, seqdistill.xtok) the completion is the teacher's text in the student's tokens
+    + end-of-turn, and kd_positions gives each teacher token's student position (-1: not aligned).
     """
     import datasets
 
@@ -262,15 +340,22 @@ def to_kd_rows(table, tokenizer, eot: str, source: str):
     prefills = table["prefill"] if "prefill" in table.column_names else [""] * len(table)
     for msgs, blob, prefill, pid in zip(table["messages"], table["teacher_topk"], prefills,
                                         table["problem_id"] if "problem_id" in table.column_names else [None] * len(table)):
-        prompt, prefill = student_prompt(tokenizer, msgs, prefill, prefill)
+        prompt, prefill = student_prompt(tokenizer, msgs, prefill, prefill, template_kwargs)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         head = tokenizer(prompt + prefill, add_special_tokens=False)["input_ids"]
         sampled = topk.decode(blob)[2].tolist()
-        ids = head + sampled + ([] if sampled and sampled[-1] == eot_id else [eot_id])
-        rows.append({"input_ids": ids, "completion_mask": [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids)),
-                     "teacher_topk": blob, "kd_offset": len(head), "problem_id": pid})
+        row = {"teacher_topk": blob, "kd_offset": len(head), "problem_id": pid}
+        if aligner is None:
+            ids = head + sampled + ([] if sampled and sampled[-1] == eot_id else [eot_id])
+        else:
+            ids, row["kd_positions"] = aligner.row(head, sampled, eot_id)
+        rows.append({"input_ids": ids, "completion_mask": [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids)), **row})
     if not rows:
         raise ConfigError(f"dataset {source} has no examples")
+    if aligner is not None:
+        positions = [p for row in rows for p in row["kd_positions"]]
+        log.info("kd across tokenizers (ULD): %d of the teacher's %d tokens align with a student token; the rest "
+                 "(inside groups the two tokenizers split differently) get no KD term", sum(p >= 0 for p in positions), len(positions))
     return datasets.Dataset.from_list(rows)
 
 
@@ -299,6 +384,10 @@ def check_lengths(lengths: list[int], max_length: int, max_fraction: float) -> d
     over = sum(n > max_length for n in lengths)
     report = {**card.quantiles(lengths), "truncated": over, "tokens_per_epoch": sum(min(n, max_length) for n in lengths)}
     log.info("example lengths (tokens): %s", report)
+    if over:  # TRL keeps each row's first max_length tokens: these lose their end and the end-of-turn token
+        log.warning("%d of %d training examples are longer than max_length=%d tokens and are cut to it (TRL keeps "
+                    "their start; they lose the end-of-turn token); metrics.json: lengths.truncated", over, len(lengths),
+                    max_length)
     if over / len(lengths) > max_fraction:
         raise ConfigError(
             f"{over} of {len(lengths)} examples ({over / len(lengths):.1%}) are longer than max_length={max_length} "

@@ -1,7 +1,7 @@
 """The filter chain: every sample of a problem is kept or dropped with one reason.
 
 Order (one reason per sample, the first that applies):
-  truncated -> unbalanced_think, no_answer -> too_short, too_long -> repetitive -> wrong_answer
+  truncated -> unbalanced_think, no_answer -> too_short, too_long -> repetitive -> language_mixed -> wrong_answer
   -> too_easy, too_hard (the problem's pass rate outside `pass_rate`)
   -> duplicate, near_duplicate (within a problem) -> over_limit (at most k kept per problem: the first ones, or
   the longest or shortest with `prefer`).
@@ -9,6 +9,8 @@ Code problems (rows with `tests`) have `no_code` for `no_answer` and, for `wrong
 of their tests in the sandbox: wrong_output, runtime_error, timeout, memory or syntax_error.
 reasoning-gym rows (with `rg_task`) are judged by their task's own checker (seqdistill.verify).
 A problem's pass rate is its correct samples over all its samples (open-r1 keeps 0.1 to 0.9).
+Before sampling, whole problems are removed: `near_duplicate_problem` (seqdistill.dedup, across every source of
+`problems.mix`) and `contaminated` (`decontaminate`); `problem_funnel` counts them.
 The funnel counts the samples that survive each stage. The per-problem stages (`select`: band, duplicates,
 limit) need only each sample's verdict, so `generate` applies them again to stored samples: a rerun that
 changes only `pass_rate`, `near_duplicate`, `max_per_problem` or `prefer` samples nothing again.
@@ -21,19 +23,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from seqdistill.config import ConfigError
+from seqdistill.language import LANGUAGES, foreign_share
 from seqdistill.verify import AnswerConfig, extract_for, is_code, is_equivalent, is_reasoning_gym, judge_many, verifier_name
 
 CODE_FAILURES = ["wrong_output", "runtime_error", "timeout", "memory", "syntax_error"]  # seqdistill.code verdicts
 # funnel stage -> the drop reasons that end a sample at that stage
 STAGES = {
     "finished": ["truncated"],
-    "formatted": ["unbalanced_think", "no_answer", "no_code", "too_short", "too_long", "repetitive"],
+    "formatted": ["unbalanced_think", "no_answer", "no_code", "too_short", "too_long", "repetitive", "language_mixed"],
     "correct": ["wrong_answer", *CODE_FAILURES],
     "in_band": ["too_easy", "too_hard"],
     "deduplicated": ["duplicate", "near_duplicate"],
     "kept": ["over_limit"],
 }
 REASONS = [r for reasons in STAGES.values() for r in reasons]
+PROBLEM_STAGES = {"distinct": "near_duplicate_problem", "decontaminated": "contaminated"}  # before sampling
 PREFER = ("first", "longest", "shortest")
 SELECTION = ("pass_rate", "near_duplicate", "max_per_problem", "prefer")  # settings `select` applies after sampling
 
@@ -45,6 +49,11 @@ class FilterConfig:
     max_tokens: int | None = None
     repetition_ngram: int = 6  # word n-grams for the degenerate-repetition check
     max_repeat_fraction: float = 0.5  # drop when more than this share of n-grams repeat earlier ones
+    # the script traces must be written in (latin, cyrillic, chinese, japanese, korean, arabic, ...; english = latin,
+    # russian = cyrillic): a trace with more than max_foreign_share of its words in another script is dropped as
+    # language_mixed (R1's language consistency); digits, math symbols, Greek letters and LaTeX don't count. None: off
+    language: str | None = None
+    max_foreign_share: float = 0.05  # the share of a trace's words in another script that filters.language allows
     near_duplicate: float = 0.9  # Jaccard similarity of word 3-gram sets that counts as a near-duplicate
     max_per_problem: int | None = 4  # None: keep every correct, distinct sample
     # which correct, distinct samples max_per_problem keeps: first (sample order), longest or shortest (completion
@@ -54,6 +63,10 @@ class FilterConfig:
     # with a question field, or preset=path (mawps=../shared/benchmarks/mawps/test.jsonl)
     decontaminate: list[str] = field(default_factory=list)
     decontaminate_ngram: int = 8
+    # Jaccard similarity of word 3-gram sets (MinHash + LSH, exact check) at which a problem repeats an earlier
+    # one, across every source of problems.mix: removed before sampling as near_duplicate_problem, the first
+    # occurrence kept (RUCAIBox's STILL recipes use 0.8). None: off
+    near_duplicate_problems: float | None = None
     # [lo, hi]: keep only problems whose teacher pass rate (correct / samples) lies in the band; None: all
     pass_rate: list[float] | None = None
 
@@ -65,6 +78,12 @@ class FilterConfig:
             errors.append("repetition_ngram must be >= 1 and max_repeat_fraction in (0, 1]")
         if not 0 < self.near_duplicate <= 1:
             errors.append(f"near_duplicate must be in (0, 1], got {self.near_duplicate}")
+        if self.language is not None and self.language not in LANGUAGES:
+            errors.append(f"language must be one of {', '.join(LANGUAGES)} (or null: off), got {self.language!r}")
+        if not 0 <= self.max_foreign_share < 1:
+            errors.append(f"max_foreign_share must be in [0, 1), got {self.max_foreign_share}")
+        if self.near_duplicate_problems is not None and not 0 < self.near_duplicate_problems <= 1:
+            errors.append(f"near_duplicate_problems must be in (0, 1] (or null: off), got {self.near_duplicate_problems}")
         if self.max_per_problem is not None and self.max_per_problem < 1:
             errors.append(f"max_per_problem must be at least 1 (or null for no limit), got {self.max_per_problem}")
         if self.prefer not in PREFER:
@@ -123,6 +142,8 @@ def check_format(sample: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, thin
         return answer, "too_long"
     if repeat_fraction(text, cfg.repetition_ngram) > cfg.max_repeat_fraction:
         return answer, "repetitive"
+    if cfg.language is not None and foreign_share(text, cfg.language) > cfg.max_foreign_share:
+        return answer, "language_mixed"
     return answer, None
 
 
@@ -215,6 +236,17 @@ def funnel(reasons: list[str | None]) -> dict[str, int]:
             continue
         left -= sum(counts[r] for r in stage_reasons)
         out[stage] = left
+    return out
+
+
+def problem_funnel(loaded: int, removed: dict[str, int]) -> dict[str, int]:
+    """Problems left after each stage before sampling: loaded -> distinct -> decontaminated, a stage shown only
+    when its setting is on (`removed` has its reason, even at 0)."""
+    out, left = {"loaded": loaded}, loaded
+    for stage, reason in PROBLEM_STAGES.items():
+        if reason in removed:
+            left -= removed[reason]
+            out[stage] = left
     return out
 
 

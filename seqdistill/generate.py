@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, engine, filters, hub, kd, models, problems as problemslib, prompts, rgym, store, topk, trackers, verify
+from seqdistill import card, dedup, engine, filters, hub, kd, models, problems as problemslib, prompts, rgym, store, topk, trackers, verify
 from seqdistill import config as configlib
 from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
@@ -30,7 +30,7 @@ from seqdistill.prompts import PromptConfig
 from seqdistill.verify import AnswerConfig
 
 log = logging.getLogger(__name__)
-OUTPUT = store.Layout(owned=("samples", "data", "README.md", "stats.json", "runs", hub.MARKER), marker="stats.json",
+OUTPUT = store.Layout(owned=("samples", "data", "README.md", store.STATS_FILE, "runs", hub.MARKER), marker=store.STATS_FILE,
                       ignore=("shard_index", "push_to_hub", "hub", "report_to", "run_name", *engine.OPERATIONAL),
                       rebuild=tuple(f"filters.{key}" for key in filters.SELECTION), parts=("samples",))
 
@@ -66,17 +66,22 @@ class GenerateConfig:
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
         errors += engine.check_backend(self.engine, self.sampling, self.prompt.prefill)
+        errors += prompts.check_served_chat(self.prompt, self.engine)
         named = [filters.eval_preset(src) for src in self.filters.decontaminate]
-        errors += [f"problems.{p}" for p in rgym.benchmark_tasks(self.problems, named, "filters.decontaminate")]
+        sources = [("problems", self.problems), *((f"problems.mix[{k}]", m) for k, m in enumerate(self.problems.mix))]
+        for where, source in sources:
+            errors += [f"{where}.{p}" for p in rgym.benchmark_tasks(source, named, "filters.decontaminate")]
         return errors + hub.check(self.push_to_hub) + trackers.check(self.report_to)
 
 
 def check(cfg: GenerateConfig):
     """Everything that can fail, checked before the engine starts or a request is sent (`seqdistill run` calls
-    it before its first stage): (model path, problem rows, sandbox, user prompts, engine prompts, vocab size)."""
+    it before its first stage): (model path, problem rows, sandbox, user prompts, engine prompts, vocab size,
+    problem funnel)."""
     engine.check_devices(cfg.engine)  # data-parallel ranks the node can hold
     model_path = models.resolve(cfg.model)
-    rows = select_problems(cfg)
+    problem_funnel: dict[str, int] = {}
+    rows = select_problems(cfg, problem_funnel)
     verify.check_golds(rows, cfg.answer, "problems", cfg.problems.source or cfg.problems.preset)
     isolation = check_sandbox(cfg.code, rows)
     template = prompts.load_template(cfg.prompt.template)
@@ -84,14 +89,14 @@ def check(cfg: GenerateConfig):
     batch = engine.make_prompts(model_path, cfg.engine, cfg.prompt, users, [row["_index"] for row in rows])
     engine.preflight(model_path, cfg.engine, {"problems": batch}, cfg.sampling.max_tokens)
     vocab = models.vocab_size(model_path) if cfg.teacher_logprobs else 0
-    return model_path, rows, isolation, users, batch, vocab
+    return model_path, rows, isolation, users, batch, vocab, problem_funnel
 
 
 def run(cfg: GenerateConfig, llm=None, checked: tuple | None = None) -> dict:
     """Generate, filter and write the dataset; returns the stats. `llm` reuses a running vLLM engine (tests);
     `checked` is what `check(cfg)` returned when the caller (`seqdistill run`) has just called it."""
     out = Path(cfg.output_dir)
-    model_path, rows, isolation, users, batch, vocab = checked or check(cfg)
+    model_path, rows, isolation, users, batch, vocab, problem_funnel = checked or check(cfg)
     think = cfg.filters.require_think if cfg.filters.require_think is not None else f"<{cfg.answer.think_tag}>" in cfg.prompt.prefill
     OUTPUT.prepare(out, cfg, cfg.overwrite)
 
@@ -108,20 +113,32 @@ def run(cfg: GenerateConfig, llm=None, checked: tuple | None = None) -> dict:
         parts = engine.sample_in_chunks(get_engine, batch, shard_dir, req, chunk_size=cfg.chunk_size, to_rows=to_rows,
                                         seed_key=(cfg.engine.seed, cfg.shard_index, cfg.num_shards),
                                         features=sample_features(), desc=f"shard {cfg.shard_index}")
-    store.write_text(shard_dir / "DONE", json.dumps({"chunks": len(parts), "problems": len(rows), "isolation": isolation}))
+    done = {"chunks": len(parts), "problems": len(rows), "isolation": isolation, "problem_funnel": problem_funnel}
+    store.write_text(shard_dir / "DONE", json.dumps(done))
     return assemble(cfg, out)
 
 
-def select_problems(cfg: GenerateConfig) -> list[dict]:
-    """The problems of this shard: loaded, decontaminated, then every num_shards-th one."""
+def select_problems(cfg: GenerateConfig, funnel: dict | None = None) -> list[dict]:
+    """The problems of this shard: loaded (every source of problems.mix), near-duplicates removed, decontaminated,
+    then every num_shards-th one. `funnel` (when given) receives filters.problem_funnel's counts."""
     rows = problemslib.load(cfg.problems)
     for i, row in enumerate(rows):
         row["_index"] = i
+    loaded, removed = len(rows), {}
+    if cfg.filters.near_duplicate_problems is not None:
+        found = dedup.near_duplicates([r["question"] for r in rows], cfg.filters.near_duplicate_problems)
+        example = f"; e.g. {rows[found[0].index]['id']} repeats {rows[found[0].of]['id']}" if found else ""
+        log.info("near-duplicate problems (Jaccard >= %s) removed: %d of %d%s", cfg.filters.near_duplicate_problems,
+                 len(found), len(rows), example)
+        gone = {d.index for d in found}
+        rows, removed["near_duplicate_problem"] = [r for i, r in enumerate(rows) if i not in gone], len(found)
     if cfg.filters.decontaminate:
         index = filters.contamination_index(cfg.filters.decontaminate, cfg.filters.decontaminate_ngram)
         clean = [r for r in rows if not filters.is_contaminated(r["question"], index, cfg.filters.decontaminate_ngram)]
         log.info("decontamination against %s removed %d of %d problems", cfg.filters.decontaminate, len(rows) - len(clean), len(rows))
-        rows = clean
+        rows, removed["contaminated"] = clean, len(rows) - len(clean)
+    if funnel is not None:
+        funnel.update(filters.problem_funnel(loaded, removed))
     rows = rows[cfg.shard_index :: cfg.num_shards]
     if not rows:
         raise ConfigError(f"no problems left for shard {cfg.shard_index} of {cfg.num_shards}; use fewer shards")
@@ -217,7 +234,10 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     store.write_parquet(train, out / "data" / "train.parquet")
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
-    stats["verifier"] = verifiers(samples, [json.loads((d / "DONE").read_text()).get("isolation") for d in shard_dirs])
+    done = [json.loads((d / "DONE").read_text()) for d in shard_dirs]
+    stats["verifier"] = verifiers(samples, [d.get("isolation") for d in done])
+    if len(done[0].get("problem_funnel", {})) > 1:  # problems before sampling, when a stage is on (same for every shard)
+        stats["problem_funnel"] = done[0]["problem_funnel"]
     summary = engine.chunk_summary(parts, cfg.engine)
     stats["failed_requests"] = summary["failed_requests"]
     if "usage" in summary:
@@ -233,7 +253,7 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     if stats["failed_requests"]:  # no stats.json: the stage is not done, and `seqdistill run` reruns it
         raise ConfigError(f"{stats['failed_requests']} requests failed after retries; {out}/data holds the rest "
                           "(see its README); rerun the same command to retry only those")
-    store.write_text(out / "stats.json", json.dumps(stats, indent=2))
+    store.write_text(out / store.STATS_FILE, json.dumps(stats, indent=2))
     figures = {**{f"funnel/{k}": v for k, v in stats["funnel"].items()}, "teacher_pass@1": stats["pass@1"],
                f"teacher_pass@{cfg.sampling.n}": stats["pass@n"], "generated_tokens_per_second": stats["generated_tokens_per_second"]}
     trackers.log_figures(cfg.report_to, out, "generate", cfg.run_name, figures, configlib.to_dict(cfg))

@@ -10,6 +10,9 @@ form (stdin cases, call-based cases, or a test program), and `answer` is the fun
 (HumanEval's entry_point) or "". A row with a non-empty `tests` is verified by running its tests.
 
 reasoning-gym problems (`source: reasoning-gym`, `tasks`) are drawn by seqdistill.rgym.
+
+`mix` adds more sources after the first, each with its own mapping; their rows follow in order, ids prefixed
+`mixK-` (generate's `filters.near_duplicate_problems` then removes problems that repeat across them).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqdistill import arithmetic, rgym
@@ -70,7 +73,7 @@ PRESETS: dict[str, Preset] = {
 
 
 @dataclass
-class ProblemsConfig:
+class ProblemSource:
     # "embedded" (the arithmetic set shipped here), "reasoning-gym" (with tasks), a local file
     # (.jsonl/.json/.parquet/.csv), a file an installed package ships (package:IMPORT_NAME/path/in/it), or a hub
     # dataset name. Empty with a preset: the preset's offline copy where seqdistill has one, else its hub dataset.
@@ -128,7 +131,7 @@ class ProblemsConfig:
     def is_local_like(self) -> bool:
         return Path(self.source).suffix in LOCAL_FORMATS or self.source.startswith((".", "/", "~"))
 
-    def resolved(self) -> "ProblemsConfig":
+    def resolved(self) -> "ProblemSource":
         """Fill unset mapping fields from the preset, or from plain defaults."""
         preset = PRESETS.get(self.preset) if self.preset else None
         out = dataclasses.replace(self)
@@ -151,8 +154,28 @@ class ProblemsConfig:
         return out
 
 
-def load(cfg: ProblemsConfig) -> list[dict]:
-    """Rows with id, question and gold answer (plus the source's own fields), in a fixed order."""
+@dataclass
+class ProblemsConfig(ProblemSource):
+    # more sources, each with the settings above (source, preset, split, fields, num_problems, ...): their problems
+    # follow this one's, in order, with ids prefixed mixK- (K: the position in this list)
+    mix: list[ProblemSource] = field(default_factory=list)
+
+
+def load(cfg: ProblemSource) -> list[dict]:
+    """Rows with id, question and gold answer (plus the source's own fields), in a fixed order: the source's,
+    then those of each `mix` entry."""
+    rows = load_source(cfg)
+    for k, extra in enumerate(getattr(cfg, "mix", [])):
+        rows += [{**row, "id": f"mix{k}-{row['id']}"} for row in load_source(extra)]
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"problem ids repeat across problems.mix: {next(i for i in ids if ids.count(i) > 1)}; "
+                          "give each source a unique id_field or none")
+    return rows
+
+
+def load_source(cfg: ProblemSource) -> list[dict]:
+    """One source's rows."""
     cfg = cfg.resolved()
     if cfg.source == REASONING_GYM:
         return rgym.load(cfg.tasks, cfg.num_problems, cfg.split, cfg.seed)
@@ -186,7 +209,7 @@ def load(cfg: ProblemsConfig) -> list[dict]:
     return rows
 
 
-def _code_rows(cfg: ProblemsConfig, table) -> list[dict]:
+def _code_rows(cfg: ProblemSource, table) -> list[dict]:
     """Code problems: question, tests (JSON, normalised) and the entry point as `answer` (or "")."""
     from seqdistill import code
 
@@ -215,7 +238,7 @@ def _code_schemas() -> list[str]:
     return list(SCHEMAS)
 
 
-def _stem(cfg: ProblemsConfig) -> str:
+def _stem(cfg: ProblemSource) -> str:
     return Path(cfg.source).stem if cfg.is_local_like() else cfg.source.replace("/", "_")
 
 
@@ -245,7 +268,7 @@ def check_package_file(spec: str) -> list[str]:
     return []
 
 
-def _load_table(cfg: ProblemsConfig):
+def _load_table(cfg: ProblemSource):
     import datasets
 
     if cfg.source.startswith("package:"):

@@ -12,7 +12,7 @@ prefill such as "<think>\\n" so they don't skip thinking.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqdistill.config import ConfigError
@@ -35,13 +35,15 @@ class PromptConfig:
     template: str = "r1"  # built-in name (r1, number, marker, steps), prompts/NAME.jinja in the working dir, or a .jinja path
     system: str | None = None  # None: no system message (R1 advice); the model's template may add its own
     prefill: str = ""  # text the assistant turn starts with, e.g. "<think>\n"
+    # switches the model's chat template reads, e.g. {enable_thinking: false} (Qwen3) or {reasoning_effort: low}
+    chat_template_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> list[str]:
         try:
             template_path(self.template)
         except ConfigError as e:
             return e.problems
-        return []
+        return check_template_kwargs(self.chat_template_kwargs)
 
 
 def available() -> list[str]:
@@ -87,13 +89,57 @@ def messages(user: str, cfg: PromptConfig) -> list[dict]:
     return [*system, {"role": "user", "content": user}]
 
 
-def chat_prompt(tokenizer, msgs: list[dict], prefill: str = "") -> str:
+# apply_chat_template's own arguments: a chat_template_kwargs key of these names would clash with them
+RESERVED = ("conversation", "tools", "documents", "chat_template", "add_generation_prompt", "continue_final_message",
+            "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+            "return_assistant_tokens_mask", "tokenizer_kwargs", "messages")
+
+
+def check_template_kwargs(kwargs, key: str = "chat_template_kwargs") -> list[str]:
+    """Chat-template switches must be a mapping of names to JSON values (what a Jinja template and a server read)."""
+    import json
+
+    if kwargs is None:
+        return []
+    if not isinstance(kwargs, dict):
+        return [f"{key} must be a mapping such as {{enable_thinking: false}}, got {kwargs!r}"]
+    errors = []
+    for name, value in kwargs.items():
+        if not isinstance(name, str) or not name.isidentifier() or name in RESERVED:
+            why = "is an argument of apply_chat_template itself" if name in RESERVED else "is not a variable name a template can read"
+            errors.append(f"{key}: key {name!r} {why}; use the name the chat template reads, e.g. enable_thinking")
+            continue
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            errors.append(f"{key}.{name} must be a JSON value (string, number, true/false, null, list or mapping), "
+                          f"got {value!r} ({type(value).__name__}); quote it")
+    return errors
+
+
+def check_served_chat(cfg: PromptConfig, engine_cfg) -> list[str]:
+    """engine.api chat sends messages for the server to render: switches rendered here would be silently lost."""
+    if cfg.chat_template_kwargs and engine_cfg.backend == "openai" and engine_cfg.api == "chat":
+        return [f"prompt.chat_template_kwargs {cfg.chat_template_kwargs} can't reach a server that renders the messages "
+                "itself (engine.api chat); put them in engine.extra_body as chat_template_kwargs (vLLM and SGLang "
+                "servers read it), or use engine.api: completions"]
+    return []
+
+
+def template_text(tokenizer, msgs: list[dict], generation: bool = True, template_kwargs: dict | None = None) -> str:
+    """The model's chat template on `msgs`, with the generation prompt when `generation`: the one place a
+    conversation is rendered, for the teacher's prompts, eval's and the student's training text alike."""
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation,
+                                         **(template_kwargs or {}))
+
+
+def chat_prompt(tokenizer, msgs: list[dict], prefill: str = "", template_kwargs: dict | None = None) -> str:
     """The exact text sent to the engine: the model's chat template, generation prompt, then the prefill
     unless the generation prompt already ends with it."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"model {tokenizer.name_or_path} has no chat template; use an instruct/chat model "
                           "or one whose tokenizer_config carries a chat_template")
-    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    text = template_text(tokenizer, msgs, True, template_kwargs)
     return text + unopened(tokenizer, text, prefill)
 
 
@@ -112,4 +158,5 @@ def unopened(tokenizer, prompt: str, prefill: str) -> str:
 
 def encode(tokenizer, user: str, cfg: PromptConfig) -> list[int]:
     """Token ids of the whole prompt the engine sees for one user message (no second BOS)."""
-    return tokenizer(chat_prompt(tokenizer, messages(user, cfg), cfg.prefill), add_special_tokens=False)["input_ids"]
+    text = chat_prompt(tokenizer, messages(user, cfg), cfg.prefill, cfg.chat_template_kwargs)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

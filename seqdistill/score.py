@@ -18,12 +18,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import engine, kd, models, store, topk
+from seqdistill import engine, kd, models, prompts, store, topk
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
 
 log = logging.getLogger(__name__)
-OUTPUT = store.Layout(owned=("chunks", "data", "stats.json"), marker="stats.json", ignore=engine.OPERATIONAL)
+OUTPUT = store.Layout(owned=("chunks", "data", store.STATS_FILE), marker=store.STATS_FILE, ignore=engine.OPERATIONAL)
 
 
 @dataclass
@@ -35,11 +35,14 @@ class ScoreConfig:
     logprobs_k: int = 20
     batch_size: int = 256  # sequences per chunk: the unit of resume
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # the chat-template switches generate rendered the teacher's prompts with (prompt.chat_template_kwargs)
+    chat_template_kwargs: dict = field(default_factory=dict)
     overwrite: bool = False
 
     def validate(self) -> list[str]:
         errors = [f"model: {p}" for p in models.check(self.model)]
         errors += kd.check_logprobs_k(self.logprobs_k, self.engine)
+        errors += prompts.check_template_kwargs(self.chat_template_kwargs)
         if self.batch_size < 1:
             errors.append(f"batch_size must be at least 1, got {self.batch_size}")
         if self.engine.backend == "openai" and self.engine.api != "completions":
@@ -61,7 +64,7 @@ def run(cfg: ScoreConfig, llm=None) -> dict:
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
     sequences, starts = [], []
     for msgs in table["messages"]:
-        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        prompt = prompts.template_text(tokenizer, msgs[:-1], True, cfg.chat_template_kwargs)
         head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         sequences.append(head + tokenizer(msgs[-1]["content"], add_special_tokens=False)["input_ids"] + [eot_id])
         starts.append(len(head))
@@ -91,6 +94,6 @@ def run(cfg: ScoreConfig, llm=None) -> dict:
               .add_column("teacher", [cfg.model] * len(blobs)))
     store.write_parquet(scored, out / "data" / "train.parquet")
     stats = {"examples": len(blobs), "teacher_logprobs": topk.storage_stats(scored, cfg.logprobs_k, vocab)}
-    store.write_text(out / "stats.json", json.dumps(stats, indent=2))
+    store.write_text(out / store.STATS_FILE, json.dumps(stats, indent=2))
     log.info("scored %d traces: %s", len(blobs), stats["teacher_logprobs"])
     return stats

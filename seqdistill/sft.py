@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, hub, kd, models, store, trackers
+from seqdistill import card, hub, kd, models, prompts, store, trackers
 from seqdistill.config import ConfigError, first_line
 from seqdistill.data import TrainingData
 from seqdistill.hub import HubConfig
@@ -39,9 +39,31 @@ class LoraSettings:
 
 
 @dataclass
+class MixtureSource:
+    """One dataset of a weighted mixture (`datasets`)."""
+
+    path: str = ""  # a generate output dir, a .parquet/.jsonl file, or a hub dataset
+    weight: float | None = None  # its share of the mixture, relative to the other sources' weights ...
+    fraction: float | None = None  # ... or the share of its own rows to take, in (0, 1]; neither: all of them
+    split: str | None = None  # None: dataset_split
+
+    def validate(self) -> list[str]:
+        errors = [] if self.path else ["every datasets entry needs a path"]
+        if self.weight is not None and self.fraction is not None:
+            errors.append(f"{self.path}: give weight or fraction, not both")
+        if self.weight is not None and self.weight < 0:
+            errors.append(f"{self.path}: weight must be >= 0, got {self.weight}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            errors.append(f"{self.path}: fraction must be in (0, 1], got {self.fraction}")
+        return errors
+
+
+@dataclass
 class SFTStageConfig:
     student: str = models.DEFAULT_MODEL  # hub id, local dir, .gguf, or embedded:NAME
     dataset: str = "outputs/generate-quickstart"  # a generate output dir, a .parquet/.jsonl file, or a hub dataset
+    # a weighted mixture of datasets, sampled with `seed`; when given it replaces `dataset`: [{path, weight | fraction}]
+    datasets: list[MixtureSource] = field(default_factory=list)
     dataset_split: str = "train"
     eval_dataset: str | None = None  # a separate validation set ...
     eval_fraction: float = 0.0  # ... or this share of the problems held out (split by problem_id)
@@ -50,7 +72,11 @@ class SFTStageConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     assistant_only_loss: bool = True  # False: the prompt is trained on too
     chat_template: str | None = None  # for students without one; None: prompts/chat/plain.jinja
-    max_length: int = 2048
+    # switches the student's chat template reads, e.g. {enable_thinking: false}; set eval's prompt.chat_template_kwargs alike
+    chat_template_kwargs: dict = field(default_factory=dict)
+    max_length: int = 2048  # tokens per example; at most the student's context (max_position_embeddings) unless context is set
+    # stretch the student's context to this many tokens: YaRN RoPE scaling, saved in the model's config (method full or merge)
+    context: int | None = None
     max_truncated_fraction: float = 0.01  # more examples cut at max_length than this is an error
     packing: bool | None = None  # padding-free packing; None: on with flash attention, off otherwise
     attn_implementation: str | None = None  # e.g. flash_attention_2 on GPUs
@@ -104,7 +130,37 @@ class SFTStageConfig:
         if self.kd.mode != "none" and self.packing:
             errors.append("packing cannot be combined with logit KD (teacher log-probs are laid out per example); "
                           "set packing: false")
-        return errors
+        errors += prompts.check_template_kwargs(self.chat_template_kwargs)
+        return errors + check_context_values(self) + check_mixture(self)
+
+
+def check_context_values(cfg: SFTStageConfig) -> list[str]:
+    """`context` must hold max_length, and a LoRA adapter alone can't carry the stretched RoPE to eval."""
+    if cfg.context is None:
+        return []
+    if cfg.context < cfg.max_length:
+        return [f"context ({cfg.context}) must be at least max_length ({cfg.max_length}); raise context or lower max_length"]
+    if cfg.method != "full" and not cfg.merge:
+        return [f"context {cfg.context} stretches the student's RoPE, which a LoRA adapter does not carry (its base "
+                "model would be served unstretched); set merge: true (OUTPUT_DIR/merged holds it) or method: full"]
+    return []
+
+
+def check_mixture(cfg: SFTStageConfig) -> list[str]:
+    """A mixture is weighted throughout or not at all, with some weight to sample by."""
+    if not cfg.datasets:
+        return []
+    weights = [s.weight for s in cfg.datasets]
+    if any(w is not None for w in weights):
+        if any(w is None for w in weights):
+            return ["datasets: some entries have a weight and some don't; give every entry a weight "
+                    "(its share of the mixture), or use fraction (a share of its own rows) throughout"]
+        if not any(w > 0 for w in weights):
+            return [f"datasets: no entry has a weight > 0 ({weights}); give at least one source a positive weight"]
+    if cfg.kd.mode != "none":
+        return [f"datasets (a mixture) can't be combined with kd.mode {cfg.kd.mode} yet; mix the traces into one "
+                "dataset first, or set kd.mode: none"]
+    return []
 
 
 def check_training_values(cfg: SFTStageConfig) -> list[str]:
@@ -154,6 +210,7 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
         student = models.resolve(cfg.student)
     device, dtype = pick_precision(cfg)
     tokenizer = models.load_tokenizer(student)
+    check_context(cfg, student, warn=True)  # before the data is read: max_length must fit the student
     data = TrainingData.load(cfg, tokenizer)
     check_lora_targets(cfg, student)
     if not cfg.overwrite and OUTPUT.done(out, cfg):
@@ -192,6 +249,7 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
         "processes": procs.num_processes,
         "device": device, "dtype": dtype, "packing": trainer.args.packing,
         "lengths": data.lengths, "end_of_turn": data.end_of_turn, "truncated_examples": cut,
+        **({"mixture": data.mixture} if data.mixture else {}),
         "log_history": trainer.state.log_history,
     }
     metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / seconds, 1)
@@ -200,9 +258,7 @@ def run(cfg: SFTStageConfig, callbacks: list | None = None) -> SFTResult:
         if cfg.merge:
             save_merged(cfg, student, dtype, tokenizer, out)
         store.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        store.write_text(out / "model" / "README.md", card.sft_model_card(cfg, data, metrics))
-        if (out / "merged").is_dir():
-            store.write_text(out / "merged" / "README.md", card.sft_model_card(cfg, data, metrics, merged=True))
+        card.write_sft_cards(cfg, data, metrics)
         hub.push("sft", cfg)
     procs.wait_for_everyone()  # no process leaves before the merged model and metrics are written
     return SFTResult(metrics, trainer)
@@ -243,9 +299,10 @@ def peak_gpu_memory(device: str) -> dict:
 
 def check(cfg: SFTStageConfig) -> None:
     """What this machine and the student refuse, found before any model loads (`seqdistill run` calls it before
-    its first stage): the precision on this device and the LoRA targets."""
+    its first stage): the precision on this device, the LoRA targets and max_length against the student's context."""
     check_precision(cfg)
     check_lora_targets(cfg, cfg.student)
+    check_context(cfg, cfg.student)
 
 
 def check_precision(cfg: SFTStageConfig) -> bool:
@@ -279,6 +336,43 @@ def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
     return "cuda", cfg.dtype
 
 
+def check_context(cfg: SFTStageConfig, student: str, warn: bool = False) -> dict:
+    """max_length against the student's context (max_position_embeddings in its config.json alone, before any weights
+    load). Returns the config overrides that stretch it to `context`, {} without one: YaRN RoPE scaling, the long-context
+    recipe Qwen2.5 documents (rope_parameters: rope_type yarn, factor = context / original context), which
+    transformers applies to Llama and Qwen2 and writes into the trained model's config.json."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(models.resolve(student)).get_text_config()
+    except Exception as e:  # no config.json here, an unknown architecture, or no hub
+        raise ConfigError(f"the config of student {cfg.student} can't be read here to check max_length against its "
+                          f"context ({first_line(e)}); name a local model directory or a reachable hub id") from e
+    window = getattr(config, "max_position_embeddings", None)
+    if window is None:
+        return {}
+    if cfg.context is None:
+        if cfg.max_length > window:
+            raise ConfigError(f"max_length {cfg.max_length} exceeds student {cfg.student}'s context of {window} tokens "
+                              f"(max_position_embeddings); lower max_length to {window}, or set context: "
+                              f"{cfg.max_length} to stretch its RoPE (YaRN) and train at that length")
+        return {}
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if cfg.context <= window:
+        raise ConfigError(f"context {cfg.context} does not exceed student {cfg.student}'s own {window} tokens; "
+                          "remove context (there is nothing to stretch)")
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"student {cfg.student} already scales its RoPE ({rope.get('rope_type', rope)}); context stretches "
+                          "plain RoPE only: remove context, or start from a model with plain RoPE")
+    factor = cfg.context / window
+    rope.update(rope_type="yarn", factor=factor, original_max_position_embeddings=window)
+    if warn:
+        log.warning("context %d: student %s's RoPE stretched %gx from %d tokens (YaRN; the trained model's config.json "
+                    "gets max_position_embeddings %d and rope_parameters %s)", cfg.context, cfg.student, factor,
+                    window, cfg.context, rope)
+    return {"max_position_embeddings": cfg.context, "rope_parameters": rope}
+
+
 def check_lora_targets(cfg: SFTStageConfig, student: str) -> None:
     """LoRA target modules must match some module: checked on an empty (meta) model built from the student's
     config.json alone, before loading weights."""
@@ -307,7 +401,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
     from trl import SFTConfig, SFTTrainer
 
     attn = cfg.attn_implementation
-    model_kwargs = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
+    model_kwargs = {"dtype": dtype, **({"attn_implementation": attn} if attn else {}), **check_context(cfg, student)}
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         from peft import LoraConfig
@@ -398,7 +492,7 @@ def save_merged(cfg: SFTStageConfig, student: str, dtype: str, tokenizer, out: P
     else:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(student, dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(student, dtype=dtype, **check_context(cfg, student))  # as trained
         model = PeftModel.from_pretrained(base, out / "model").merge_and_unload()
     model.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
