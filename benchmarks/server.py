@@ -1,14 +1,19 @@
 """The sampling layer's overhead, measured against bare clients on the same engine.
 
-    python benchmarks/server.py                # both comparisons, SmolLM2-135M, results in benchmarks/results/
-    python benchmarks/server.py --only server  # or: --only inprocess
+    python benchmarks/server.py                  # server and inprocess, SmolLM2-135M, results in benchmarks/results/
+    python benchmarks/server.py --only server    # or: --only inprocess
+    python benchmarks/server.py --only longtail  # long-tailed traces over several chunks (a GPU: ~4k requests)
 
 server: one `vllm serve` (the module entry point, as ENVIRONMENT.md says) answers, in turn, a bare
-asyncio script with the `openai` client (one request per sample, the same seeds and concurrency)
-and `seqdistill generate` with `engine.backend: openai` (journal, retries, filters, Parquet
-included). inprocess: one `vllm.LLM` answers a bare `llm.generate` and `seqdistill generate`.
-Generated tokens per second of the whole call; runs alternate, and the ratio is of the medians.
-Targets: >= 0.95 each. Nothing else may run on the machine meanwhile.
+asyncio script with the `openai` client (every request at once behind one semaphore: the very
+bodies seqdistill sends, seeds included, at the same concurrency) and `seqdistill generate` with
+`engine.backend: openai` (journal, retries, filters, Parquet included), all problems in one chunk.
+longtail: the same comparison at generate's default chunk_size, with most samples ended early by a
+stop string (the first blank line) and a few running to max_tokens, as reasoning traces do: a
+chunk's stragglers must not leave the server idle at a chunk boundary. inprocess: one `vllm.LLM`
+answers a bare `llm.generate` and `seqdistill generate`. Generated tokens per second of the whole
+call; runs alternate, and the ratio is of the medians. Targets: >= 0.95 each. Nothing else may run
+on the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -27,17 +32,22 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SIZE = {"problems": 48, "n": 8, "max_tokens": 64, "concurrency": 32, "repeats": 3}
+SIZE = {"problems": 48, "n": 8, "max_tokens": 64, "concurrency": 32, "repeats": 3, "chunk_size": 1000}
+# 4 chunks of generate's default 256 problems; most samples end at the first blank line, a few run to max_tokens
+LONGTAIL = {"problems": 1024, "n": 4, "max_tokens": 1024, "concurrency": 128, "repeats": 2, "chunk_size": None,
+            "stop": ["\n\n"], "kv_cache_gib": 4}
 
 
-def generate_cfg(model: str, out: str, *extra: str):
+def generate_cfg(model: str, out: str, size: dict, *extra: str):
     from seqdistill import config as configlib
     from seqdistill.generate import GenerateConfig
 
+    chunk = size["chunk_size"] or GenerateConfig.chunk_size  # None: generate's default
     return configlib.load(GenerateConfig, None, [
-        f"model={model}", f"output_dir={out}", f"problems.num_problems={SIZE['problems']}", f"sampling.n={SIZE['n']}",
-        f"sampling.max_tokens={SIZE['max_tokens']}", "sampling.temperature=0.8", "prompt.template=number",
-        "answer.extraction=last_number", "chunk_size=1000", *extra])
+        f"model={model}", f"output_dir={out}", f"problems.num_problems={size['problems']}", f"sampling.n={size['n']}",
+        f"sampling.max_tokens={size['max_tokens']}", f"sampling.stop={json.dumps(size.get('stop', []))}",
+        "sampling.temperature=0.8", "prompt.template=number", "answer.extraction=last_number", f"chunk_size={chunk}",
+        *extra])
 
 
 def user_messages(cfg) -> list[list[dict]]:
@@ -47,28 +57,40 @@ def user_messages(cfg) -> list[list[dict]]:
     return [prompts.messages(prompts.render(template, row), cfg.prompt) for row in generate.select_problems(cfg)]
 
 
-async def bare_client(url: str, model: str, messages: list[list[dict]], cfg) -> int:
-    """What a user would write: AsyncOpenAI, a semaphore, one request per sample."""
+def request_bodies(cfg) -> list[dict]:
+    """The bodies `seqdistill generate` sends for cfg (one per problem and sample, its seeds), for the bare client."""
+    from seqdistill import engine, generate, prompts
+
+    rows = generate.select_problems(cfg)
+    template = prompts.load_template(cfg.prompt.template)
+    batch = engine.make_prompts(cfg.model, cfg.engine, cfg.prompt, [prompts.render(template, r) for r in rows],
+                                [r["_index"] for r in rows])
+    eng, req = engine.OpenAIEngine(cfg.engine.served_model, cfg.engine), engine.Request(cfg.sampling)
+    return [eng.body(p, j, req)[1] for p in batch for j in range(cfg.sampling.n)]
+
+
+async def bare_client(url: str, bodies: list[dict], concurrency: int) -> list[int]:
+    """What a user would write: AsyncOpenAI, a semaphore, every request at once; the completion tokens of each."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
-    gate = asyncio.Semaphore(SIZE["concurrency"])
+    gate = asyncio.Semaphore(concurrency)
 
-    async def one(msgs, seed):
+    async def one(body):
         async with gate:
-            r = await client.chat.completions.create(model=model, messages=msgs, n=1, temperature=cfg.sampling.temperature,
-                                                     top_p=cfg.sampling.top_p, max_tokens=cfg.sampling.max_tokens, seed=seed)
+            r = await client.chat.completions.create(**body)
             return r.usage.completion_tokens
 
-    tokens = await asyncio.gather(*[one(m, i * 100 + j) for i, m in enumerate(messages) for j in range(cfg.sampling.n)])
+    tokens = await asyncio.gather(*[one(b) for b in bodies])
     await client.close()
-    return sum(tokens)
+    return tokens
 
 
-def start_server(path: str, port: int, log: Path) -> subprocess.Popen:
+def start_server(path: str, port: int, log: Path, size: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", "teacher",
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "1024",
-           "--kv-cache-memory-bytes", str(2 << 30)]
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16",
+           "--max-model-len", str(max(1024, size["max_tokens"] + 512)),
+           "--kv-cache-memory-bytes", str(size.get("kv_cache_gib", 2) << 30)]
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
 
@@ -87,7 +109,7 @@ def wait_for(url: str, proc: subprocess.Popen, log: Path) -> float:
             time.sleep(2)
 
 
-def server_side(path: str, tmp: Path) -> dict:
+def server_side(path: str, tmp: Path, size: dict) -> dict:
     from seqdistill import generate
 
     with socket.socket() as s:
@@ -95,20 +117,21 @@ def server_side(path: str, tmp: Path) -> dict:
         port = s.getsockname()[1]
     tmp.mkdir(parents=True, exist_ok=True)
     url, log = f"http://127.0.0.1:{port}/v1", tmp / "server.log"
-    proc = start_server(path, port, log)
+    proc = start_server(path, port, log, size)
     out = {"server_startup_seconds": round(wait_for(url, proc, log), 1), "runs": []}
     try:
         served = ["engine.backend=openai", f"engine.base_url={url}", "engine.served_model=teacher",
-                  f"engine.max_concurrency={SIZE['concurrency']}"]
-        cfg = generate_cfg(path, str(tmp / "warm"), *served)
-        messages = user_messages(cfg)
-        asyncio.run(bare_client(url, "teacher", messages[:8], cfg))  # warm-up: shapes and caches
-        for rep in range(SIZE["repeats"]):
+                  f"engine.max_concurrency={size['concurrency']}"]
+        bodies = request_bodies(generate_cfg(path, str(tmp / "warm"), size, *served))
+        asyncio.run(bare_client(url, bodies[:64], size["concurrency"]))  # warm-up: shapes and caches
+        for rep in range(size["repeats"]):
             start = time.perf_counter()
-            tokens = asyncio.run(bare_client(url, "teacher", messages, cfg))
-            out["runs"].append({"tool": "bare AsyncOpenAI", "seconds": time.perf_counter() - start, "tokens": tokens})
+            tokens = asyncio.run(bare_client(url, bodies, size["concurrency"]))
+            out["runs"].append({"tool": "bare AsyncOpenAI", "seconds": time.perf_counter() - start, "tokens": sum(tokens),
+                                "completion_tokens_p50_p90_p99_max": [sorted(tokens)[int(q * (len(tokens) - 1))]
+                                                                      for q in (0.5, 0.9, 0.99, 1.0)]})
             start = time.perf_counter()
-            stats = generate.run(generate_cfg(path, str(tmp / f"gen-{rep}"), *served))
+            stats = generate.run(generate_cfg(path, str(tmp / f"gen-{rep}"), size, *served))
             out["runs"].append({"tool": "seqdistill generate (openai backend)", "seconds": time.perf_counter() - start,
                                 "tokens": stats["generated_tokens"], "requests": stats["requests"]})
             print(json.dumps(out["runs"][-2:]), flush=True)
@@ -123,7 +146,7 @@ def inprocess_side(path: str, tmp: Path) -> dict:
 
     from seqdistill import engine, generate, models, prompts
 
-    cfg = generate_cfg(path, str(tmp / "warm"))
+    cfg = generate_cfg(path, str(tmp / "warm"), SIZE)
     tokenizer = models.load_tokenizer(path)
     ids = [prompts.encode(tokenizer, m[-1]["content"], cfg.prompt) for m in user_messages(cfg)]
     llm = engine.load_vllm(path, cfg.engine)
@@ -137,7 +160,7 @@ def inprocess_side(path: str, tmp: Path) -> dict:
         out["runs"].append({"tool": "bare vllm.LLM.generate", "seconds": time.perf_counter() - start,
                             "tokens": sum(len(c.token_ids) for r in results for c in r.outputs)})
         start = time.perf_counter()
-        stats = generate.run(generate_cfg(path, str(tmp / f"gen-{rep}")), llm=llm)
+        stats = generate.run(generate_cfg(path, str(tmp / f"gen-{rep}"), SIZE), llm=llm)
         out["runs"].append({"tool": "seqdistill generate (vllm backend)", "seconds": time.perf_counter() - start,
                             "tokens": stats["generated_tokens"]})
         print(json.dumps(out["runs"][-2:]), flush=True)
@@ -159,17 +182,22 @@ def summarize(out: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=["server", "inprocess"])
+    p.add_argument("--only", choices=["server", "inprocess", "longtail"])
     p.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
+    p.add_argument("--problems", type=int, help=f"longtail: problems (default {LONGTAIL['problems']}; 256 a chunk)")
+    p.add_argument("--concurrency", type=int, help=f"longtail: requests in flight (default {LONGTAIL['concurrency']})")
     args = p.parse_args()
+    longtail = {**LONGTAIL, **{k: v for k, v in (("problems", args.problems), ("concurrency", args.concurrency)) if v}}
     from seqdistill import models, precision
 
     path = models.resolve(args.model)
     result = {"machine": f"{platform.machine()} ({precision.describe_cpu()}), {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
-              "model": args.model, "size": SIZE}
+              "model": args.model, "size": longtail if args.only == "longtail" else SIZE}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "server"):
-            result["server"] = server_side(path, Path(tmp) / "server")
+            result["server"] = server_side(path, Path(tmp) / "server", SIZE)
+        if args.only == "longtail":
+            result["longtail"] = server_side(path, Path(tmp) / "longtail", longtail)
         if args.only in (None, "inprocess"):
             result["inprocess"] = inprocess_side(path, Path(tmp) / "inprocess")
     RESULTS.mkdir(exist_ok=True)

@@ -6,7 +6,9 @@ killed at any moment, SIGKILL included, sends no answered request again. Request
 the replicas in `base_url`; a replica that fails is skipped until its back-off has passed. 429,
 5xx, timeouts, dropped connections and malformed answers are retried with exponential back-off and
 jitter (`Retry-After` wins); 400/401/403/404 stop the run with one line (nothing retried would
-succeed). The API key is read from the environment variable `api_key_env` names and never written.
+succeed). The API key, and the values of `headers`, are read from the environment variables the config names
+and never written. The chunks' requests flow through one event loop (`sample_chunks`): the next chunk's requests
+start while a chunk's stragglers finish, and each chunk is still handed back whole, in order.
 Before the first request the run's size and cost are estimated (`plan`); `max_cost` / `max_tokens_total`
 refuse a run whose lower estimate is over them and stop one that reaches them (`Budget`).
 """
@@ -15,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import hashlib
 import json
 import logging
 import os
 import random
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from seqdistill.config import ConfigError
@@ -30,6 +34,9 @@ from seqdistill.sampling import Completion, EngineConfig, Output, Prompt, Reques
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+# chunks sent past the oldest one not yet written: room for its stragglers, with at most this many + 1 chunks' answers
+# held in memory however slowly the caller writes (verifies) them
+LOOKAHEAD = 2
 
 
 class Retry(Exception):
@@ -50,6 +57,9 @@ class OpenAIEngine:
         self.key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         if cfg.api_key_env and not self.key:
             raise ConfigError(f"engine.api_key_env names {cfg.api_key_env}, which is not set: export {cfg.api_key_env}=...")
+        for name, env in cfg.headers.items():
+            if not os.environ.get(env):
+                raise ConfigError(f"engine.headers.{name} names {env}, which is not set: export {env}=...")
         self.replicas = [{"url": str(u).rstrip("/"), "down_until": 0.0, "fails": 0, "inflight": 0} for u in cfg.base_url]
         self.usage: collections.Counter = collections.Counter()
         self.pace = {"next": 0.0, "window": collections.deque(), "lock": None}
@@ -59,7 +69,9 @@ class OpenAIEngine:
         pass  # every request carries its own seed (see `body`)
 
     def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        """The key as a bearer token, and engine.headers with their values read from the environment now."""
+        own = {name: os.environ[env] for name, env in self.cfg.headers.items()}
+        return ({"Authorization": f"Bearer {self.key}"} if self.key else {}) | own
 
     def key_hint(self) -> str:
         return f"the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else "no key (set engine.api_key_env)"
@@ -168,78 +180,149 @@ class OpenAIEngine:
         return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
+        """One chunk's outputs (the batch backend's unit; the chunk loop gives a plain server `sample_chunks`)."""
         fp, records, todo = self.pending(prompts, req, journal)
-        n = req.sampling.n
-        if len(todo) < len(prompts) * n:
-            log.info("%d of %d requests already answered (journal); sending %d", len(prompts) * n - len(todo),
-                     len(prompts) * n, len(todo))
+        log_resumed(len(prompts) * req.sampling.n, len(todo))
         if todo:
             asyncio.run(self.send_all(todo, req, journal, fp, records))
-        if self.budget and self.budget.held:  # the answers are journaled: a rerun sends only the rest
-            raise ConfigError(f"{self.budget.beyond(strict=False)} reached: {self.budget.spent()} spent, the requests "
-                              "in flight finished and every answer is kept; raise the limit and rerun the same "
-                              "command to continue")
-        outputs = []
-        for p in prompts:
-            recs = [records.get(f"{p.key}/{j}", {"ok": False, "error": "not sent"}) for j in range(n)]
-            failed = [r["error"] for r in recs if not r.get("ok")]
-            completions = [Completion(r["text"], r["finish_reason"], r["completion_tokens"], topk_arrays(r.get("topk")))
-                           for r in recs if r.get("ok")]
-            outputs.append(Output(completions, max((r.get("prompt_tokens", 0) for r in recs), default=0),
-                                  topk_arrays(recs[0].get("prompt_topk"), p.token_ids, p.score_from),
-                                  failed[0] if failed else None, len(failed)))
-        self.usage = collections.Counter()  # from the journal: this run's answers and a killed run's
-        for r in (records.get(f"{p.key}/{j}") for p in prompts for j in range(n)):
-            if r:
-                self.usage["requests"] += r.get("errors", 0) + bool(r.get("ok"))
-                self.usage["retries"] += r.get("retries", 0)
-                self.usage["errors"] += r.get("errors", 0)
-                self.usage["prompt_tokens"] += r.get("prompt_tokens", 0) if r.get("ok") else 0
-                self.usage["completion_tokens"] += r.get("completion_tokens", 0) if r.get("ok") else 0
+        self.stop_if_spent()
+        outputs, self.usage = outputs_of(prompts, records, req.sampling.n)
         return outputs
 
     def usage_of(self, outputs) -> dict:
         return dict(self.usage)
 
-    async def send_all(self, todo, req: Request, journal: Path | None, fp: str, records: dict) -> None:
-        import httpx
+    def stop_if_spent(self) -> None:
+        if self.budget and self.budget.held:  # the answers are journaled: a rerun sends only the rest
+            raise ConfigError(f"{self.budget.beyond(strict=False)} reached: {self.budget.spent()} spent, the requests "
+                              "in flight finished and every answer is kept; raise the limit and rerun the same "
+                              "command to continue")
+
+    def sample_chunks(self, jobs: list[tuple], req: Request, journals: list[Path]):
+        """(k, outputs, seconds, usage) per job (k, seed key, prompts), in job order, each as its last answer is in.
+
+        All the chunks' requests go through one event loop, in a thread of its own, under one max_concurrency limit
+        and in chunk order: a chunk's stragglers hold a few slots while the next chunk's requests take the rest, so
+        the server never drains at a chunk boundary, nor while the caller writes a chunk. `seconds` share the wall
+        time out: from the previous chunk's last answer (or the start) to this one's."""
         from tqdm.auto import tqdm
+
+        chunks = [Chunk(k, batch, journal, *self.pending(batch, req, journal))
+                  for (k, _, batch), journal in zip(jobs, journals)]
+        log_resumed(sum(len(c.prompts) for c in chunks) * req.sampling.n, sum(len(c.todo) for c in chunks))
+        bar = tqdm(total=sum(len(c.todo) for c in chunks), desc="requests", unit="req")
+        loop, failed = asyncio.new_event_loop(), []
+        main = loop.create_task(self.send_chunks(chunks, req, bar))
+
+        def run() -> None:
+            try:
+                loop.run_until_complete(main)
+            except BaseException as e:  # a refused key, a wrong URL; or cancelled, the caller having stopped
+                failed.append(e)
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+                for c in chunks:
+                    c.done.set()  # no chunk is waited for that will not come
+
+        thread = threading.Thread(target=run, name="seqdistill-requests", daemon=True)
+        thread.start()
+        last = time.perf_counter()
+        try:
+            for c in chunks:
+                c.done.wait()
+                if not c.complete:
+                    thread.join()
+                    raise failed[0]
+                if c.held:  # a spending limit stopped the sending: the requests in flight finish, then the run
+                    thread.join()
+                    self.stop_if_spent()
+                outputs, usage = outputs_of(c.prompts, c.records, req.sampling.n)
+                seconds, last = max(0.0, c.done_at - last), max(last, c.done_at)
+                yield c.k, outputs, seconds, usage
+                c.records = {}  # written: its answers need not be held
+                with contextlib.suppress(RuntimeError):  # the loop has ended: every request is in
+                    loop.call_soon_threadsafe(c.written.set)
+        finally:
+            if thread.is_alive():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(main.cancel)
+            thread.join()
+            bar.close()
+
+    async def send_all(self, todo, req: Request, journal: Path | None, fp: str, records: dict) -> None:
+        """One chunk's requests (`sample`; the batch backend sends them its own way)."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="requests", unit="req")
+        try:
+            await self.send_chunks([Chunk(0, [], journal, fp, records, todo)], req, bar)
+        finally:
+            bar.close()
+
+    async def send_chunks(self, chunks: list[Chunk], req: Request, bar) -> None:
+        """Send the chunks' requests in order with at most max_concurrency in flight over all of them, journaling
+        each answer as it arrives; a chunk is sent only once the one LOOKAHEAD before it is written. A request that
+        stops the run (a refused key) cancels the others; a reached spending limit stops the sending."""
+        import httpx
 
         gate = asyncio.Semaphore(self.cfg.max_concurrency)
         self.pace["lock"] = asyncio.Lock()  # one per event loop; the pacing itself spans chunks
-        sink = open_journal(journal) if journal else None
-        bar = tqdm(total=len(todo), desc="requests", unit="req")
         limits = httpx.Limits(max_connections=self.cfg.max_concurrency, max_keepalive_connections=self.cfg.max_concurrency)
+        sender, tasks, failed = asyncio.current_task(), set(), []  # tasks: the requests in flight
         try:
             async with httpx.AsyncClient(timeout=self.cfg.timeout, headers=self.headers(), limits=limits) as client:
-                async def one(p: Prompt, j: int):
-                    async with gate:
-                        if self.budget and self.budget.beyond(strict=False):
-                            self.budget.held += 1  # not sent; those in flight finish
-                            return
+                async def one(c: Chunk, p: Prompt, j: int):
+                    try:
                         record = await self.request(client, p, j, req)
-                    record.update(key=f"{p.key}/{j}", fp=fp)
-                    records[record["key"]] = record
+                    except Exception as e:  # what stops one request here stops them all (sender raises it)
+                        failed.append(e)
+                        sender.cancel()
+                        return
+                    finally:
+                        gate.release()
+                    record.update(key=f"{p.key}/{j}", fp=c.fp)
+                    c.records[record["key"]] = record
                     if self.budget and record["ok"]:
                         self.budget.add(record)
-                    if sink:
-                        sink.write(json.dumps(record) + "\n")
-                        sink.flush()  # in the OS's hands: survives a SIGKILL of this process
+                    if c.sink:
+                        c.sink.write(json.dumps(record) + "\n")
+                        c.sink.flush()  # in the OS's hands: survives a SIGKILL of this process
                     bar.update()
+                    c.left -= 1
+                    c.finish()
 
-                tasks = [asyncio.ensure_future(one(p, j)) for p, j in todo]
                 try:
+                    for i, c in enumerate(chunks):
+                        if i > LOOKAHEAD:
+                            await chunks[i - LOOKAHEAD - 1].written.wait()
+                        c.open()
+                        for sent, (p, j) in enumerate(c.todo):
+                            await gate.acquire()
+                            if self.budget and self.budget.beyond(strict=False):
+                                gate.release()
+                                c.held = len(c.todo) - sent  # not sent; those in flight finish
+                                self.budget.held += c.held
+                                break
+                            c.left += 1
+                            task = asyncio.ensure_future(one(c, p, j))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
+                        c.issued = True
+                        c.finish()
+                        if c.held:
+                            break
                     await asyncio.gather(*tasks)
                 except BaseException:
-                    for t in tasks:
+                    for t in list(tasks):
                         t.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
+                    if failed:
+                        raise failed[0] from None
                     raise
         finally:
-            bar.close()
-            if sink:
-                os.fsync(sink.fileno())
-                sink.close()
+            for c in chunks:
+                c.close()
 
     async def request(self, client, p: Prompt, j: int, req: Request) -> dict:
         """One (problem, sample) request with retries: a journal record, ok or with its last error."""
@@ -283,7 +366,8 @@ class OpenAIEngine:
 
     def body(self, p: Prompt, j: int, req: Request) -> tuple[str, dict]:
         s = req.sampling
-        body = {"model": self.model, "n": 1, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
+        limit = self.cfg.max_tokens_field  # max_completion_tokens for APIs that refuse max_tokens
+        body = {"model": self.model, "n": 1, "temperature": s.temperature, "top_p": s.top_p, limit: s.max_tokens,
                 "seed": chunk_seed(self.cfg.seed, p.key, j) & 0x7FFFFFFF}
         if s.stop:
             body["stop"] = s.stop
@@ -291,7 +375,7 @@ class OpenAIEngine:
             path = "/completions"
             body["prompt"] = p.token_ids
             if req.prompt_logprobs_k:
-                body.update(prompt_logprobs=req.prompt_logprobs_k, max_tokens=1, temperature=0.0)
+                body.update({"prompt_logprobs": req.prompt_logprobs_k, limit: 1, "temperature": 0.0})
             if req.logprobs_k:
                 body.update(logprobs=req.logprobs_k, return_tokens_as_token_ids=True)
         else:
@@ -392,6 +476,72 @@ class OpenAIEngine:
             self.pace["window"].append((time.monotonic(), tokens))
 
 
+@dataclass(eq=False)
+class Chunk:
+    """One chunk's requests on their way: its answers so far, what is left, and when its last answer is in."""
+
+    k: int
+    prompts: list[Prompt]
+    journal: Path | None
+    fp: str  # the journal fingerprint of these prompts and settings
+    records: dict  # key -> journal record
+    todo: list  # (prompt, sample) requests to send
+    left: int = 0  # sent, not yet answered
+    issued: bool = False  # every request sent, or the rest held back by a spending limit
+    held: int = 0  # requests not sent because a spending limit was reached
+    sink: object = None  # the open journal
+    done: threading.Event = field(default_factory=threading.Event)  # set in the request loop's thread
+    done_at: float = 0.0
+    written: asyncio.Event = field(default_factory=asyncio.Event)  # set from the caller's thread (sample_chunks)
+
+    @property
+    def complete(self) -> bool:
+        return self.issued and not self.left
+
+    def open(self) -> None:
+        if self.journal and self.todo:
+            self.sink = open_journal(self.journal)
+
+    def finish(self) -> None:
+        if self.complete and not self.done.is_set():
+            self.close()  # before the caller may remove the journal
+            self.done_at = time.perf_counter()
+            self.done.set()
+
+    def close(self) -> None:
+        if self.sink:
+            os.fsync(self.sink.fileno())
+            self.sink.close()
+            self.sink = None
+
+
+def outputs_of(prompts: list[Prompt], records: dict, n: int) -> tuple[list[Output], dict]:
+    """A chunk's outputs and usage from its journal records: this run's answers and a killed run's."""
+    outputs = []
+    for p in prompts:
+        recs = [records.get(f"{p.key}/{j}", {"ok": False, "error": "not sent"}) for j in range(n)]
+        failed = [r["error"] for r in recs if not r.get("ok")]
+        completions = [Completion(r["text"], r["finish_reason"], r["completion_tokens"], topk_arrays(r.get("topk")))
+                       for r in recs if r.get("ok")]
+        outputs.append(Output(completions, max((r.get("prompt_tokens", 0) for r in recs), default=0),
+                              topk_arrays(recs[0].get("prompt_topk"), p.token_ids, p.score_from),
+                              failed[0] if failed else None, len(failed)))
+    usage: collections.Counter = collections.Counter()
+    for r in (records.get(f"{p.key}/{j}") for p in prompts for j in range(n)):
+        if r:
+            usage["requests"] += r.get("errors", 0) + bool(r.get("ok"))
+            usage["retries"] += r.get("retries", 0)
+            usage["errors"] += r.get("errors", 0)
+            usage["prompt_tokens"] += r.get("prompt_tokens", 0) if r.get("ok") else 0
+            usage["completion_tokens"] += r.get("completion_tokens", 0) if r.get("ok") else 0
+    return outputs, dict(usage)
+
+
+def log_resumed(total: int, left: int) -> None:
+    if left < total:
+        log.info("%d of %d requests already answered (journal); sending %d", total - left, total, left)
+
+
 class Budget:
     """Tokens answered requests used (their usage) against engine.max_cost and engine.max_tokens_total."""
 
@@ -404,10 +554,11 @@ class Budget:
         self.completion_tokens += record.get("completion_tokens", 0)
 
     def priced(self) -> bool:
-        return self.cfg.price_input is not None or self.cfg.price_output is not None
+        return self.cfg.prices() is not None
 
     def cost(self) -> float:
-        return (self.prompt_tokens * (self.cfg.price_input or 0) + self.completion_tokens * (self.cfg.price_output or 0)) / 1e6
+        price_in, price_out = self.cfg.prices() or (0.0, 0.0)
+        return (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
 
     def spent(self) -> str:
         tokens = f"{self.prompt_tokens} prompt + {self.completion_tokens} completion tokens"

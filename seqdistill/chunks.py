@@ -3,13 +3,14 @@ done), so a rerun skips finished chunks and draws what an uninterrupted run woul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Callable
 
-from seqdistill.api import OpenAIEngine
+from seqdistill.api import Budget, OpenAIEngine
 from seqdistill.config import first_line
 from seqdistill.ranks import DataParallel
 from seqdistill.sampling import EngineConfig, Output, Prompt, Request, prompts_digest
@@ -39,38 +40,44 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
         earlier = [json.loads(parts[k].with_suffix(".json").read_text()).get("usage") or {}
                    for k in sorted(set(range(len(chunks))) - set(todo))]
         eng.plan(jobs, req, [parts[k].with_suffix(".journal.jsonl") for k in todo], earlier)
-    for k, outputs, seconds, usage in chunk_outputs(get_engine, jobs, req, parts):
-        idx = chunks[k]
-        journal = parts[k].with_suffix(".journal.jsonl")
-        rows = [row for i, out in zip(idx, outputs) if out.error is None for row in to_rows(i, out)]
-        errors = {prompts[i].key: {"requests": out.failed or 1, "error": out.error}
-                  for i, out in zip(idx, outputs) if out.error is not None}
-        sidecar = {"rows": len(rows), "prompts": digests[k], "seconds": seconds,
-                   "tokens": sum(c.tokens for o in outputs for c in o.completions),
-                   "usage": usage, "failed": errors}
-        store.write_parquet(rows, parts[k], features=features)
-        store.write_text(parts[k].with_suffix(".json"), json.dumps(sidecar))  # written last: marks the chunk
-        if errors:
-            failed += sum(e["requests"] for e in errors.values())
-            log.warning("chunk %d/%d: requests for %d prompts failed after retries (first: %s); rerun to retry only those",
-                        k + 1, len(chunks), len(errors), next(iter(errors.values()))["error"])
-        else:
-            journal.unlink(missing_ok=True)
-        log.info("chunk %d/%d done: %d rows, %.0f generated tok/s", k + 1, len(chunks), len(rows),
-                 sidecar["tokens"] / max(seconds, 1e-9))
+    # closed on the way out: a server's requests still in flight are cancelled, not left running
+    with contextlib.closing(chunk_outputs(get_engine, jobs, req, parts)) as chunked:
+        for k, outputs, seconds, usage in chunked:
+            idx = chunks[k]
+            journal = parts[k].with_suffix(".journal.jsonl")
+            rows = [row for i, out in zip(idx, outputs) if out.error is None for row in to_rows(i, out)]
+            errors = {prompts[i].key: {"requests": out.failed or 1, "error": out.error}
+                      for i, out in zip(idx, outputs) if out.error is not None}
+            sidecar = {"rows": len(rows), "prompts": digests[k], "seconds": seconds,
+                       "tokens": sum(c.tokens for o in outputs for c in o.completions),
+                       "usage": usage, "failed": errors}
+            store.write_parquet(rows, parts[k], features=features)
+            store.write_text(parts[k].with_suffix(".json"), json.dumps(sidecar))  # written last: marks the chunk
+            if errors:
+                failed += sum(e["requests"] for e in errors.values())
+                log.warning("chunk %d/%d: requests for %d prompts failed after retries (first: %s); rerun to retry "
+                            "only those", k + 1, len(chunks), len(errors), next(iter(errors.values()))["error"])
+            else:
+                journal.unlink(missing_ok=True)
+            # a server's chunk answered while the one before it finished its stragglers took no time of its own
+            rate = f"{sidecar['tokens'] / seconds:.0f} generated tok/s" if seconds else "answered beside the chunk before"
+            log.info("chunk %d/%d done: %d rows, %s", k + 1, len(chunks), len(rows), rate)
     if failed:
         log.warning("%d requests failed; their problems are missing from this result until a rerun succeeds", failed)
     return parts
 
 
 def chunk_outputs(get_engine, jobs: list[tuple], req: Request, parts: list[Path]):
-    """(k, outputs, seconds, usage) per job (k, seed key, prompts): one engine chunk after chunk, or
-    data-parallel ranks side by side (in the order they finish)."""
+    """(k, outputs, seconds, usage) per job (k, seed key, prompts): one engine chunk after chunk, data-parallel
+    ranks side by side (in the order they finish), or a server's requests flowing from chunk to chunk (in order)."""
     if not jobs:
         return
     eng = get_engine()
     if isinstance(eng, DataParallel):
         yield from eng.sample_chunks(jobs, req)
+        return
+    if isinstance(eng, OpenAIEngine) and not eng.cfg.batch:  # a batch is sent and awaited chunk by chunk, below
+        yield from eng.sample_chunks(jobs, req, [parts[k].with_suffix(".journal.jsonl") for k, _, _ in jobs])
         return
     for k, key, batch in jobs:
         eng.start_chunk(*key)
@@ -113,8 +120,7 @@ def chunk_summary(parts: list[Path], cfg: EngineConfig) -> dict:
         for key, value in (m.get("usage") or {}).items():
             usage[key] = usage.get(key, 0) + value
     if usage:
-        if cfg.price_input is not None or cfg.price_output is not None:
-            usage["cost"] = round(usage.get("prompt_tokens", 0) * (cfg.price_input or 0) / 1e6
-                                  + usage.get("completion_tokens", 0) * (cfg.price_output or 0) / 1e6, 4)
+        if cfg.prices():
+            usage["cost"] = round(Budget(cfg, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)).cost(), 4)
         out["usage"] = usage
     return out

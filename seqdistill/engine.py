@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 
 from seqdistill.api import OpenAIEngine
+from seqdistill.batch import BatchEngine
 from seqdistill.config import ConfigError
 
 # sampling's parts, a module each (settings and types, vLLM, ranks, the chunk loop); their names stay importable here
@@ -57,7 +58,8 @@ def open_engine(model: str, cfg: EngineConfig, llm=None, **vllm_kwargs):
     `llm` wraps a running `vllm.LLM` instead of starting one (tests share one engine); it is not released.
     `data_parallel_size` > 1 gives `DataParallel`: one engine process per rank (started when it first has work)."""
     if cfg.backend == "openai":
-        yield OpenAIEngine(cfg.served_model or model, cfg)  # holds no connection between calls: nothing to release
+        server = BatchEngine if cfg.batch else OpenAIEngine  # batch: each chunk one batch of the same requests
+        yield server(cfg.served_model or model, cfg)  # holds no connection between calls: nothing to release
         return
     if cfg.data_parallel_size > 1:
         ranks = DataParallel(model, cfg, **vllm_kwargs)

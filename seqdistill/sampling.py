@@ -42,7 +42,13 @@ class EngineConfig:
     base_url: list[str] = field(default_factory=list)  # http://HOST:PORT/v1, or a list of replicas to spread requests over
     served_model: str | None = None  # the model name the server knows; None: the stage's model
     api_key_env: str | None = None  # name of the environment variable holding the API key (the key is never written)
+    # HTTP headers a hosted API wants, each header name -> the NAME of the environment variable holding its value,
+    # e.g. {api-key: AZURE_OPENAI_API_KEY, HTTP-Referer: MY_SITE_URL}; values are read from there, never written
+    headers: dict[str, str] = field(default_factory=dict)
     api: str = "chat"  # chat: the server applies the chat template | completions: token ids rendered here
+    # the request field that carries sampling.max_tokens: max_tokens | max_completion_tokens (for APIs that refuse
+    # max_tokens, as OpenAI's reasoning models do)
+    max_tokens_field: str = "max_tokens"
     max_concurrency: int = 16  # requests in flight at once, over all replicas
     requests_per_minute: float | None = None  # client-side limits; None: none
     tokens_per_minute: float | None = None
@@ -57,6 +63,11 @@ class EngineConfig:
     # finish and are kept; a rerun with a higher limit continues. A run whose lower estimate exceeds it is refused.
     max_cost: float | None = None
     max_tokens_total: int | None = None  # the same limit in tokens, prompt + completion, as the server counts them
+    # Send each chunk's requests as one batch through the server's batch API (/v1/files + /v1/batches, as OpenAI's):
+    # answers within 24 h at the batch price; a killed run resumes by the recorded batch id
+    batch: bool = False
+    batch_discount: float = 0.5  # batch price / price_input and price_output (OpenAI's batch API: half)
+    batch_poll: float = 30.0  # seconds before a batch's first status check; each wait doubles, up to 10 minutes
 
     def validate(self) -> list[str]:
         errors = []
@@ -81,6 +92,8 @@ class EngineConfig:
             if self.max_cost is not None or self.max_tokens_total is not None:
                 errors.append("max_cost and max_tokens_total limit the requests to a server (backend openai); the "
                               "vllm backend sends none: remove them")
+            if self.batch:
+                errors.append("batch sends the requests through a server's batch API: it needs backend openai")
             return errors
         vllm_only = [f.name for f in fields(self) if f.name in VLLM_ONLY and getattr(self, f.name) != f.default
                      and not (f.name == "extra" and not self.extra)]
@@ -106,8 +119,24 @@ class EngineConfig:
         elif self.max_cost is not None and (self.price_input is None or self.price_output is None):
             errors.append("max_cost needs engine.price_input and engine.price_output (per million prompt / completion "
                           "tokens) to count what is spent; set both (0 for a free direction)")
+        if self.batch and (len(self.base_url) > 1 or self.requests_per_minute or self.tokens_per_minute):
+            errors.append("batch: true takes one base_url (a batch lives on the server it went to) and no "
+                          "requests_per_minute / tokens_per_minute (the batch API paces itself); remove the others")
+        if not 0 < self.batch_discount <= 1 or not self.batch_poll > 0:
+            errors.append(f"need 0 < batch_discount <= 1 and batch_poll > 0, got {self.batch_discount} and {self.batch_poll}")
         if self.max_tokens_total is not None and self.max_tokens_total < 1:
             errors.append(f"max_tokens_total must be at least 1 (or null for no limit), got {self.max_tokens_total}")
+        if self.max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            errors.append(f"max_tokens_field must be max_tokens or max_completion_tokens, got {self.max_tokens_field!r}")
+        for name, env in self.headers.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", str(name)):
+                errors.append(f"headers: {str(name)!r} is not an HTTP header name (letters, digits and -, as api-key)")
+            elif not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(env)):
+                errors.append(f"headers.{name} must be the NAME of an environment variable holding the value (e.g. "
+                              "AZURE_OPENAI_API_KEY), not the value itself")
+            elif not os.environ.get(str(env)):
+                errors.append(f"headers.{name} names {env}, which is not set: export {env}=... (the value is read "
+                              "from there and never written anywhere)")
         if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             errors.append("api_key_env must be the NAME of an environment variable holding the key (e.g. "
                           "OPENAI_API_KEY), not the key itself")
@@ -115,6 +144,13 @@ class EngineConfig:
             errors.append(f"api_key_env names {self.api_key_env}, which is not set: export {self.api_key_env}=... "
                           "(the key is read from there and never written anywhere)")
         return errors
+
+    def prices(self) -> tuple[float, float] | None:
+        """(prompt, completion) price per million tokens as charged, batch_discount applied; None: no prices set."""
+        if self.price_input is None and self.price_output is None:
+            return None
+        discount = self.batch_discount if self.batch else 1.0
+        return (self.price_input or 0) * discount, (self.price_output or 0) * discount
 
 
 VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")  # vllm.config.model.ModelDType
@@ -148,7 +184,9 @@ OPERATIONAL = tuple(f"engine.{k}" for k in ("base_url", "api_key_env", "max_conc
                                              "tokens_per_minute", "timeout", "max_retries", "retry_backoff",
                                              "price_input", "price_output", "max_cost", "max_tokens_total",
                                              "in_process", "gpu_memory_utilization",
-                                             "kv_cache_memory_bytes", "enable_prefix_caching", "data_parallel_size"))
+                                             "kv_cache_memory_bytes", "enable_prefix_caching", "data_parallel_size",
+                                             "batch", "batch_discount", "batch_poll", "headers",
+                                             "max_tokens_field"))
 
 
 @dataclass

@@ -3,7 +3,8 @@
 It answers /v1/models, /v1/chat/completions and /v1/completions. Answers are deterministic: the sum of
 the numbers in the prompt, off by one for odd seeds (so some samples are right, some wrong). Faults
 are consumed in order by completion requests (`faults`), or applied every time to prompts holding a
-marker (`always`). It counts every request and every answer it fully sent, by (prompt, seed).
+marker (`always`); prompts holding a marker in `slow` take that long (a long-tailed trace). It counts every
+request and every answer it fully sent, by (prompt, seed), and records each request's headers, body and span.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ class FaultServer:
         self.always: dict[str, str] = {}  # substring of a prompt -> fault on every request for it
         self.reasoning = False  # answer with reasoning_content, as DeepSeek's API
         self.reply = None  # (prompt, seed) -> answer text, instead of the sum
+        self.slow: dict[str, float] = {}  # substring of a prompt -> seconds to answer it, instead of `delay`
         self.requests = 0  # completion requests received
         self.answered: Counter = Counter()  # (prompt, seed) -> answers fully sent
         self.arrivals: dict = defaultdict(list)  # (prompt, seed) -> monotonic times of arrival
+        self.spans: list[tuple] = []  # (prompt, seed, start, end) of every completion request, monotonic
+        self.headers: list[dict] = []  # the headers of every request, GET /models included
+        self.bodies: list[dict] = []  # the body of every completion request
+        self.inflight = self.max_inflight = 0  # completion requests being answered now / at most at once
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.httpd.daemon_threads = True
@@ -67,6 +73,8 @@ class FaultServer:
                 return True
 
             def do_GET(self):
+                with server.lock:
+                    server.headers.append(dict(self.headers))
                 if not self.authorized():
                     return
                 if self.path.rstrip("/") == "/v1/models":
@@ -76,6 +84,22 @@ class FaultServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server.lock:
+                    server.headers.append(dict(self.headers))
+                    server.bodies.append(body)
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                start = time.monotonic()
+                try:
+                    self.complete(body)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+                        if body.get("messages") or body.get("prompt"):
+                            prompt = body["messages"][-1]["content"] if body.get("messages") else json.dumps(body["prompt"])
+                            server.spans.append((prompt, body.get("seed"), start, time.monotonic()))
+
+            def complete(self, body: dict):
                 if not self.authorized():
                     return
                 chat = self.path.endswith("/chat/completions")
@@ -107,7 +131,7 @@ class FaultServer:
                     return self.send(200, b'{"choices": [{"message": ')
                 if fault == "empty":
                     return self.send(200, {"id": "x", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 0}})
-                time.sleep(server.delay)
+                time.sleep(next((s for marker, s in server.slow.items() if marker in prompt), server.delay))
                 numbers = [int(n) for n in re.findall(r"\d+", prompt)]
                 answer = sum(numbers) + (body.get("seed") or 0) % 2
                 text = server.reply(prompt, body.get("seed") or 0) if server.reply else f"Adding them up, the answer is {answer}."
