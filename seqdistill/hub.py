@@ -5,7 +5,8 @@
   the card and fills in its `configs` and `dataset_info`).
 - sft (a model repo): OUTPUT_DIR/model with its card (the LoRA adapter, or the full model); with a merged
   LoRA, OUTPUT_DIR/merged with its card goes to `user/name-merged` (a repo of its own, so that vLLM and
-  transformers load it by name).
+  transformers load it by name). After its eval stage, `seqdistill run` pushes these cards again, now with
+  the student's eval results as `model-index` metadata (card.add_eval_results).
 - eval (a dataset repo, like lighteval's details): results.json, results.md and an eval card, then the
   per-sample records of each model x benchmark as a config of their own (`details/MODEL__BENCHMARK/`).
 
@@ -17,9 +18,11 @@ does nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,20 +86,48 @@ def push(stage: str, cfg) -> None:
     if marker.is_file() and {k: json.loads(marker.read_text()).get(k) for k in target} == target:
         log.info("%s was pushed to %s before (%s); nothing to push", out, repo, marker)
         return
+    message = cfg.hub.commit_message or f"seqdistill {stage}: {STAGE_WORDS[stage]}"
+    log.info("pushing %s to the hub: %s", out, repo)
+    with reported(repo, out):
+        pusher = {"generate": push_generate, "sft": push_sft, "eval": push_eval}[stage]
+        commits = pusher(cfg, out, message)
+    cards = {"cards": card_hashes(cfg, out)} if stage == "sft" else {}  # what push_cards compares with
+    store.write_text(marker, json.dumps({**target, "commits": commits, **cards}, indent=2))
+    log.info("pushed to %s", ", ".join(commits))
+
+
+@contextmanager
+def reported(repo: str, out: Path):
+    """A push that fails at the hub or on the network: one HubError saying what is safe and how to retry."""
     import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
-    message = cfg.hub.commit_message or f"seqdistill {stage}: {STAGE_WORDS[stage]}"
-    log.info("pushing %s to the hub: %s", out, repo)
     try:
-        pusher = {"generate": push_generate, "sft": push_sft, "eval": push_eval}[stage]
-        commits = pusher(cfg, out, message)
+        yield
     except (HfHubHTTPError, httpx.HTTPError, ConnectionError, TimeoutError) as e:
-        reason = first_line(e)
-        raise HubError(f"push to {repo} failed ({reason}); the local output in {out} is complete: rerun the same "
+        raise HubError(f"push to {repo} failed ({first_line(e)}); the local output in {out} is complete: rerun the same "
                        "command to push it again (the stage is done, only the push runs)") from e
-    store.write_text(marker, json.dumps({**target, "commits": commits}, indent=2))
-    log.info("pushed to %s", ", ".join(commits))
+
+
+def push_cards(cfg) -> None:
+    """The sft model cards alone, again (`seqdistill run` after adding eval results to them), to the repos the sft
+    push filled: nothing before that push went through, and nothing when pushed.json records these very cards."""
+    out, marker = Path(cfg.output_dir), Path(cfg.output_dir) / MARKER
+    if not cfg.push_to_hub or not marker.is_file():
+        return
+    pushed, cards = json.loads(marker.read_text()), card_hashes(cfg, out)
+    if pushed.get("cards") == cards:
+        return
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    with reported(cfg.push_to_hub, out):
+        for repo, folder in sft_repos(cfg, out):
+            info = api.upload_file(path_or_fileobj=str(folder / "README.md"), path_in_repo="README.md", repo_id=repo,
+                                   commit_message="seqdistill run: eval results on the model card", revision=cfg.hub.revision)
+            pushed.setdefault("commits", []).append(info.commit_url)
+    store.write_text(marker, json.dumps({**pushed, "cards": cards}, indent=2))
+    log.info("model cards with eval results pushed to %s", ", ".join(cards))
 
 
 def push_generate(cfg, out: Path, message: str) -> list[str]:
@@ -126,15 +157,25 @@ def push_sft(cfg, out: Path, message: str) -> list[str]:
     from huggingface_hub import HfApi
 
     api = HfApi()
-    folders = [(cfg.push_to_hub, out / "model")]
-    if cfg.method != "full" and (out / "merged").is_dir():  # a full model's merged/ is the model itself
-        folders.append((merged_repo(cfg.push_to_hub), out / "merged"))
     commits = []
-    for repo, folder in folders:
+    for repo, folder in sft_repos(cfg, out):
         open_repo(api, repo, "model", cfg.hub)
         info = api.upload_folder(repo_id=repo, folder_path=folder, commit_message=message, revision=cfg.hub.revision)
         commits.append(info.commit_url)
     return commits
+
+
+def card_hashes(cfg, out: Path) -> dict[str, str]:
+    """The sha256 of each sft repo's card as it is on disk."""
+    return {repo: hashlib.sha256((folder / "README.md").read_bytes()).hexdigest() for repo, folder in sft_repos(cfg, out)}
+
+
+def sft_repos(cfg, out: Path) -> list[tuple[str, Path]]:
+    """(repo, folder) pairs of an sft push: OUTPUT_DIR/model, and a merged LoRA to its own repo."""
+    folders = [(cfg.push_to_hub, out / "model")]
+    if cfg.method != "full" and (out / "merged").is_dir():  # a full model's merged/ is the model itself
+        folders.append((merged_repo(cfg.push_to_hub), out / "merged"))
+    return folders
 
 
 def open_repo(api, repo: str, repo_type: str, hub: HubConfig) -> None:

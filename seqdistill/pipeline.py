@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import config as configlib
-from seqdistill import commands, hub, models, rgym, store, trackers
+from seqdistill import card, commands, hub, models, rgym, store, trackers
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, ModelEntry
 from seqdistill.generate import GenerateConfig
@@ -193,5 +193,9 @@ def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = 
         print(f"[{stage}] running -> {stage_cfg.output_dir}", flush=True)
         results[stage] = module.run(stage_cfg, checked=checked[stage]) if stage in checked else module.run(stage_cfg)
         dirty = True  # every later stage must see this stage's new outputs
+    if cfg.sft and "eval" in selected:  # the distilled student's scores on its model cards, where the hub shows them
+        for path in card.add_eval_results(cfg.sft.output_dir, cfg.eval.output_dir):
+            print(f"eval results -> {path}", flush=True)
+        hub.push_cards(cfg.sft)
     print(f"report: {report.write(cfg.run_dir)}", flush=True)
     return results

@@ -72,8 +72,11 @@ def hf_run_name(run_name: str | None, stage: str) -> str | None:
 
 
 def join_group(report_to: list[str], run_name: str | None, stage: str) -> None:
-    """transformers' wandb run joins the group through wandb's own environment variables (unless the user set them)."""
-    if run_name and "wandb" in report_to:
+    """transformers' wandb run goes where generate's and eval's go (project, job type, group) through wandb's own
+    environment variables, unless the user set them."""
+    if "wandb" not in report_to:
+        return
+    os.environ.setdefault("WANDB_PROJECT", PROJECT)  # transformers' own default would be "huggingface"
+    os.environ.setdefault("WANDB_JOB_TYPE", stage)
+    if run_name:
         os.environ.setdefault("WANDB_RUN_GROUP", run_name)
-        os.environ.setdefault("WANDB_PROJECT", PROJECT)
-        os.environ.setdefault("WANDB_JOB_TYPE", stage)
