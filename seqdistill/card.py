@@ -1,11 +1,13 @@
 """Statistics of a generated dataset, and every card seqdistill writes: the dataset card (the README.md that
 `datasets` reads), the eval card, and the model cards of sft and student, built with huggingface_hub's
 DatasetCard/ModelCard. The model cards are written here too: sft and student call `write_sft_cards` and
-`write_student_card`."""
+`write_student_card`, and `seqdistill run` calls `add_eval_results` after its eval stage (the student's scores
+as the card's `model-index`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from seqdistill import config as configlib
 from seqdistill import filters, kd, models, store
 
+log = logging.getLogger(__name__)
 # the hub model each embedded model was converted from (its GGUF file is a quantized copy of it)
 EMBEDDED_HUB = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
                 "Qwen2.5-Coder-0.5B-Instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
@@ -145,7 +148,8 @@ def dataset_card(cfg, st: dict) -> str:
         configs=[{"config_name": "default", "data_files": [
             {"split": split, "path": f"data/{split}.parquet"}
             for split, n in (("train", kept), ("dropped", st["samples"] - kept)) if n
-        ]}],
+        ]}] + ([{"config_name": "preference", "data_files": [{"split": "train", "path": "data/preference.parquet"}]}]
+               if st.get("preference", {}).get("pairs") else []),  # load_dataset(DIR, "preference"): DPO pairs
         task_categories=["text-generation"],
         size_categories=[size_category(kept)],
         source_datasets=[source] if source else None,
@@ -357,3 +361,122 @@ with the source as the teacher (`kd.mode: online`, `kd.teacher: {cfg.model}`).
 ```yaml
 {configlib.dump(cfg)}```
 """)
+
+
+# ---- eval results on the sft model cards (`seqdistill run`, after its eval stage) ----
+
+EVAL_HEADING = "## Evaluation"
+
+
+def add_eval_results(sft_dir: str | Path, eval_dir: str | Path) -> list[Path]:
+    """Rewrite the cards of SFT_DIR/model and SFT_DIR/merged with what EVAL_DIR/results.json holds for that
+    model: its scores as `model-index` metadata (the hub shows them as an evaluation table) and, in the text, its
+    paired comparison with the baseline it was compared to (the untouched student). An adapter and its merged
+    model are the same weights: either one's scores go on both cards. Results older than the training are left
+    out (an eval of an earlier student). Returns the cards that changed; a rerun replaces what it wrote before."""
+    sft_dir, results_file = Path(sft_dir), Path(eval_dir) / store.RESULTS_FILE
+    trained = sft_dir / "metrics.json"  # sft's marker: written when the training ended
+    if not results_file.is_file() or not trained.is_file():
+        return []
+    if results_file.stat().st_mtime < trained.stat().st_mtime:
+        log.warning("%s predates the training in %s: its scores are not put on the model cards", results_file, sft_dir)
+        return []
+    results = json.loads(results_file.read_text())
+    table = Path(eval_dir) / store.RESULTS_TABLE
+    written = []
+    for folder, sibling in ((sft_dir / "model", sft_dir / "merged"), (sft_dir / "merged", sft_dir / "model")):
+        label = scored_as(results, folder) or scored_as(results, sibling)
+        if label is None or not (folder / MODEL_CARD).is_file():
+            continue
+        old = (folder / MODEL_CARD).read_text()
+        new = card_with_evals(old, label, results, table.read_text() if table.is_file() else "", folder)
+        if new != old:
+            store.write_text(folder / MODEL_CARD, new)
+            written.append(folder / MODEL_CARD)
+    return written
+
+
+def scored_as(results: dict, folder: Path) -> str | None:
+    """The eval label whose model (or adapter) is `folder`, read from the paths its results record."""
+    def same(ref: str | None) -> bool:
+        return bool(ref) and Path(ref).expanduser().resolve() == folder.resolve()
+
+    for label, per_bench in results.items():
+        r = next(iter(per_bench.values()))
+        if same(r.get("adapter")) or (not r.get("adapter") and same(r["model"])):
+            return label
+    return None
+
+
+def card_with_evals(text: str, label: str, results: dict, table: str, folder: Path) -> str:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text)
+    card.data.eval_results = eval_results(results[label])
+    card.data.model_name = card.data.model_name or label  # model-index needs a name
+    body = without_section(card.text.lstrip("\n"), EVAL_HEADING)
+    section = eval_section(label, results, table, folder)
+    at = body.find("\n## Resolved config")
+    body = body.rstrip("\n") + "\n\n" + section if at < 0 else body[:at + 1] + section + body[at:]
+    return with_metadata(ModelCard, card.data, body)
+
+
+def without_section(text: str, heading: str) -> str:
+    """`text` less the section under `heading` (what an earlier add_eval_results wrote)."""
+    start = text.find(f"\n{heading}\n")
+    if start < 0:
+        return text
+    end = text.find("\n## ", start + 1)
+    return text[:start] + (text[end:] if end >= 0 else "\n")  # up to the next section, or the end
+
+
+def eval_results(per_bench: dict) -> list:
+    """huggingface_hub EvalResults: pass@1 and every pass@k and maj@k eval computed, per benchmark."""
+    from huggingface_hub import EvalResult
+
+    from seqdistill.problems import PRESETS
+
+    out = []
+    for bench, r in per_bench.items():
+        problems = r["settings"]["problems"]
+        preset = PRESETS.get(problems.get("preset") or bench)
+        dataset = preset.hub if preset else hub_id(problems.get("source")) or bench
+        for metric, value in r.items():
+            if metric.startswith(("pass@", "maj@")) and not metric.endswith("_stderr"):
+                out.append(EvalResult(
+                    task_type="text-generation", dataset_type=dataset, dataset_name=f"{bench} ({r['problems']} problems)",
+                    dataset_config=problems.get("subset"), dataset_split=problems.get("split"),
+                    metric_type=metric, metric_value=round(value, 4),
+                    metric_name=f"{metric} ({r['samples_per_problem']} samples per problem)"))
+    return out
+
+
+def eval_section(label: str, results: dict, table: str, folder: Path) -> str:
+    per_bench = results[label]
+    first = next(iter(per_bench.values()))
+    if scored_as({label: per_bench}, folder):
+        scored = f"this adapter on `{first['model']}`" if first.get("adapter") else "this model"
+    else:  # the card's sibling: the adapter of this merged model, or the merged model of this adapter
+        scored = (f"the adapter `{first['adapter']}` on `{first['model']}`" if first.get("adapter") else f"`{first['model']}`"
+                  ) + ", the same trained weights"
+    rows = "\n".join(f"| {bench} | {r['problems']} × {r['samples_per_problem']} | {r['pass@1']:.3f} ± {r['pass@1_stderr']:.3f} "
+                     f"| {r['truncated_share']:.1%} |" for bench, r in per_bench.items())
+    everyone = f"### Every model in that eval\n\n{table}" if table else ""
+    return (f"{EVAL_HEADING}\n\nScored by `seqdistill eval` as `{label}` ({scored}):\n\n"
+            f"| benchmark | problems × samples | pass@1 ± s.e. | truncated |\n| --- | --- | --- | --- |\n{rows}\n\n"
+            f"{comparison(label, results)}{everyone}\n")
+
+
+def comparison(label: str, results: dict) -> str:
+    """The paired comparisons eval made with this model (`compare`), one sentence per baseline and benchmark."""
+    lines = []
+    for bench, r in results[label].items():
+        for base, c in r.get("compare", {}).items():
+            seeds = "the same seeds" if c["same_seeds"] else "different engine seeds"
+            lines.append(f"- {bench}: pass@1 {c['delta_pass@1']:+.3f} ± {c['delta_pass@1_stderr']:.3f} (paired s.e.) against "
+                         f"`{base}` (`{results[base][bench]['model']}`) on the same {c['problems']} problems with {seeds}; "
+                         f"{c['gained']} problems gained, {c['lost']} lost.")
+    if not lines:
+        return ""
+    return ("Against the baseline (Δ pass@1 = the mean over problems of the difference in each problem's share of "
+            "right samples; gained/lost: solved by one model and not by the other):\n\n" + "\n".join(lines) + "\n\n")

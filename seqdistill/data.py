@@ -7,7 +7,9 @@ conversation through the template, means a template that strips `<think>` blocks
 turns (DeepSeek-R1's does) cannot silently drop the reasoning, and the student always learns to
 stop: the end-of-turn token is the last completion token and is trained on. A completion opening
 with what the generation prompt already ends with (current DeepSeek-R1-Distill templates end it with
-"<think>\n") loses that opening, so the student never trains on `<think>` twice.
+"<think>\n") loses that opening, so the student never trains on `<think>` twice. With `thinking` off (or
+mixed, for a seeded half of the rows) a row trains on the answer alone: the prompt ends with the empty think
+block "<think>\n\n</think>\n\n" a hybrid template opens such answers with, masked from the loss.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from seqdistill.problems import LOCAL_FORMATS, read_local, root_cause
 log = logging.getLogger(__name__)
 FALLBACK_TEMPLATE = "chat/plain"  # seqdistill/templates/chat/plain.jinja: for students with no chat template
 SENTINEL = "SEQDISTILL-SENTINEL-4711"
+THINKING = ("on", "off", "mixed")  # sft.thinking: train on the whole trace, on the answer alone, or half and half
+EMPTY_THINK = "<think>\n\n</think>\n\n"  # how hybrid templates (Qwen3, enable_thinking false) open an answer without thinking
 
 
 @dataclass
@@ -56,10 +60,12 @@ class TrainingData:
         aligner = check_kd(cfg, tables[0][0], tokenizer, teacher) if cfg.kd.mode != "none" else None
         convert = partial(to_kd_rows, aligner=aligner) if cfg.kd.mode == "offline" else to_prompt_completion
         pairs = mix(tables, tokenizer, eot, kwargs) if mixture else convert(tables[0][0], tokenizer, eot, cfg.dataset, kwargs)
+        pairs = with_thinking(pairs, tokenizer, cfg.thinking, cfg.seed, "the datasets mixture" if mixture else cfg.dataset)
         train, evaluation = pairs, None
         if cfg.eval_dataset:
             eval_table, _ = load_table(cfg.eval_dataset, "train" if Path(cfg.eval_dataset).is_file() else cfg.dataset_split)
             evaluation = convert(eval_table, tokenizer, eot, cfg.eval_dataset, kwargs)
+            evaluation = with_thinking(evaluation, tokenizer, cfg.thinking, cfg.seed, cfg.eval_dataset)
         elif cfg.eval_fraction > 0:
             train, evaluation = split_by_problem(pairs, cfg.eval_fraction, cfg.seed)
         lengths = check_lengths(token_lengths(train, tokenizer), cfg.max_length, cfg.max_truncated_fraction)
@@ -274,6 +280,74 @@ def student_prompt(tokenizer, msgs: list[dict], text: str, prefill: str,
     if text.startswith(prefill):
         text = prompts.unopened(tokenizer, prompt, prefill) + text[len(prefill):]
     return prompt, text
+
+
+def answer_only(prompt: str, completion: str) -> tuple[str, str] | None:
+    """A (prompt, completion) pair without its reasoning: the completion is what follows the trace's last </think>,
+    and the prompt ends with the empty think block, so that the block is masked from the loss with the prompt
+    (ms-swift's ignore_empty_think). None when the trace opens a think block it never closes: it has no answer."""
+    opened = prompt.endswith(prompts.THINK_OPEN)  # R1-Distill templates open the think block themselves
+    if prompt.endswith(EMPTY_THINK):  # the template opens answers without thinking itself (enable_thinking false)
+        head = prompt
+    elif opened:  # close it empty
+        head = prompt + EMPTY_THINK[len(prompts.THINK_OPEN):]
+    else:
+        head = prompt + EMPTY_THINK
+    _, closed, answer = completion.rpartition("</think>")
+    if closed:
+        return head, answer.lstrip()
+    if opened or "<think>" in completion:
+        return None
+    return head, completion  # a trace without reasoning: already an answer
+
+
+def on_token_boundary(tokenizer, prompt: str, completion: str) -> tuple[str, str]:
+    """An answer-only pair split where TRL can split it: TRL masks the tokens of the prompt alone, so they must be
+    the start of the tokens of prompt + completion. Byte-level BPE without Qwen's newline rule (SmolLM2's) makes
+    "\\n\\n" one token at the end of a text but two before a word; then the block's last newlines, as few as
+    needed, move to the completion (and are trained on). Only the block and the answer's start are tokenized."""
+    tail = EMPTY_THINK  # answer_only ends the prompt with it; "<think>" follows a newline, so it starts a token
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    whole = ids(tail + completion[:32])
+    for cut in range(len(tail) - len(tail.rstrip("\n")) + 1):
+        head = ids(tail[: len(tail) - cut])
+        if whole[: len(head)] == head:
+            return prompt[: len(prompt) - cut], tail[len(tail) - cut :] + completion
+    return prompt, completion
+
+
+def with_thinking(pairs, tokenizer, mode: str, seed: int, source: str):
+    """`sft.thinking` on prompt/completion pairs: on leaves them; off makes every row answer-only (answer_only);
+    mixed a seeded half of them (the same seed picks the same rows), so a hybrid student learns both modes."""
+    if mode == "on":
+        return pairs
+    import random
+
+    import datasets
+
+    rows = pairs.to_list()
+    n = len(rows)
+    picked = set(range(n) if mode == "off" else random.Random(f"thinking:{seed}:{source}").sample(range(n), n // 2))
+    unclosed = []
+    for i in sorted(picked):
+        bare = answer_only(rows[i]["prompt"], rows[i]["completion"])
+        if bare is None:
+            unclosed.append(i)
+        else:
+            rows[i]["prompt"], rows[i]["completion"] = on_token_boundary(tokenizer, *bare)
+    if unclosed:
+        raise ConfigError(f"thinking {mode}: {len(unclosed)} traces of {source} (first: #{unclosed[0]}) open a think "
+                          "block they never close, so they have no answer to train on alone; drop them (generate does: "
+                          "truncated, unbalanced_think) or set thinking: on")
+    if any(r["prompt"].endswith(EMPTY_THINK) for i, r in enumerate(rows) if i not in picked):
+        raise ConfigError("thinking mixed: the student's chat template already ends the prompt with an empty think "
+                          "block (chat_template_kwargs such as {enable_thinking: false}), so the thinking rows would "
+                          "follow it; remove that switch, or set thinking: off")
+    if not any("</think>" in c for c in pairs["completion"]):
+        log.warning("thinking %s: no trace of %s has a think block; its rows only gain an empty one", mode, source)
+    log.info("thinking %s: %d of %d rows of %s train on the answer alone (after %r, masked with the prompt)",
+             mode, len(picked), n, source, EMPTY_THINK)
+    return datasets.Dataset.from_list(rows)
 
 
 def check_kd(cfg, table, tokenizer, teacher: str | None):

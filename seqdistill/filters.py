@@ -14,6 +14,7 @@ Before sampling, whole problems are removed: `near_duplicate_problem` (seqdistil
 The funnel counts the samples that survive each stage. The per-problem stages (`select`: band, duplicates,
 limit) need only each sample's verdict, so `generate` applies them again to stored samples: a rerun that
 changes only `pass_rate`, `near_duplicate`, `max_per_problem` or `prefer` samples nothing again.
+Preference pairs (`preference_pairs`) set a kept trace against a wrong or truncated one of the same problem.
 """
 
 from __future__ import annotations
@@ -92,6 +93,25 @@ class FilterConfig:
             band = self.pass_rate
             if len(band) != 2 or not 0 <= band[0] <= band[1] <= 1:
                 errors.append(f"pass_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got {band}")
+        return errors
+
+
+@dataclass
+class PreferenceConfig:
+    # also write data/preference.parquet: pairs in TRL's conversational preference format (prompt, chosen = a kept
+    # trace, rejected = a dropped trace of the same problem) for DPO, as Sky-T1-Flash builds them; nothing else changes
+    pairs: bool = False
+    # the drop reasons whose traces are rejected ones (code problems: add wrong_output, runtime_error, ...)
+    rejected: list[str] = field(default_factory=lambda: ["wrong_answer", "truncated"])
+    max_per_problem: int | None = None  # pairs per problem at most; None: min(kept, rejected) of the problem
+
+    def validate(self) -> list[str]:
+        errors = []
+        unknown = [r for r in self.rejected if r not in REASONS]
+        if unknown or not self.rejected:
+            errors.append(f"rejected must name drop reasons, got {self.rejected}; pick from {', '.join(REASONS)}")
+        if self.max_per_problem is not None and self.max_per_problem < 1:
+            errors.append(f"max_per_problem must be at least 1 (or null: min(kept, rejected)), got {self.max_per_problem}")
         return errors
 
 
@@ -223,6 +243,28 @@ def band_reason(correct: int, total: int, band: list[float] | None) -> str | Non
         return None
     rate = correct / total
     return "too_easy" if rate > band[1] else "too_hard" if rate < band[0] else None
+
+
+def preference_pairs(samples: list[dict], cfg: PreferenceConfig) -> list[dict]:
+    """TRL preference rows (prompt, chosen, rejected: lists of messages) from the tagged samples of a generation.
+
+    Per problem (`problem_index`), its kept traces and its traces dropped for a reason in `cfg.rejected`, each
+    in sample order, are zipped: min(kept, rejected) pairs (at most `cfg.max_per_problem`), no trace in two pairs,
+    never two problems in one pair. Each sample needs messages, problem_id, problem_index, sample_index, keep and
+    drop_reason; a pair also records problem_id, both sample indices and the rejected trace's reason."""
+    by_problem: dict[int, list[dict]] = {}
+    for s in sorted(samples, key=lambda s: (s["problem_index"], s["sample_index"])):
+        by_problem.setdefault(s["problem_index"], []).append(s)
+    rows = []
+    for group in by_problem.values():
+        chosen = [s for s in group if s["keep"]]
+        rejected = [s for s in group if not s["keep"] and s["drop_reason"] in cfg.rejected]
+        for good, bad in list(zip(chosen, rejected))[: cfg.max_per_problem]:
+            rows.append({"prompt": good["messages"][:-1], "chosen": good["messages"][-1:],
+                         "rejected": bad["messages"][-1:], "problem_id": good["problem_id"],
+                         "chosen_index": good["sample_index"], "rejected_index": bad["sample_index"],
+                         "rejected_reason": bad["drop_reason"]})
+    return rows
 
 
 def funnel(reasons: list[str | None]) -> dict[str, int]:

@@ -7,8 +7,10 @@
 Writes OUTPUT_DIR/data/train.parquet (kept traces in TRL's `messages` format, with provenance),
 OUTPUT_DIR/data/dropped.parquet (every dropped sample with its reason), a dataset card
 (OUTPUT_DIR/README.md, so `datasets.load_dataset(OUTPUT_DIR)` works), stats.json and the resolved
-config. Work is written chunk by chunk under OUTPUT_DIR/samples/; rerunning the same command
-resumes. `num_shards`/`shard_index` split a run into disjoint parts for N jobs on N machines.
+config. With preference.pairs, OUTPUT_DIR/data/preference.parquet holds DPO pairs (a kept trace
+against a wrong or truncated one of the same problem). Work is written chunk by chunk under
+OUTPUT_DIR/samples/; rerunning the same command resumes. `num_shards`/`shard_index` split a run into
+disjoint parts for N jobs on N machines.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from seqdistill import config as configlib
 from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
-from seqdistill.filters import FilterConfig
+from seqdistill.filters import FilterConfig, PreferenceConfig
 from seqdistill.hub import HubConfig
 from seqdistill.problems import ProblemsConfig
 from seqdistill.prompts import PromptConfig
@@ -32,7 +34,7 @@ from seqdistill.verify import AnswerConfig
 log = logging.getLogger(__name__)
 OUTPUT = store.Layout(owned=("samples", "data", "README.md", store.STATS_FILE, "runs", hub.MARKER), marker=store.STATS_FILE,
                       ignore=("shard_index", "push_to_hub", "hub", "report_to", "run_name", *engine.OPERATIONAL),
-                      rebuild=tuple(f"filters.{key}" for key in filters.SELECTION), parts=("samples",))
+                      rebuild=(*(f"filters.{key}" for key in filters.SELECTION), "preference"), parts=("samples",))
 
 
 @dataclass
@@ -45,6 +47,7 @@ class GenerateConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # DPO pairs from the funnel (off by default)
     code: CodeConfig = field(default_factory=CodeConfig)  # the sandbox that runs code problems' tests
     teacher_logprobs: bool = False  # also store the teacher's top-k log-probs per token, for logit KD in sft
     logprobs_k: int = 20  # k of those top-k log-probs
@@ -219,6 +222,29 @@ def reselect(samples, cfg: FilterConfig):
     return samples.add_column("drop_reason", reasons, feature=features["drop_reason"]).select_columns(names)
 
 
+def write_preference(samples, cfg: PreferenceConfig, path: Path) -> dict:
+    """data/preference.parquet from the tagged samples of every shard (filters.preference_pairs); returns its
+    counts for stats.json: pairs, problems with a pair, and the rejected traces' reasons."""
+    from collections import Counter
+
+    from datasets import Dataset, Features, List, Value
+
+    columns = ["messages", "problem_id", "problem_index", "sample_index", "keep", "drop_reason"]
+    pairs = filters.preference_pairs(samples.select_columns(columns).to_list(), cfg)
+    turns, text, integer = List({"role": Value("string"), "content": Value("string")}), Value("string"), Value("int64")
+    features = Features({"prompt": turns, "chosen": turns, "rejected": turns, "problem_id": text,
+                         "chosen_index": integer, "rejected_index": integer, "rejected_reason": text})
+    # by columns, so that a run without a pair still writes a file with the schema
+    store.write_parquet(Dataset.from_dict({k: [p[k] for p in pairs] for k in features}, features=features), path)
+    reasons, problems = Counter(p["rejected_reason"] for p in pairs), len({p["problem_id"] for p in pairs})
+    if pairs:
+        log.info("preference pairs: %d from %d problems (rejected: %s)", len(pairs), problems, dict(reasons))
+    else:
+        log.warning("preference.pairs: no problem has both a kept trace and one dropped as %s; %s is empty",
+                    " or ".join(cfg.rejected), path)
+    return {"pairs": len(pairs), "problems": problems, "rejected": dict(reasons.most_common())}
+
+
 def assemble(cfg: GenerateConfig, out: Path) -> dict:
     """Join every shard's chunks into data/train.parquet and data/dropped.parquet, once all shards are done."""
     shard_dirs = [out / "samples" / f"shard-{i:05d}-of-{cfg.num_shards:05d}" for i in range(cfg.num_shards)]
@@ -234,6 +260,8 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     store.write_parquet(train, out / "data" / "train.parquet")
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
+    if cfg.preference.pairs:
+        stats["preference"] = write_preference(samples, cfg.preference, out / "data" / "preference.parquet")
     done = [json.loads((d / "DONE").read_text()) for d in shard_dirs]
     stats["verifier"] = verifiers(samples, [d.get("isolation") for d in done])
     if len(done[0].get("problem_funnel", {})) > 1:  # problems before sampling, when a stage is on (same for every shard)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from seqdistill import card, hub, kd, models, prompts, store, trackers
 from seqdistill.config import ConfigError, first_line
-from seqdistill.data import TrainingData
+from seqdistill.data import THINKING, TrainingData
 from seqdistill.hub import HubConfig
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ class SFTStageConfig:
     chat_template: str | None = None  # for students without one; None: prompts/chat/plain.jinja
     # switches the student's chat template reads, e.g. {enable_thinking: false}; set eval's prompt.chat_template_kwargs alike
     chat_template_kwargs: dict = field(default_factory=dict)
+    # on: train on the whole trace; off: on the answer alone, after the empty think block "<think>\n\n</think>\n\n" (in the
+    # prompt, so masked); mixed: a seeded half of the rows off, for a hybrid student that answers with or without thinking
+    # (YAML reads on/off unquoted as true/false: both are taken as on/off)
+    thinking: bool | str = "on"
     max_length: int = 2048  # tokens per example; at most the student's context (max_position_embeddings) unless context is set
     # stretch the student's context to this many tokens: YaRN RoPE scaling, saved in the model's config (method full or merge)
     context: int | None = None
@@ -108,6 +112,10 @@ class SFTStageConfig:
     kd: kd.KDConfig = field(default_factory=kd.KDConfig)  # logit distillation on top of SFT (off by default)
     trl: dict = field(default_factory=dict)  # any other trl.SFTConfig keyword
 
+    def __post_init__(self):
+        if isinstance(self.thinking, bool):
+            self.thinking = "on" if self.thinking else "off"
+
     def validate(self) -> list[str]:
         errors = [f"student: {p}" for p in models.check(self.student)]
         if self.method not in ("lora", "full", "qlora"):
@@ -134,6 +142,7 @@ class SFTStageConfig:
             errors.append("packing cannot be combined with logit KD (teacher log-probs are laid out per example); "
                           "set packing: false")
         errors += prompts.check_template_kwargs(self.chat_template_kwargs)
+        errors += check_thinking(self)
         return errors + check_context_values(self) + check_mixture(self)
 
 
@@ -146,6 +155,16 @@ def check_context_values(cfg: SFTStageConfig) -> list[str]:
     if cfg.method != "full" and not cfg.merge:
         return [f"context {cfg.context} stretches the student's RoPE, which a LoRA adapter does not carry (its base "
                 "model would be served unstretched); set merge: true (OUTPUT_DIR/merged holds it) or method: full"]
+    return []
+
+
+def check_thinking(cfg: SFTStageConfig) -> list[str]:
+    """thinking is on, off or mixed; answer-only rows have no teacher log-probs to distil from."""
+    if cfg.thinking not in THINKING:
+        return [f"thinking must be {', '.join(THINKING)}, got {cfg.thinking!r}"]
+    if cfg.thinking != "on" and cfg.kd.mode == "offline":
+        return [f"thinking {cfg.thinking} can't be combined with kd.mode offline: the teacher's stored log-probs cover the "
+                "think tokens it drops; set thinking: on, or kd.mode online (the teacher scores the answer-only text)"]
     return []
 
 
