@@ -67,7 +67,7 @@ def test_lora_adapter_served_without_merging(tiny_llama, tmp_path):
         {"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": f"{i + 1}"}]}) for i in range(8)))
     sft.run(configlib.load(sft.SFTStageConfig, None, [
         f"student={tiny_llama}", f"dataset={traces}", f"output_dir={tmp_path / 'sft'}", "max_steps=2",
-        "learning_rate=5e-2", "report_to=[none]", "lora.r=8"]))
+        "learning_rate=5e-2", "report_to=[none]", "lora.r=8", "max_length=1024"]))  # the tiny Llama's context
     adapter = str(tmp_path / "sft" / "model")
     config = tmp_path / "eval.yaml"
     config.write_text(yaml.safe_dump({

@@ -216,7 +216,7 @@ def test_bad_kd_input(overrides, message, teacher_samples, tiny_llama, tiny_qwen
     samples.select(range(4)).remove_columns(["teacher_topk"]).to_parquet(str(plain))
     with pytest.raises(ConfigError, match=message):
         cfg = configlib.load(SFTStageConfig, None, [
-            f"student={tiny_llama}", f"dataset={plain}", f"output_dir={tmp_path / 'out'}",
+            f"student={tiny_llama}", f"dataset={plain}", f"output_dir={tmp_path / 'out'}", "max_length=1024",
             *[o.replace("__QWEN2__", tiny_qwen2) for o in overrides]])  # R1-Distill-Qwen's tokenizer
         sft.run(cfg)
     assert not (tmp_path / "out" / "model").exists()
