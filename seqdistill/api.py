@@ -5,9 +5,10 @@ exact. Answers are journaled as they arrive (one JSON line each, flushed to the 
 killed at any moment, SIGKILL included, sends no answered request again. Requests are spread over
 the replicas in `base_url`; a replica that fails is skipped until its back-off has passed. 429,
 5xx, timeouts, dropped connections and malformed answers are retried with exponential back-off and
-jitter (`Retry-After` wins); 400/401/403/404 stop the run with one line (nothing retried would
-succeed). The API key, and the values of `headers`, are read from the environment variables the config names
-and never written. The chunks' requests flow through one event loop (`sample_chunks`): the next chunk's requests
+jitter (`Retry-After` wins); 401/403/404 stop the run with one line (nothing retried would
+succeed), and a 400 for one request (a content filter, a prompt too long) records that request as
+failed. The API key, and the values of `headers`, are read from the environment variables the config
+names and never written. The chunks' requests flow through one event loop (`sample_chunks`): the next chunk's requests
 start while a chunk's stragglers finish, and each chunk is still handed back whole, in order.
 Before the first request the run's size and cost are estimated (`plan`); `max_cost` / `max_tokens_total`
 refuse a run whose lower estimate is over them and stop one that reaches them (`Budget`).
@@ -126,7 +127,7 @@ class OpenAIEngine:
 
     def plan(self, jobs: list[tuple], req: Request, journals: list[Path], earlier: list[dict]) -> None:
         """Before the first request: log the estimate, refuse a run whose lower end is over a limit, and set the
-        budget that `sample` spends. `jobs` are the chunks to sample (k, seed key, prompts), `journals` theirs,
+        budget the requests spend (`sample_chunks`, `sample`). `jobs` are the chunks to sample (k, seed key, prompts), `journals` theirs,
         `earlier` the usage of the finished chunks (what earlier runs spent)."""
         spent = Budget(self.cfg, sum(u.get("prompt_tokens", 0) for u in earlier),
                        sum(u.get("completion_tokens", 0) for u in earlier))
@@ -337,6 +338,8 @@ class OpenAIEngine:
                 data = self.answer(resp)
                 try:
                     record = self.parse(data, req)
+                except ConfigError:  # a server that can't give what the run needs (log-probs as text): no retry helps
+                    raise
                 except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
                     raise Retry(f"a malformed answer ({type(e).__name__}: {e})") from e
                 replica["fails"] = 0
@@ -492,7 +495,7 @@ class Chunk:
     sink: object = None  # the open journal
     done: threading.Event = field(default_factory=threading.Event)  # set in the request loop's thread
     done_at: float = 0.0
-    written: asyncio.Event = field(default_factory=asyncio.Event)  # set from the caller's thread (sample_chunks)
+    written: asyncio.Event = field(default_factory=asyncio.Event)  # set in the loop's thread at the caller's request (call_soon_threadsafe)
 
     @property
     def complete(self) -> bool:

@@ -177,6 +177,8 @@ class BatchEngine(OpenAIEngine):
         if status == 200 and not item.get("error"):
             try:
                 return {"ok": True, **self.parse(response.get("body") or {}, req)}, True
+            except ConfigError:  # the API can't give what the run needs: resubmitting would pay again for nothing
+                raise
             except (Retry, KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
                 return {"ok": False, "error": f"a malformed answer ({type(e).__name__}: {e})"}, False
         body = response.get("body")

@@ -75,7 +75,8 @@ def teacher_with_rest(teacher_logprobs, temperature: float):
 
 def uld(teacher_probs, student_probs):
     """Per-row ULD distance between (N, Vt) and (N, Vs) probability vectors over different vocabularies:
-    both sorted descending, the shorter padded with zeros, L1. The teacher is detached: gradients reach only the student."""
+    both sorted descending, the shorter padded with zeros, L1. The teacher is detached: gradients reach only the student.
+    Full-vocabulary ULD: the reference `uld_topk` (what training uses, on stored top-k) is tested against."""
     import torch
 
     t = teacher_probs.detach().float().sort(-1, descending=True).values

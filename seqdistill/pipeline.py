@@ -52,6 +52,14 @@ class PipelineConfig:
             named = [b.problems_config().preset for b in self.eval.benchmarks]
             found = rgym.benchmark_tasks(self.generate.problems, named, "eval.benchmarks")
             errors += [f"generate.problems.{p}" for p in found]
+        if self.sft and self.eval:  # the student is scored in the mode it was trained in
+            if self.sft.chat_template_kwargs != self.eval.prompt.chat_template_kwargs:
+                errors.append(f"sft.chat_template_kwargs {self.sft.chat_template_kwargs} differ from "
+                              f"eval.prompt.chat_template_kwargs {self.eval.prompt.chat_template_kwargs}: the student "
+                              "would be scored with other chat-template switches than it was trained with; set them alike")
+            if self.sft.thinking == "off" and not self.eval.prompt.prefill.endswith("</think>\n\n"):
+                errors.append('sft.thinking off trains the student to answer after an empty think block: score it the '
+                              'same way with eval.prompt.prefill: "<think>\\n\\n</think>\\n\\n"')
         return errors
 
 

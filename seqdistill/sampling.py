@@ -10,7 +10,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 
 BACKENDS = ("vllm", "openai")
@@ -94,6 +94,12 @@ class EngineConfig:
                               "vllm backend sends none: remove them")
             if self.batch:
                 errors.append("batch sends the requests through a server's batch API: it needs backend openai")
+            server_only = [f.name for f in fields(self) if f.name in ("headers", "max_tokens_field", "batch_discount",
+                                                                       "batch_poll") and getattr(self, f.name) != (
+                f.default if f.default_factory is MISSING else f.default_factory())]
+            if server_only:
+                errors.append(f"{', '.join(server_only)} shape the requests to a server (backend openai); the vllm "
+                              "backend sends none: remove them")
             return errors
         vllm_only = [f.name for f in fields(self) if f.name in VLLM_ONLY and getattr(self, f.name) != f.default
                      and not (f.name == "extra" and not self.extra)]
@@ -131,9 +137,9 @@ class EngineConfig:
         for name, env in self.headers.items():
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", str(name)):
                 errors.append(f"headers: {str(name)!r} is not an HTTP header name (letters, digits and -, as api-key)")
-            elif not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(env)):
-                errors.append(f"headers.{name} must be the NAME of an environment variable holding the value (e.g. "
-                              "AZURE_OPENAI_API_KEY), not the value itself")
+            elif not re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(env)):  # upper case: a key pasted here is never echoed or saved
+                errors.append(f"headers.{name} must be the NAME of an environment variable holding the value, in upper "
+                              "case (e.g. AZURE_OPENAI_API_KEY), not the value itself")
             elif not os.environ.get(str(env)):
                 errors.append(f"headers.{name} names {env}, which is not set: export {env}=... (the value is read "
                               "from there and never written anywhere)")

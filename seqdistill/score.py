@@ -61,7 +61,7 @@ def run(cfg: ScoreConfig, llm=None) -> dict:
     table, _ = load_table(cfg.dataset, cfg.dataset_split)
     if "messages" not in table.column_names:
         raise ConfigError(f"dataset {cfg.dataset} has no `messages` column; it has: {', '.join(table.column_names)}")
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
+    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, cfg.chat_template_kwargs))
     sequences, starts = [], []
     for msgs in table["messages"]:
         prompt = prompts.template_text(tokenizer, msgs[:-1], True, cfg.chat_template_kwargs)

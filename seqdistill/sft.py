@@ -95,7 +95,8 @@ class SFTStageConfig:
     weight_decay: float = 0.0
     gradient_checkpointing: bool = True  # as TRL: recompute activations (here 40% less memory for 3% speed)
     # glibc: hand freed tensors' memory back to the OS at once (a fixed 1 MB mmap threshold), so the process holds
-    # what training uses rather than everything it once freed (benchmarks/results/sft_memory.md)
+    # what training uses rather than everything it once freed (benchmarks/results/sft_memory.md); it stays so for the
+    # rest of the process (in `seqdistill run`, eval too)
     release_freed_memory: bool = True
     logging_steps: int = 5
     save_steps: int = 50
@@ -388,6 +389,9 @@ def check_context(cfg: SFTStageConfig, student: str, warn: bool = False) -> dict
                           f"context ({first_line(e)}); name a local model directory or a reachable hub id") from e
     window = getattr(config, "max_position_embeddings", None)
     if window is None:
+        if cfg.context is not None:
+            raise ConfigError(f"context {cfg.context}: student {cfg.student}'s config has no max_position_embeddings, so "
+                              "its RoPE can't be stretched from it; remove context")
         return {}
     if cfg.context is None:
         if cfg.max_length > window:

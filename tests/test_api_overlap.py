@@ -150,16 +150,17 @@ def test_custom_headers_are_sent_from_the_environment_and_never_written(tmp_path
     ("{api-key: SEQDISTILL_TEST_UNSET}",
      r"engine.headers.api-key names SEQDISTILL_TEST_UNSET, which is not set: export SEQDISTILL_TEST_UNSET=\.\.\."),
     ("{api-key: sk-abc/123}", r"engine.headers.api-key must be the NAME of an environment variable holding the value"),
+    ("{api-key: a3f9e0c1d2b4}", r"engine.headers.api-key must be the NAME of an environment variable .* in upper case"),
     ("{'bad header': SEQDISTILL_TEST_AZURE}", r"engine.headers: 'bad header' is not an HTTP header name"),
 ])
 def test_a_bad_header_fails_before_any_request(tmp_path, monkeypatch, headers, message):
     monkeypatch.setenv("SEQDISTILL_TEST_AZURE", "x")
     monkeypatch.delenv("SEQDISTILL_TEST_UNSET", raising=False)
     with FaultServer() as server:
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(ConfigError, match=message) as e:
             generate.run(make_cfg(server, tmp_path / "gen", f"engine.headers={headers}"))
         assert server.headers == []  # not even GET /models
-    assert "sk-abc/123" not in message
+    assert "sk-abc/123" not in str(e.value) and "a3f9e0c1d2b4" not in str(e.value)  # a pasted key is never echoed
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])

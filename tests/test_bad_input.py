@@ -200,6 +200,8 @@ CASES = [
     Case("context-too-short", lambda c: gen(c, "sampling.max_tokens=100000"), "exceeds the context length"),
     # ---- engine, both backends ----
     Case("backend-unknown", lambda c: gen(c, "engine.backend=tgi"), "engine.backend must be one of vllm, openai"),
+    Case("server-settings-in-process", lambda c: gen(c, "engine.max_tokens_field=max_completion_tokens", "engine.batch_poll=5"),
+         "engine.max_tokens_field, batch_poll shape the requests to a server (backend openai)"),
     Case("dtype-bf16", lambda c: gen(c, "engine.dtype=bf16"), "engine.dtype must be one of auto"),
     Case("extra-unknown-key", lambda c: gen(c, "engine.extra={max_modle_len: 512}"),
          "engine.extra.max_modle_len is not a vLLM engine argument (did you mean max_model_len?)"),

@@ -59,3 +59,20 @@ def test_sft_mixture_in_a_pipeline(tmp_path):
         {"path": str(tmp_path / "a.jsonl"), "weight": 1}, {"path": str(tmp_path / "missing.jsonl"), "weight": 1}]}}))
     with pytest.raises(ConfigError, match=r"sft.datasets\[1\]: .*missing.jsonl.*no generate stage to write it"):
         pipeline.load(str(recipe), [])
+
+
+def test_student_scored_in_the_mode_it_was_trained_in(tmp_path):
+    """A pipeline whose sft changes how the student answers (template switches, thinking off) must eval it alike."""
+    recipe = tmp_path / "mode.yaml"
+
+    def load(sft_cfg, eval_cfg):
+        recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "generate": {}, "sft": sft_cfg, "eval": eval_cfg}))
+        return pipeline.load(str(recipe), [])
+
+    with pytest.raises(ConfigError, match="sft.chat_template_kwargs .* differ from eval.prompt.chat_template_kwargs"):
+        load({"chat_template_kwargs": {"enable_thinking": False}}, {})
+    with pytest.raises(ConfigError, match="sft.thinking off trains the student to answer after an empty think block"):
+        load({"thinking": "off"}, {})
+    both = {"chat_template_kwargs": {"enable_thinking": False}}
+    assert load(both, {"prompt": both}).sft.chat_template_kwargs == {"enable_thinking": False}
+    assert load({"thinking": "off"}, {"prompt": {"prefill": "<think>\n\n</think>\n\n"}}).sft.thinking == "off"
