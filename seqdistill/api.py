@@ -32,6 +32,7 @@ from pathlib import Path
 
 from seqdistill.config import ConfigError
 from seqdistill.sampling import Completion, EngineConfig, Output, Prompt, Request, chunk_seed, prompts_digest
+from seqdistill.topk import LOGPROB_FLOOR
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -610,8 +611,6 @@ def topk_arrays(stored, tokens: list[int] | None = None, first: int = 0):
     if not stored:
         return None
     import numpy as np
-
-    from seqdistill.topk import LOGPROB_FLOOR
 
     k, positions = stored["k"], stored["pos"][first:]
     sampled = stored.get("sampled", tokens)[first : first + len(positions)]

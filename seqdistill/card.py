@@ -14,6 +14,7 @@ from pathlib import Path
 
 from seqdistill import config as configlib
 from seqdistill import filters, kd, models, store
+from seqdistill.problems import PRESETS
 
 log = logging.getLogger(__name__)
 # the hub model each embedded model was converted from (its GGUF file is a quantized copy of it)
@@ -138,8 +139,6 @@ def requests_line(st: dict) -> str:
 
 def dataset_card(cfg, st: dict) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
-
-    from seqdistill.problems import PRESETS
 
     kept = st["funnel"]["kept"]
     source = PRESETS[cfg.problems.preset].hub if cfg.problems.preset in PRESETS else hub_id(cfg.problems.source)
@@ -433,8 +432,6 @@ def without_section(text: str, heading: str) -> str:
 def eval_results(per_bench: dict) -> list:
     """huggingface_hub EvalResults: pass@1 and every pass@k and maj@k eval computed, per benchmark."""
     from huggingface_hub import EvalResult
-
-    from seqdistill.problems import PRESETS
 
     out = []
     for bench, r in per_bench.items():

@@ -14,6 +14,7 @@ from seqdistill.api import Budget, OpenAIEngine
 from seqdistill.config import first_line
 from seqdistill.ranks import DataParallel
 from seqdistill.sampling import EngineConfig, Output, Prompt, Request, prompts_digest
+from seqdistill import store
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ def sample_in_chunks(get_engine, prompts: list[Prompt], where: Path, req: Reques
     (chunk-K.json: rows, seconds, tokens, usage, failures) matches its Parquet file; a chunk with
     failed requests is written with what succeeded and redone (only the failures) on the next run.
     Returns the chunk files, in order."""
-    from seqdistill import store
 
     chunks = [range(i, min(i + chunk_size, len(prompts))) for i in range(0, len(prompts), chunk_size)]
     parts = [where / f"chunk-{k:05d}.parquet" for k in range(len(chunks))]

@@ -11,6 +11,7 @@ overrides (values read as YAML). Bad settings stop the run in the first second w
 with -v, the tracebacks of what caused it come first.
 
 The commands and their help lines are listed in commands.py; what each one does is its function in RUNS here.
+Each command's module is imported inside its function, so `seqdistill --help` never imports torch or vLLM.
 """
 
 from __future__ import annotations

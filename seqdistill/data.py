@@ -23,6 +23,7 @@ from pathlib import Path
 from seqdistill import card, prompts, store
 from seqdistill.config import ConfigError, first_line
 from seqdistill.problems import LOCAL_FORMATS, read_local, root_cause
+from seqdistill import kd, models, topk, xtok
 
 log = logging.getLogger(__name__)
 FALLBACK_TEMPLATE = "chat/plain"  # seqdistill/templates/chat/plain.jinja: for students with no chat template
@@ -354,7 +355,6 @@ def check_kd(cfg, table, tokenizer, teacher: str | None):
     """Logit KD needs teacher log-probs (offline) or a teacher (online), and the teacher's tokenizer.
 
     Returns a seqdistill.xtok.Aligner when KD runs across tokenizers (kd.cross_tokenizer), else None."""
-    from seqdistill import kd, models, topk, xtok
 
     if cfg.kd.mode == "offline":
         if "teacher_topk" not in table.column_names or not all(table["teacher_topk"]):
@@ -406,8 +406,6 @@ def to_kd_rows(table, tokenizer, eot: str, source: str, template_kwargs: dict | 
     + end-of-turn, and kd_positions gives each teacher token's student position (-1: not aligned).
     """
     import datasets
-
-    from seqdistill import topk
 
     eot_id = tokenizer.convert_tokens_to_ids(eot)
     rows = []

@@ -28,6 +28,8 @@ from seqdistill.sampling import (  # noqa: F401, E402
     check_backend, chunk_seed, prompts_digest, unknown_extra,
 )
 from seqdistill.vllm_engine import CPU_KV_CACHE_BYTES, SeedExtension, VLLMEngine, load_vllm, release_vllm  # noqa: F401, E402
+from seqdistill import models, prompts
+from seqdistill.models import context_length
 
 
 def preflight(model: str, cfg: EngineConfig, prompts: dict[str, list[Prompt]], max_tokens: int) -> None:
@@ -38,7 +40,6 @@ def preflight(model: str, cfg: EngineConfig, prompts: dict[str, list[Prompt]], m
     if cfg.backend == "openai":
         OpenAIEngine(cfg.served_model or model, cfg).check(prompts, max_tokens)
         return
-    from seqdistill.models import context_length
 
     context = cfg.max_model_len or context_length(model)
     for name, group in prompts.items():
@@ -97,7 +98,6 @@ def lazy(factory):
 def make_prompts(model_path: str, cfg: EngineConfig, prompt_cfg, users: list[str], keys: list) -> list[Prompt]:
     """The prompts as the backend takes them: token ids rendered here with the model's chat template
     (vllm, api: completions) or the conversation for the server to render (api: chat)."""
-    from seqdistill import models, prompts
 
     if cfg.backend == "openai" and cfg.api == "chat":
         return [Prompt(str(k), messages=prompts.messages(u, prompt_cfg)) for k, u in zip(keys, users)]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from seqdistill.config import ConfigError
 from seqdistill.language import LANGUAGES, foreign_share
 from seqdistill.verify import AnswerConfig, extract_for, is_code, is_equivalent, is_reasoning_gym, judge_many, verifier_name
+from seqdistill.problems import PRESETS
+from seqdistill.problems import ProblemsConfig, load
 
 CODE_FAILURES = ["wrong_output", "runtime_error", "timeout", "memory", "syntax_error"]  # seqdistill.code verdicts
 # funnel stage -> the drop reasons that end a sample at that stage
@@ -294,7 +296,6 @@ def problem_funnel(loaded: int, removed: dict[str, int]) -> dict[str, int]:
 
 def eval_preset(src: str) -> str | None:
     """The preset a decontaminate entry names (gsm8k, gsm8k=path), or None for a bare file."""
-    from seqdistill.problems import PRESETS
 
     if "=" in src:
         return src.split("=", 1)[0]
@@ -303,7 +304,6 @@ def eval_preset(src: str) -> str | None:
 
 def contamination_index(sources: list[str], n: int) -> set[tuple]:
     """Word n-grams of the questions of named eval sets (presets or local files)."""
-    from seqdistill.problems import ProblemsConfig, load
 
     grams: set[tuple] = set()
     for src in sources:

@@ -30,6 +30,7 @@ from seqdistill.hub import HubConfig
 from seqdistill.problems import ProblemsConfig
 from seqdistill.prompts import PromptConfig
 from seqdistill.verify import AnswerConfig
+from seqdistill import sandbox
 
 log = logging.getLogger(__name__)
 OUTPUT = store.Layout(owned=("samples", "data", "README.md", store.STATS_FILE, "runs", hub.MARKER), marker=store.STATS_FILE,
@@ -189,8 +190,6 @@ def verifiers(samples, isolations: list) -> dict:
     """Which checker judged how many samples: math-verify, the problem's tests (in which sandbox), or a
     reasoning-gym task's own checker (counts per task)."""
     from collections import Counter
-
-    from seqdistill import sandbox
 
     counts = Counter(samples["verifier"])
     out = {"math-verify": counts.pop("math-verify", 0), "tests": counts.pop("tests", 0)}

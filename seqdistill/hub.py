@@ -28,6 +28,7 @@ from pathlib import Path
 
 from seqdistill import store
 from seqdistill.config import ConfigError, first_line
+from seqdistill import card
 
 log = logging.getLogger(__name__)
 MARKER = "pushed.json"
@@ -139,8 +140,6 @@ def push_generate(cfg, out: Path, message: str) -> list[str]:
 
 
 def push_eval(cfg, out: Path, message: str) -> list[str]:
-    from seqdistill import card
-
     results = json.loads((out / store.RESULTS_FILE).read_text())
     tables, details = [], {}
     for model, per_bench in results.items():

@@ -22,6 +22,8 @@ positions are aligned on common byte boundaries (seqdistill.xtok) and the loss o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from seqdistill import xtok
+from seqdistill.config import ConfigError
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 MODES = ("none", "offline", "online")
@@ -250,8 +252,6 @@ def cross_tokenizer(cfg: KDConfig, student, teacher, texts: list[str], student_n
 
     `teacher` is the teacher's tokenizer, None when the dataset names no teacher (then only today's
     shared-tokenizer path runs: uld must decode the stored ids with the teacher's tokenizer)."""
-    from seqdistill import xtok
-    from seqdistill.config import ConfigError
 
     if teacher is None:
         if cfg.cross_tokenizer == "uld":

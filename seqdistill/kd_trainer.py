@@ -18,6 +18,8 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from seqdistill import kd, kd_features, kd_loss, topk
+from seqdistill import models
+from seqdistill.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,6 @@ def prepare_online(cfg, student: str, longest: int, model_kwargs: dict) -> dict:
 
     Returns the teacher's extra from_pretrained keywords; sets the student's in model_kwargs."""
     from transformers import AutoConfig
-
-    from seqdistill import models
-    from seqdistill.config import ConfigError
 
     configs = [AutoConfig.from_pretrained(path) for path in (student, models.resolve(cfg.kd.teacher))]
     errors = kd.check_models(cfg.kd, *configs, min(cfg.max_length, longest))
@@ -113,8 +112,6 @@ class KDTrainer(SFTTrainer):
             for name, model in (("student", self.model), ("teacher", self.teacher_model)):
                 last = [m for n, m in model.named_modules() if n.endswith("self_attn.v_proj")]
                 if not last:
-                    from seqdistill.config import ConfigError
-
                     raise ConfigError(f"kd.relations attention_relation needs a self_attn.v_proj module in the {name}; "
                                       "this architecture has none: use kind distance or angle")
                 last[-1].register_forward_hook(lambda module, args, out, name=name: self.values.__setitem__(name, out))

@@ -27,6 +27,9 @@ from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, ModelEntry
 from seqdistill.generate import GenerateConfig
 from seqdistill.sft import SFTStageConfig
+from seqdistill import data, evaluate, generate, sft
+from seqdistill import report
+from seqdistill.data import load_table
 
 log = logging.getLogger(__name__)
 STAGES = commands.PIPELINE_STAGES
@@ -83,8 +86,6 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
                 raise ConfigError("sft.kd.mode offline trains on the teacher's top-k log-probs: "
                                   "set generate.teacher_logprobs: true")
         else:  # the dataset must exist now: nothing in this pipeline will write it
-            from seqdistill.data import load_table
-
             named = ([(f"sft.datasets[{i}]", s.path, s.split or cfg.sft.dataset_split) for i, s in enumerate(cfg.sft.datasets)]
                      or [("sft.dataset", cfg.sft.dataset, cfg.sft.dataset_split)])
             for key, path, split in named:
@@ -143,7 +144,6 @@ def preflight(cfg: PipelineConfig, selected: list[str]) -> dict:
     `load` read a dataset no stage writes), eval's benchmarks, prompts and context lengths for the models that
     exist already (the distilled student appears only after sft).
     Returns what generate's check found, which its run then reuses (the first stage: nothing changed since)."""
-    from seqdistill import data, evaluate, generate, sft
 
     checked = {}
     generate_runs = "generate" in selected and not layout("generate", cfg.generate).done(cfg.generate.output_dir, cfg.generate)
@@ -168,8 +168,6 @@ def layout(stage: str, cfg) -> store.Layout:
 
 
 def run(cfg: PipelineConfig, only: list[str] | None = None, start: str | None = None) -> dict:
-    from seqdistill import report
-
     for name in (only or []) + ([start] if start else []):
         if name not in STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")

@@ -27,6 +27,8 @@ from seqdistill import arithmetic, rgym
 from seqdistill.answers import extract_gold
 from seqdistill.config import ConfigError, first_line
 from seqdistill.rgym import REASONING_GYM, RGTask
+from seqdistill import code
+from seqdistill.code import SCHEMAS
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ANSWER_FORMATS = ("plain", "gsm8k", "boxed", "leading_number")  # how a gold answer is cut out of its field
@@ -211,7 +213,6 @@ def load_source(cfg: ProblemSource) -> list[dict]:
 
 def _code_rows(cfg: ProblemSource, table) -> list[dict]:
     """Code problems: question, tests (JSON, normalised) and the entry point as `answer` (or "")."""
-    from seqdistill import code
 
     missing = [f for f in [*cfg.question_fields, cfg.id_field] if f and f not in table.column_names]
     if missing:
@@ -233,8 +234,6 @@ def _code_rows(cfg: ProblemSource, table) -> list[dict]:
 
 
 def _code_schemas() -> list[str]:
-    from seqdistill.code import SCHEMAS
-
     return list(SCHEMAS)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from seqdistill import engine, kd, models, prompts, store, topk
 from seqdistill.config import ConfigError
 from seqdistill.engine import EngineConfig, SamplingConfig
+from seqdistill.data import end_of_turn, load_table
 
 log = logging.getLogger(__name__)
 OUTPUT = store.Layout(owned=("chunks", "data", store.STATS_FILE), marker=store.STATS_FILE, ignore=engine.OPERATIONAL)
@@ -51,8 +52,6 @@ class ScoreConfig:
 
 
 def run(cfg: ScoreConfig, llm=None) -> dict:
-    from seqdistill.data import end_of_turn, load_table
-
     out = Path(cfg.output_dir)
     # ---- everything that can fail is checked before the engine starts ----
     engine.check_devices(cfg.engine)  # data-parallel ranks the node can hold

@@ -23,6 +23,7 @@ from seqdistill import card, hub, kd, models, prompts, store, trackers
 from seqdistill.config import ConfigError, first_line
 from seqdistill.data import THINKING, TrainingData
 from seqdistill.hub import HubConfig
+from seqdistill import precision
 
 log = logging.getLogger(__name__)
 # resume and report_to don't change the trained model
@@ -365,8 +366,6 @@ def pick_precision(cfg: SFTStageConfig) -> tuple[str, str]:
 
     cuda = check_precision(cfg)
     if not cuda:  # auto: float32, measured faster than bf16 for training even on AVX512_BF16 CPUs (RESULTS.md)
-        from seqdistill import precision
-
         return "cpu", "float32" if cfg.dtype == "auto" else precision.cpu_dtype(cfg.dtype)
     if cfg.dtype == "auto":
         return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
@@ -460,7 +459,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     teacher_kwargs = {}
     if cfg.kd.mode == "online":  # layer indices, length limit and eager attention, before any model loads
-        from seqdistill.kd_trainer import prepare_online
+        from seqdistill.kd_trainer import prepare_online  # kd_trainer subclasses TRL's trainer: imported when kd is on
 
         teacher_kwargs = prepare_online(cfg, student, data.lengths["max"], model_kwargs)
     settings = trl_settings(cfg, out, device, dtype, data.end_of_turn, data.eval is not None, model_kwargs)
@@ -470,7 +469,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if cfg.kd.mode == "none":
         return SFTTrainer(**common)
-    from seqdistill.kd_trainer import KDTrainer
+    from seqdistill.kd_trainer import KDTrainer  # kd_trainer subclasses TRL's trainer: imported when kd is on
 
     teacher = None
     if cfg.kd.mode == "online":

@@ -22,6 +22,7 @@ from seqdistill.answers import (  # noqa: F401  (answer extraction's home is ans
     LATEX_COMMAND, NUMBER, AnswerConfig, extract_answer, extract_free_answer, is_code, is_reasoning_gym,
     last_boxed, last_number, last_tag, leading_number, strip_think,
 )
+from seqdistill.config import ConfigError
 
 GOLD_EXAMPLES = 3  # unreadable gold answers shown in the log and the error
 
@@ -82,8 +83,6 @@ def check_golds(rows: list[dict], cfg: AnswerConfig, setting: str, source: str) 
     their own checkers and are skipped), logged with examples; above `cfg.max_unreadable_gold` a one-line
     ConfigError naming `setting` (problems, benchmarks[NAME]) and a fix. Returns {checked, unreadable, examples}."""
     import logging
-
-    from seqdistill.config import ConfigError
 
     log = logging.getLogger(__name__)
     golds = [row["answer"] for row in rows if not is_code(row) and not is_reasoning_gym(row)]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from seqdistill import store
 from seqdistill.config import ConfigError
+from seqdistill.filters import REASONS
 
 MAX_TRACES = 2000  # teacher traces embedded in the page (and, separately, eval samples)
 MAX_CHARS = 20000  # characters of one trace's think block or answer kept (head and tail)
@@ -111,8 +112,6 @@ def verdict(row: dict) -> str:
 
 
 def traces(gen: Path, max_traces: int, max_chars: int) -> dict:
-    from seqdistill.filters import REASONS
-
     files = sorted((gen / "data").glob("train*.parquet")) + sorted((gen / "data").glob("dropped*.parquet"))
     rows = read(files, TRACE_COLUMNS)
     for r in rows:

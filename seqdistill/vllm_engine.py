@@ -16,6 +16,8 @@ from seqdistill.sampling import (
     Request,
     chunk_seed,
 )
+from seqdistill import precision
+from seqdistill import topk
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,6 @@ def load_vllm(path: str, cfg: EngineConfig, **kwargs):
     except ImportError as e:
         raise ConfigError("vLLM is not installed: `pip install -e .[cpu]` on CPU machines, "
                           "`pip install -e .[cuda]` on CUDA machines") from e
-    from seqdistill import precision
 
     cpu = current_platform.is_cpu()
     args = dict(
@@ -92,8 +93,6 @@ class VLLMEngine:
 
     def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
         from vllm import SamplingParams
-
-        from seqdistill import topk
 
         s = req.sampling
         params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,

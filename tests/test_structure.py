@@ -121,3 +121,18 @@ def test_artifact_names_have_one_owner():
             spelled = [(n.lineno, n.value) for n in ast.walk(ast.parse(path.read_text()))
                        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
             assert not spelled, f"{path.name} spells {spelled}: use store's constants"
+
+
+def test_package_imports_sit_at_the_top_of_modules():
+    """Imports of the package's own modules inside functions only where the cost is measured and named: the CLI
+    (`seqdistill --help` must not import the stages, torch or vLLM) and sft's KD trainer (it subclasses TRL's)."""
+    allowed = {"cli", "sft"}
+    inside = []
+    for path in PACKAGE.glob("*.py"):
+        for f in ast.walk(ast.parse(path.read_text())):
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(f):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "seqdistill":
+                        if path.stem not in allowed or (path.stem == "sft" and node.module != "seqdistill.kd_trainer"):
+                            inside.append(f"{path.stem}:{node.lineno} {node.module}")
+    assert inside == []
