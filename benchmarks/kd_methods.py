@@ -246,7 +246,7 @@ def main() -> None:
     result = {
         "date": datetime.now(timezone.utc).date().isoformat(), "machine": machine(),
         "versions": configlib.run_info()["versions"], "git_commit": configlib.run_info()["git_commit"],
-        "run": str(run), "benchmark": bench, "teacher": teacher_ref, "traces": traces,
+        "run": os.path.relpath(run), "benchmark": bench, "teacher": teacher_ref, "traces": traces,
         "eval": f"{e.get('num_problems')} problems x {eval_raw['sampling']['n']} samples at temperature "
                 f"{eval_raw['sampling']['temperature']}",
         "student": {**info, "kept_layers": len(info["kept"])},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -78,7 +79,7 @@ def main() -> None:
     teacher_samples = run / "eval" / teacher_name / bench / "samples.parquet"
     teacher = models.resolve(cfg.generate.model)
     result = {
-        "run": str(run), "benchmark": bench, "kd": configlib.to_dict(kd_sft.kd),
+        "run": os.path.relpath(run), "benchmark": bench, "kd": configlib.to_dict(kd_sft.kd),
         "storage": scored["teacher_logprobs"],
         "students": {
             "sft": {"pass@1": base_results["student-after"][bench]["pass@1"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +40,8 @@ def write(path: str | Path, out: str | Path | None = None, max_traces: int = MAX
     if max_traces < 1 or max_chars < 100:
         raise ConfigError(f"--max-traces must be >= 1 and --max-chars >= 100, got {max_traces} and {max_chars}")
     gen, ev = locate(src)
-    data = {"source": str(src.resolve()), "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    # the source as seen from the working directory: a page names no machine's absolute paths
+    data = {"source": os.path.relpath(src.resolve()), "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "max_traces": max_traces, "max_chars": max_chars,
             "generate": traces(gen, max_traces, max_chars) if gen else None,
             "eval": eval_samples(ev, max_traces, max_chars) if ev else None}
