@@ -6,6 +6,7 @@ as the card's `model-index`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -98,6 +99,15 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
+def file_checksum(path: Path) -> dict:
+    """num_bytes and sha256 of a file, as a dataset card's download_checksums entry."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"num_bytes": path.stat().st_size, "checksum": digest.hexdigest()}
+
+
 def with_metadata(card_class, data, body: str) -> str:
     """A card's text: `data` (DatasetCardData/ModelCardData) as the YAML header, parsed back by huggingface_hub."""
     return str(card_class(f"---\n{data.to_yaml()}\n---\n\n{body}"))
@@ -142,13 +152,18 @@ def dataset_card(cfg, st: dict) -> str:
 
     kept = st["funnel"]["kept"]
     source = PRESETS[cfg.problems.preset].hub if cfg.problems.preset in PRESETS else hub_id(cfg.problems.source)
+    # an empty split is left out: `datasets` refuses to load an empty Parquet file
+    configs = {"default": [(split, f"data/{split}.parquet")
+                           for split, n in (("train", kept), ("dropped", st["samples"] - kept)) if n]}
+    if st.get("preference", {}).get("pairs"):  # load_dataset(DIR, "preference"): DPO pairs
+        configs["preference"] = [("train", "data/preference.parquet")]
     data = DatasetCardData(
-        # an empty split is left out: `datasets` refuses to load an empty Parquet file
-        configs=[{"config_name": "default", "data_files": [
-            {"split": split, "path": f"data/{split}.parquet"}
-            for split, n in (("train", kept), ("dropped", st["samples"] - kept)) if n
-        ]}] + ([{"config_name": "preference", "data_files": [{"split": "train", "path": "data/preference.parquet"}]}]
-               if st.get("preference", {}).get("pairs") else []),  # load_dataset(DIR, "preference"): DPO pairs
+        configs=[{"config_name": name, "data_files": [{"split": split, "path": path} for split, path in files]}
+                 for name, files in configs.items()],
+        # each file's sha256: `datasets` keys its cache of a local folder on this header (not on the files), so
+        # without it load_dataset(OUTPUT_DIR) returns the rows of an earlier run into a folder of the same name
+        dataset_info=[{"config_name": name, "download_checksums": {
+            path: file_checksum(Path(cfg.output_dir) / path) for _, path in files}} for name, files in configs.items()],
         task_categories=["text-generation"],
         size_categories=[size_category(kept)],
         source_datasets=[source] if source else None,

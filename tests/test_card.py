@@ -1,6 +1,7 @@
 """Dataset and model cards parse with huggingface_hub's own card parser, metadata round-tripping."""
 
 import dataclasses
+import hashlib
 from types import SimpleNamespace
 
 import yaml
@@ -18,15 +19,21 @@ METRICS = {"train_loss": 0.5, "global_step": 4, "train_seconds": 9.0, "train_tok
            "device": "cpu", "dtype": "float32", "peak_rss_mb": 900}
 
 
-def test_dataset_card_metadata():
-    cfg = GenerateConfig()
+def test_dataset_card_metadata(tmp_path):
+    cfg = GenerateConfig(output_dir=str(tmp_path))
     cfg.problems = dataclasses.replace(cfg.problems, preset="gsm8k", source="")
+    (tmp_path / "data").mkdir()
+    for split in ("train", "dropped"):
+        (tmp_path / "data" / f"{split}.parquet").write_bytes(split.encode())
     text = card.dataset_card(cfg, STATS)
     parsed = DatasetCard(text)
     assert parsed.data.to_dict() == yaml.safe_load(text.split("---")[1])
     meta = parsed.data.to_dict()
     assert meta["configs"] == [{"config_name": "default", "data_files": [
         {"split": "train", "path": "data/train.parquet"}, {"split": "dropped", "path": "data/dropped.parquet"}]}]
+    assert meta["dataset_info"] == [{"config_name": "default", "download_checksums": {
+        f"data/{split}.parquet": {"num_bytes": len(split), "checksum": hashlib.sha256(split.encode()).hexdigest()}
+        for split in ("train", "dropped")}}]
     assert meta["source_datasets"] == ["openai/gsm8k"] and meta["size_categories"] == ["n<1K"]
     assert "| kept | 4 | 25.0% |" in parsed.text
 
@@ -64,6 +71,21 @@ def test_datasets_reads_the_card(tmp_path):
     (tmp_path / "data").mkdir()
     for split, n in (("train", 4), ("dropped", 12)):
         datasets.Dataset.from_dict({"x": list(range(n))}).to_parquet(tmp_path / "data" / f"{split}.parquet")
-    (tmp_path / "README.md").write_text(card.dataset_card(GenerateConfig(), STATS))
+    (tmp_path / "README.md").write_text(card.dataset_card(GenerateConfig(output_dir=str(tmp_path)), STATS))
     loaded = datasets.load_dataset(str(tmp_path))
     assert {name: len(split) for name, split in loaded.items()} == {"train": 4, "dropped": 12}
+
+
+def test_datasets_never_serves_an_earlier_run_of_the_same_name(tmp_path):
+    """`datasets` keys its cache of a local folder on the folder's name and its card, not on the files: two runs
+    into folders of one name, with rows of the same size, read back as the first run's rows unless the card
+    names the files' checksums (which it does)."""
+    import datasets
+
+    for run, rows in (("a", [1, 2, 3, 4]), ("b", [4, 3, 2, 1])):
+        out = tmp_path / run / "traces"
+        (out / "data").mkdir(parents=True)
+        for split, values in (("train", rows), ("dropped", rows * 3)):
+            datasets.Dataset.from_dict({"x": values}).to_parquet(out / "data" / f"{split}.parquet")
+        (out / "README.md").write_text(card.dataset_card(GenerateConfig(output_dir=str(out)), STATS))
+        assert datasets.load_dataset(str(out), split="train")["x"] == rows
