@@ -1,16 +1,42 @@
 """Answers read from text, and nothing else: reasoning blocks stripped, the answer cut out (last \\boxed{}, last
-number, a marker, reasoning-gym's <answer> tags), gold answers cleaned. The bottom of answer checking: it imports
+number, a marker, reasoning-gym's <answer> tags), gold answers cleaned; the answer settings (the LLM judge's among
+them, which seqdistill.judge reads). The bottom of answer checking: it imports
 nothing from seqdistill, so `problems`, `code` and `verify` all build on it and never on each other in a circle.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 LATEX_COMMAND = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")  # \frac, \text{ cm}: not words of a gold answer
 LEADING_NUMBER = re.compile(r"\s*\\?\$?\s*(" + NUMBER.pattern + ")")  # `9 (apples)`, `$18 (dollars)`
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM asked where no rule decides (seqdistill.judge): off until `model` is set."""
+
+    # the judge's model as its OpenAI-compatible server names it; null: no judge (undecided samples stay dropped)
+    model: str | None = None
+    # how to reach it: engine's openai settings (base_url, api_key_env, headers, max_concurrency, max_retries,
+    # timeout, retry_backoff, extra_body, price_input, price_output, seed), e.g. {base_url: http://HOST:8001/v1}
+    engine: dict = field(default_factory=dict)
+    # reasoning-gym tasks whose failed samples (wrong_answer, no_answer) the judge also reads; math rows are read when
+    # math-verify can't read the gold or no answer could be extracted; code rows never
+    tasks: list[str] = field(default_factory=list)
+    tail_chars: int = 4000  # the judge sees this many characters of the response's end (after the think block)
+    max_tokens: int = 1024  # the judge's reply length; a reply without a last line VERDICT: ... is asked again
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.model is None and (self.engine or self.tasks):
+            errors.append("engine and tasks configure a judge, which is off without model: set model (the served "
+                          "name) or remove them")
+        if self.tail_chars < 100 or self.max_tokens < 1:
+            errors.append(f"tail_chars must be at least 100 and max_tokens at least 1, got {self.tail_chars} and {self.max_tokens}")
+        return errors
 
 
 @dataclass
@@ -25,6 +51,7 @@ class AnswerConfig:
     # largest share of gold answers math-verify may fail to read before any sampling starts (0.01: 1%); every
     # sample of such a problem would score wrong. Code and reasoning-gym rows have their own checkers
     max_unreadable_gold: float = 0.01
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # an LLM judge where math-verify can't decide (off by default)
 
     def validate(self) -> list[str]:
         errors = []

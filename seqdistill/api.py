@@ -191,6 +191,16 @@ class OpenAIEngine:
         outputs, self.usage = outputs_of(prompts, records, req.sampling.n)
         return outputs
 
+    def send(self, todo: list[tuple[Prompt, int]], req: Request, journal: Path, fp: str) -> dict:
+        """(prompt, sample) requests whose answer `journal` does not hold under `fp` yet, sent and journaled as each
+        arrives; returns every record of `fp` in it by PROMPT/SAMPLE key. Unlike a chunk's, the fingerprint is the
+        caller's, so an answer is reused by any later call with the same `fp` (the LLM judge's cache)."""
+        records = read_journal(journal, fp)
+        todo = [(p, j) for p, j in todo if not records.get(f"{p.key}/{j}", {}).get("ok")]
+        if todo:
+            asyncio.run(self.send_all(todo, req, journal, fp, records))
+        return records
+
     def usage_of(self, outputs) -> dict:
         return dict(self.usage)
 

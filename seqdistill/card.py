@@ -121,7 +121,18 @@ def verifier_line(st: dict) -> str:
     if v.get("reasoning-gym"):
         tasks = ", ".join(f"{task} {n}" for task, n in v["reasoning-gym"].items())
         parts.append(f"{sum(v['reasoning-gym'].values())} answers by their reasoning-gym task's own score_answer ({tasks})")
+    if st.get("judge"):
+        parts.append(judge_line(st["judge"]))
     return "; ".join(parts) or "no samples"
+
+
+def judge_line(j: dict) -> str:
+    """What the LLM judge (answer.judge) read where no rule could decide, and what it found."""
+    cost = f", cost {j['cost']}" if "cost" in j else ""
+    return (f"{j['asked']} samples no rule could decide (unreadable gold, or no answer) by the LLM judge `{j['model']}` "
+            f"with prompt {j['prompt']}: {j['judged_correct']} judged correct and kept as correct, {j['judged_wrong']} "
+            f"judged wrong, {j['undecided']} undecided and dropped ({j['replies']} replies{cost}); `verifier` names "
+            "the judge on the samples it decided")
 
 
 def pass_rate_section(st: dict) -> str:

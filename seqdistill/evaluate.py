@@ -10,7 +10,9 @@ mean response length. Writes OUTPUT_DIR/MODEL/BENCHMARK/{samples.parquet,results
 OUTPUT_DIR/results.json and OUTPUT_DIR/results.md (a side-by-side table). Problems are sampled in
 chunks of `chunk_size`, each written whole to MODEL/BENCHMARK/chunks/ and seeded on its own: a
 rerun skips the pairs already scored and the chunks already sampled, and draws what an
-uninterrupted run would have.
+uninterrupted run would have. A model entry with `checkpoints: SFT_OUTPUT_DIR` scores every
+checkpoint-STEP sft saved (LoRA adapters served on the base, unmerged) as a row NAME@STEP, and draws pass@1
+by step in OUTPUT_DIR/pass_at_1_by_step.png, so the best checkpoint can be picked, not the last.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import engine, hub, metrics, models, problems as problemslib, prompts, store, trackers, verify
+from seqdistill import engine, hub, judge, metrics, models, problems as problemslib, prompts, store, trackers, verify
 from seqdistill import config as configlib
 from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
@@ -34,17 +36,25 @@ from seqdistill.verify import AnswerConfig
 
 log = logging.getLogger(__name__)
 EMBEDDED_HELDOUT = "embedded-heldout"
+STEPS_FIGURE = "pass_at_1_by_step.png"  # pass@1 against the training step of `checkpoints` entries
 
 
 @dataclass
 class ModelEntry:
-    model: str  # hub id, local dir, .gguf, or embedded:NAME
-    name: str | None = None  # label in the table; default: the last part of the model (or adapter) path
+    model: str  # hub id, local dir, .gguf, or embedded:NAME (with LoRA checkpoints: the base student they were trained on)
+    name: str | None = None  # label in the table; default: the last part of the model (or adapter, or checkpoints) path
     adapter: str | None = None  # a LoRA adapter directory, served through vLLM's LoRA support
+    # an sft output_dir (or its checkpoints/ folder): one entry per checkpoint-STEP in it, named NAME@STEP, each a LoRA
+    # adapter on `model` (a full fine-tune's: a model of its own); the checkpoints only, not the final OUTPUT_DIR/model
+    checkpoints: str | None = None
     engine: EngineConfig | None = None  # this model's own engine (e.g. a served model: backend openai); None: eval's
+    # not a setting (no annotation): {"of": NAME, "step": STEP} for an entry expanded from `checkpoints`
+    checkpoint = None
 
     def label(self) -> str:
-        return self.name or Path(self.adapter or self.model).name.replace("embedded:", "")
+        path = Path(self.adapter or self.checkpoints or self.model)
+        path = path.parent if self.checkpoints and path.name == "checkpoints" else path  # named after the sft run
+        return self.name or path.name.replace("embedded:", "")
 
 
 @dataclass
@@ -59,9 +69,9 @@ class BenchmarkConfig(ProblemSource):
         known = [*PRESETS, EMBEDDED_HELDOUT]
         if not self.name:
             return ["every benchmark needs a name"]
-        if self.name not in known and not self.source:
+        if self.name not in known and not self.source and not self.preset:
             return [f"unknown benchmark {self.name!r}: known ones are {', '.join(known)}; "
-                    "or give a source file with its field mapping"]
+                    "or give a preset (a slice of it: offset, num_problems) or a source file with its field mapping"]
         return super().validate()
 
     def problems_config(self) -> ProblemSource:
@@ -100,7 +110,13 @@ class EvalConfig:
 
     def validate(self) -> list[str]:
         errors = hub.check(self.push_to_hub) + trackers.check(self.report_to)
-        for m in self.models:
+        entries = []
+        for m in self.models:  # each checkpoint is checked as the model entry it becomes
+            problems = checkpoint_problems(m, self.planned)
+            errors += [f"models[{m.label()}]: {p}" for p in problems]
+            if not problems:
+                entries += expand([m])
+        for m in entries:
             errors += [f"models[{m.label()}]: {p}" for p in engine.check_backend(self.engine_of(m), self.sampling, self.prompt.prefill)]
             errors += [f"models[{m.label()}]: {p}" for p in prompts.check_served_chat(self.prompt, self.engine_of(m))]
             if m.adapter and self.engine_of(m).backend == "openai":
@@ -109,7 +125,7 @@ class EvalConfig:
             errors += [f"models[{m.label()}]: {p}" for p in models.check(m.model, planned=self.planned)]
             if m.adapter and not models.will_exist(m.adapter, self.planned) and not (Path(m.adapter) / "adapter_config.json").is_file():
                 errors.append(f"models[{m.label()}]: adapter {m.adapter} has no adapter_config.json")
-        labels = [m.label() for m in self.models]
+        labels = [m.label() for m in entries]
         if len(set(labels)) != len(labels):
             errors.append(f"model names must be unique, got {labels}; set name: for each")
         if self.chunk_size < 1:
@@ -124,9 +140,12 @@ class EvalConfig:
         return errors
 
     def compare_problems(self) -> list[str]:
-        labels, errors = [m.label() for m in self.models], []
+        labels, errors = [m.label() for m in expand(self.models)], []
+        # NAME@STEP of checkpoints a pipeline's sft has yet to write: known at run time (with_checkpoints checks it then)
+        later = tuple(f"{m.label()}@" for m in self.models if m.checkpoints and models.will_exist(m.checkpoints, self.planned))
         for i, pair in enumerate(self.compare):
-            unknown = [name for name in pair if name not in labels]
+            unknown = [name for name in pair if name not in labels
+                       and not (name.startswith(later) and name.rpartition("@")[2].isdigit())]
             if len(pair) != 2 or pair[0] == pair[1]:
                 errors.append(f"compare[{i}] must name two different models as [baseline, model], got {pair}")
             elif unknown:
@@ -142,10 +161,71 @@ class EvalConfig:
         return b.samples or (PRESETS[b.name].samples if b.name in PRESETS else self.sampling.n)
 
 
+# ---------------------------------------------------------------- every checkpoint of an sft run
+
+
+def checkpoint_dirs(path: str) -> list[tuple[int, Path]]:
+    """TRL's checkpoint-STEP folders in an sft output_dir's checkpoints/ (or in `path` itself), by step."""
+    root = Path(path).expanduser()
+    root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+    return sorted((int(p.name.split("-", 1)[1]), p) for p in root.glob("checkpoint-*")
+                  if p.is_dir() and p.name.split("-", 1)[1].isdigit())
+
+
+def checkpoint_problems(m: ModelEntry, planned=()) -> list[str]:
+    """A `checkpoints` setting: without `adapter`, and (unless a pipeline's sft writes it: only the shape is checked)
+    a folder that holds checkpoints, whose LoRA adapters go on a base model, not on another adapter."""
+    if not m.checkpoints:
+        return []
+    if m.adapter:
+        return [f"checkpoints and adapter can't be combined: every checkpoint in {m.checkpoints} is evaluated as its own "
+                "adapter on model (the base student); drop adapter"]
+    if models.will_exist(m.checkpoints, planned):
+        return []
+    if not Path(m.checkpoints).expanduser().is_dir():
+        return [f"checkpoints {m.checkpoints} does not exist; point at an sft output_dir (or its checkpoints/ folder)"]
+    found = checkpoint_dirs(m.checkpoints)
+    if not found:
+        return [f"checkpoints {m.checkpoints} holds no checkpoint-STEP folder (sft writes one every save_steps, keeping "
+                "save_total_limit); lower save_steps, or evaluate the final model with model or adapter"]
+    if (found[0][1] / "adapter_config.json").is_file() and (Path(m.model).expanduser() / "adapter_config.json").is_file():
+        return [f"model {m.model} is a LoRA adapter; with LoRA checkpoints, model is the base student they were trained on"]
+    return []
+
+
+def expand(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """Each entry with `checkpoints` as one entry per checkpoint, by step: NAME@STEP, an adapter on its `model`
+    (a full fine-tune's checkpoint: the model itself). An entry whose checkpoints don't exist yet stays as it is."""
+    out = []
+    for m in entries:
+        found = checkpoint_dirs(m.checkpoints) if m.checkpoints else []
+        if not found:
+            out.append(m)
+        for step, path in found:
+            lora = (path / "adapter_config.json").is_file()
+            entry = ModelEntry(m.model if lora else str(path), name=f"{m.label()}@{step}",
+                               adapter=str(path) if lora else None, engine=m.engine)
+            entry.checkpoint = {"of": m.label(), "step": step}
+            out.append(entry)
+    return out
+
+
+def with_checkpoints(cfg: EvalConfig) -> EvalConfig:
+    """`cfg` with its `checkpoints` expanded and checked again: in a pipeline they exist only once sft has run."""
+    if not any(m.checkpoints for m in cfg.models):
+        return cfg
+    work = dataclasses.replace(cfg, models=expand(cfg.models))  # nothing is planned any more: all must exist now
+    errors = work.validate()
+    if errors:
+        raise ConfigError(errors)
+    return work
+
+
 def output_layout(cfg: EvalConfig) -> store.Layout:
     per_model = tuple(f"models.*.{key}" for key in engine.OPERATIONAL)  # a model's own engine, as eval's
-    samples = tuple(m.label() for m in cfg.models)  # compare is read off the saved samples: changing it samples nothing
-    return store.Layout(owned=(*samples, store.RESULTS_FILE, store.RESULTS_TABLE, "runs", hub.MARKER), marker=store.RESULTS_FILE,
+    samples = tuple(m.label() for m in expand(cfg.models))  # compare is read off the saved samples: changing it samples nothing
+    return store.Layout(owned=(*samples, store.RESULTS_FILE, store.RESULTS_TABLE, STEPS_FIGURE, "runs", hub.MARKER),
+                        marker=store.RESULTS_FILE,
                         ignore=(*engine.OPERATIONAL, *per_model, "push_to_hub", "hub", "report_to", "run_name"),
                         rebuild=("compare",), parts=samples)
 
@@ -158,6 +238,7 @@ def check(cfg: EvalConfig):
     benchmarks = {b.name: load_benchmark(b) for b in cfg.benchmarks}
     for b in cfg.benchmarks:
         verify.check_golds(benchmarks[b.name], cfg.answer, f"benchmarks[{b.name}]", b.source or b.name)
+    judge.preflight(cfg.answer, [row for rows in benchmarks.values() for row in rows])  # answer.judge's server
     check_sandbox(cfg.code, [row for rows in benchmarks.values() for row in rows])  # refused here, not after sampling
     resolved = {m.model: models.resolve(m.model) for m in cfg.models}
     for m in cfg.models:
@@ -179,7 +260,8 @@ def check(cfg: EvalConfig):
 def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
     """Score every model on every benchmark; `llms` maps a model reference to a running vLLM engine (tests)."""
     out = Path(cfg.output_dir)
-    benchmarks, resolved, groups, batches = check(cfg)
+    work = with_checkpoints(cfg)  # the models to score; cfg, as the user gave it, is what is saved and compared
+    benchmarks, resolved, groups, batches = check(work)
     output_layout(cfg).prepare(out, cfg, cfg.overwrite)
 
     failures = []
@@ -196,7 +278,7 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
     if failures:
         raise ConfigError(f"{len(failures)} requests failed after retries (first: {failures[0]}); "
                           "rerun the same command to retry only those")
-    results = collect(cfg, out)
+    results = collect(work, out)
     trackers.log_figures(cfg.report_to, out, "eval", cfg.run_name, figures(results), configlib.to_dict(cfg))
     hub.push("eval", cfg)
     return results
@@ -263,6 +345,7 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     if summary["failed_requests"]:
         return [e["error"] for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
     samples = store.read_parquet(parts).to_list()
+    judged = judge_samples(cfg, samples, rows, where / judge.JOURNAL) if cfg.answer.judge.model is not None else None
     code, exact = verify.is_code(rows[0]), verify.is_reasoning_gym(rows[0])
     per_problem = per_problem_records(samples, code, exact)
     result = metrics.score(list(per_problem.values()), sorted(set(cfg.pass_k) | {n}))
@@ -282,6 +365,8 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     })
     if "usage" in summary:
         result["requests"] = summary["usage"]
+    if judged is not None:  # pass@1 counts what the judge found correct: the table marks it
+        result["judge"] = judged
     if result["truncated_share"] > 0.05:
         log.warning("%s on %s: %.0f%% of responses hit max_tokens=%d; scores are biased low, raise sampling.max_tokens",
                     m.label(), b.name, 100 * result["truncated_share"], cfg.sampling.max_tokens)
@@ -289,6 +374,20 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     store.write_text(where / store.RESULTS_FILE, json.dumps(result, indent=2))  # written last: marks the pair done
     log.info("%s on %s: pass@1 %.3f ± %.3f", m.label(), b.name, result["pass@1"], result["pass@1_stderr"])
     return []
+
+
+def judge_samples(cfg: EvalConfig, samples: list[dict], rows: list[dict], journal: Path) -> dict:
+    """answer.judge on the samples no rule decided (judge.undecided): one it finds correct counts as correct, with
+    verdict `judged`; each it read gets its verdict in verdict_detail. Returns its counts for results.json."""
+    kinds = {row["id"]: verify.verifier_name(row) for row in rows}
+    todo = [r for r in samples
+            if not r["correct"] and judge.undecided(kinds[r["problem_id"]], r["verdict"], r["gold"], cfg.answer)]
+    verdicts, stats = judge.ask(cfg.answer, [(r["question"], r["gold"], r["response"]) for r in todo], journal)
+    for r, verdict in zip(todo, verdicts):
+        r["verdict_detail"] = judge.detail(verdict)
+        if verdict:
+            r.update(correct=True, verdict="judged")
+    return stats
 
 
 def record(row: dict, prompt: str, j: int, text: str, completion, judged: verify.Judgement) -> dict:
@@ -300,9 +399,14 @@ def record(row: dict, prompt: str, j: int, text: str, completion, judged: verify
 
 def collect(cfg: EvalConfig, out: Path) -> dict:
     """All results, as JSON and as a Markdown table with one row per model and one column group per benchmark;
-    each `compare` pair's paired comparison goes under results[model][benchmark]["compare"][baseline]."""
+    each `compare` pair's paired comparison goes under results[model][benchmark]["compare"][baseline], a checkpoint's
+    entry and step under ...["checkpoint"] (then pass@1 by step is drawn in STEPS_FIGURE)."""
     results = {m.label(): {b.name: json.loads((out / m.label() / b.name / store.RESULTS_FILE).read_text())
                            for b in cfg.benchmarks} for m in cfg.models}
+    for m in cfg.models:
+        if m.checkpoint:  # its training step: for the by-step figure and the best-step line
+            for r in results[m.label()].values():
+                r["checkpoint"] = m.checkpoint
     entries = {m.label(): m for m in cfg.models}
     for base, model in cfg.compare:
         for b in cfg.benchmarks:
@@ -316,7 +420,52 @@ def collect(cfg: EvalConfig, out: Path) -> dict:
             results[model][b.name].setdefault("compare", {})[base] = paired
     store.write_text(out / store.RESULTS_FILE, json.dumps(results, indent=2))
     store.write_text(out / store.RESULTS_TABLE, table(results))
+    series = checkpoint_series(results)
+    if series:
+        log.info("pass@1 by checkpoint step: %s", out / steps_figure(series, out / STEPS_FIGURE))
     return results
+
+
+def checkpoint_series(results: dict) -> dict[str, dict[int, dict]]:
+    """The rows expanded from `checkpoints`, by entry and step: {NAME: {STEP: {benchmark: result}}}."""
+    series = {}
+    for per_bench in results.values():
+        c = next(iter(per_bench.values())).get("checkpoint")
+        if c:
+            series.setdefault(c["of"], {})[c["step"]] = per_bench
+    return {name: dict(sorted(steps.items())) for name, steps in series.items()}
+
+
+def best_steps(results: dict) -> str:
+    """A line per `checkpoints` entry: its checkpoint with the highest pass@1 on each benchmark (empty without any)."""
+    lines = []
+    for name, steps in checkpoint_series(results).items():
+        best = {b: max(steps, key=lambda s: steps[s][b]["pass@1"]) for b in next(iter(steps.values()))}  # ties: earliest
+        lines.append(f"Best checkpoint of {name} by pass@1: "
+                     + ", ".join(f"{b} step {s} ({steps[s][b]['pass@1']:.3f})" for b, s in best.items()) + ".")
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def steps_figure(series: dict[str, dict[int, dict]], path: Path) -> str:
+    """pass@1 (± s.e.) of each checkpoint against its training step, one line per benchmark (and `checkpoints` entry);
+    here, not in report (which draws it too, beside report.md), as report imports this module."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name, steps in series.items():
+        for bench in next(iter(steps.values())):
+            ax.errorbar(list(steps), [r[bench]["pass@1"] for r in steps.values()], capsize=3, fmt="-o",
+                        yerr=[r[bench]["pass@1_stderr"] for r in steps.values()],
+                        label=bench if len(series) == 1 else f"{name} / {bench}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="training step of the checkpoint", ylabel="pass@1 (± s.e.)", ylim=(0, 1.02),
+           title="pass@1 by checkpoint: " + ", ".join(series))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
 
 
 def per_problem_records(samples: list[dict], code: bool = False, exact: bool = False) -> dict[str, dict]:
@@ -355,14 +504,20 @@ def table(results: dict) -> str:
         for b in benches:
             r = per_bench[b]
             k = r["samples_per_problem"]
-            cells += [f"{r['pass@1']:.3f} ± {r['pass@1_stderr']:.3f}"]
+            judged = " †" if r.get("judge", {}).get("judged_correct") else ""  # counts the LLM judge's verdicts
+            cells += [f"{r['pass@1']:.3f} ± {r['pass@1_stderr']:.3f}{judged}"]
             cells += [f"{r[f'pass@{k}']:.3f}", f"{r[f'maj@{k}']:.3f}" if f"maj@{k}" in r else "n/a"] if k > 1 else []
             cells += [f"{r['truncated_share']:.1%}"]
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(next(iter(results.values())).values()))
     sampling = first["settings"]["sampling"]
     how = "greedy" if sampling["greedy"] else f"temperature {sampling['temperature']}, top_p {sampling['top_p']}"
-    return "\n".join(lines) + f"\n\npass@1 is the mean over k samples per problem ± its standard error; {how}.\n" + paired_table(results)
+    judges = sorted({f"`{r['judge']['model']}` ({r['judge']['prompt']})" for per_bench in results.values()
+                     for r in per_bench.values() if r.get("judge", {}).get("judged_correct")})
+    marked = (f"† counts samples the LLM judge {', '.join(judges)} found correct where math-verify could not decide "
+              "(answer.judge).\n" if judges else "")
+    return ("\n".join(lines) + f"\n\npass@1 is the mean over k samples per problem ± its standard error; {how}.\n"
+            + marked + best_steps(results) + paired_table(results))
 
 
 def paired_table(results: dict) -> str:

@@ -15,6 +15,8 @@ The funnel counts the samples that survive each stage. The per-problem stages (`
 limit) need only each sample's verdict, so `generate` applies them again to stored samples: a rerun that
 changes only `pass_rate`, `near_duplicate`, `max_per_problem` or `prefer` samples nothing again.
 Preference pairs (`preference_pairs`) set a kept trace against a wrong or truncated one of the same problem.
+With answer.judge on, generate has an LLM read the samples no rule decided (seqdistill.judge) before `select`: one it
+finds correct is correct from then on; a sample without an answer is read only when it passes `check_text`.
 """
 
 from __future__ import annotations
@@ -158,15 +160,22 @@ def check_format(sample: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, thin
             return answer, "unbalanced_think"
     if answer is None:
         return answer, "no_code" if code else "no_answer"
+    return answer, check_text(sample, cfg)
+
+
+def check_text(sample: dict, cfg: FilterConfig) -> str | None:
+    """The format stages after the answer (too_short, too_long, repetitive, language_mixed): the drop reason or None.
+    Also what a sample without an answer must pass before the LLM judge reads it (seqdistill.judge)."""
+    text = sample["completion"]
     if sample["completion_tokens"] < cfg.min_tokens:
-        return answer, "too_short"
+        return "too_short"
     if cfg.max_tokens is not None and sample["completion_tokens"] > cfg.max_tokens:
-        return answer, "too_long"
+        return "too_long"
     if repeat_fraction(text, cfg.repetition_ngram) > cfg.max_repeat_fraction:
-        return answer, "repetitive"
+        return "repetitive"
     if cfg.language is not None and foreign_share(text, cfg.language) > cfg.max_foreign_share:
-        return answer, "language_mixed"
-    return answer, None
+        return "language_mixed"
+    return None
 
 
 def check_judged(samples: list[dict], problem: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, think: bool,

@@ -8,8 +8,9 @@ Writes OUTPUT_DIR/data/train.parquet (kept traces in TRL's `messages` format, wi
 OUTPUT_DIR/data/dropped.parquet (every dropped sample with its reason), a dataset card
 (OUTPUT_DIR/README.md, so `datasets.load_dataset(OUTPUT_DIR)` works), stats.json and the resolved
 config. With preference.pairs, OUTPUT_DIR/data/preference.parquet holds DPO pairs (a kept trace
-against a wrong or truncated one of the same problem). Work is written chunk by chunk under
-OUTPUT_DIR/samples/; rerunning the same command resumes. `num_shards`/`shard_index` split a run into
+against a wrong or truncated one of the same problem). With answer.judge, an LLM reads the samples no rule
+decided when the dataset is joined (seqdistill.judge; its replies in OUTPUT_DIR/judge.jsonl). Work is written
+chunk by chunk under OUTPUT_DIR/samples/; rerunning the same command resumes. `num_shards`/`shard_index` split a run into
 disjoint parts for N jobs on N machines.
 """
 
@@ -20,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, dedup, engine, filters, hub, kd, models, problems as problemslib, prompts, rgym, store, topk, trackers, verify
+from seqdistill import card, dedup, engine, filters, hub, judge, kd, models, problems as problemslib, prompts, rgym, store, topk, trackers, verify
 from seqdistill import config as configlib
 from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
@@ -33,9 +34,13 @@ from seqdistill.verify import AnswerConfig
 from seqdistill import sandbox
 
 log = logging.getLogger(__name__)
-OUTPUT = store.Layout(owned=("samples", "data", "README.md", store.STATS_FILE, "runs", hub.MARKER), marker=store.STATS_FILE,
-                      ignore=("shard_index", "push_to_hub", "hub", "report_to", "run_name", *engine.OPERATIONAL),
-                      rebuild=(*(f"filters.{key}" for key in filters.SELECTION), "preference"), parts=("samples",))
+# the judge reads stored samples when the dataset is joined: changing it asks only what its journal lacks, samples nothing
+OUTPUT = store.Layout(owned=("samples", "data", "README.md", store.STATS_FILE, "runs", hub.MARKER, judge.JOURNAL),
+                      marker=store.STATS_FILE,
+                      ignore=("shard_index", "push_to_hub", "hub", "report_to", "run_name", *engine.OPERATIONAL,
+                              *judge.OPERATIONAL),
+                      rebuild=(*(f"filters.{key}" for key in filters.SELECTION), "preference", "answer.judge"),
+                      parts=("samples", judge.JOURNAL))
 
 
 @dataclass
@@ -70,6 +75,7 @@ class GenerateConfig:
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
         errors += engine.check_backend(self.engine, self.sampling, self.prompt.prefill)
+        errors += judge.check(self.answer.judge)
         errors += prompts.check_served_chat(self.prompt, self.engine)
         named = [filters.eval_preset(src) for src in self.filters.decontaminate]
         sources = [("problems", self.problems), *((f"problems.mix[{k}]", m) for k, m in enumerate(self.problems.mix))]
@@ -80,13 +86,14 @@ class GenerateConfig:
 
 def check(cfg: GenerateConfig):
     """Everything that can fail, checked before the engine starts or a request is sent (`seqdistill run` calls
-    it before its first stage): (model path, problem rows, sandbox, user prompts, engine prompts, vocab size,
-    problem funnel)."""
+    it before its first stage), the judge's server included: (model path, problem rows, sandbox, user prompts,
+    engine prompts, vocab size, problem funnel)."""
     engine.check_devices(cfg.engine)  # data-parallel ranks the node can hold
     model_path = models.resolve(cfg.model)
     problem_funnel: dict[str, int] = {}
     rows = select_problems(cfg, problem_funnel)
     verify.check_golds(rows, cfg.answer, "problems", cfg.problems.source or cfg.problems.preset)
+    judge.preflight(cfg.answer, rows)  # the judge's server, before the teacher's
     isolation = check_sandbox(cfg.code, rows)
     template = prompts.load_template(cfg.prompt.template)
     users = [prompts.render(template, row) for row in rows]
@@ -187,12 +194,15 @@ def sample_features():
 
 
 def verifiers(samples, isolations: list) -> dict:
-    """Which checker judged how many samples: math-verify, the problem's tests (in which sandbox), or a
-    reasoning-gym task's own checker (counts per task)."""
+    """Which checker judged how many samples: math-verify, the problem's tests (in which sandbox), a
+    reasoning-gym task's own checker (counts per task), or the LLM judge (counts per model)."""
     from collections import Counter
 
     counts = Counter(samples["verifier"])
     out = {"math-verify": counts.pop("math-verify", 0), "tests": counts.pop("tests", 0)}
+    judged = {k.removeprefix("judge:"): counts.pop(k) for k in sorted(counts) if k.startswith("judge:")}
+    if judged:  # samples answer.judge decided where no rule could
+        out["judge"] = judged
     if counts:
         out["reasoning-gym"] = {k.removeprefix("reasoning-gym:"): v for k, v in sorted(counts.items())}
     kinds = {k for k in isolations if k}
@@ -219,6 +229,31 @@ def reselect(samples, cfg: FilterConfig):
     samples = samples.remove_columns(["keep", "drop_reason"])
     samples = samples.add_column("keep", [r is None for r in reasons], feature=features["keep"])
     return samples.add_column("drop_reason", reasons, feature=features["drop_reason"]).select_columns(names)
+
+
+def judge_undecided(cfg: GenerateConfig, samples, out: Path) -> tuple:
+    """answer.judge on the stored samples no rule decided (judge.undecided; one without an answer only when it passes
+    the other format filters): one it finds correct becomes correct (the per-problem filters then keep or drop it like
+    any other), one it decides names it as its verifier, one left undecided keeps its reason. Returns (samples, the
+    judge's stats)."""
+    rows = samples.select_columns(["question", "gold", "completion", "completion_tokens", "correct", "keep",
+                                   "drop_reason", "verifier", "verdict_detail"]).to_list()
+    todo = [i for i, r in enumerate(rows) if judge.undecided(r["verifier"], r["drop_reason"], r["gold"], cfg.answer)
+            and (r["drop_reason"] != "no_answer" or filters.check_text(r, cfg.filters) is None)]
+    verdicts, stats = judge.ask(cfg.answer, [(rows[i]["question"], rows[i]["gold"], rows[i]["completion"]) for i in todo],
+                                out / judge.JOURNAL)
+    for i, verdict in zip(todo, verdicts):
+        rows[i]["verdict_detail"] = judge.detail(verdict)
+        if verdict is not None:
+            rows[i]["verifier"] = judge.name(cfg.answer)
+        if verdict:
+            rows[i].update(correct=True, keep=True, drop_reason=None)
+    changed = ["correct", "keep", "drop_reason", "verifier", "verdict_detail"]
+    features, names = sample_features(), samples.column_names
+    samples = samples.remove_columns(changed)
+    for column in changed:
+        samples = samples.add_column(column, [r[column] for r in rows], feature=features[column])
+    return samples.select_columns(names), stats
 
 
 def write_preference(samples, cfg: PreferenceConfig, path: Path) -> dict:
@@ -252,13 +287,19 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
         log.info("shard done; waiting for %s before joining the dataset", ", ".join(missing))
         return {"waiting_for": missing}
     parts = sorted(p for d in shard_dirs for p in d.glob("chunk-*.parquet"))
-    samples = reselect(store.read_parquet(parts).sort(["problem_index", "sample_index"]), cfg.filters)
+    samples = store.read_parquet(parts).sort(["problem_index", "sample_index"])
+    judged = None
+    if cfg.answer.judge.model is not None:  # before the per-problem filters, which count what it finds correct
+        samples, judged = judge_undecided(cfg, samples, out)
+    samples = reselect(samples, cfg.filters)
     timings = [json.loads(p.with_suffix(".json").read_text()) for p in parts]
     train = samples.filter(lambda keep: keep, input_columns="keep")
     dropped = samples.filter(lambda keep: not keep, input_columns="keep").remove_columns("teacher_topk")
     store.write_parquet(train, out / "data" / "train.parquet")
     store.write_parquet(dropped, out / "data" / "dropped.parquet")
     stats = card.stats(samples, timings)
+    if judged is not None:
+        stats["judge"] = judged
     if cfg.preference.pairs:
         stats["preference"] = write_preference(samples, cfg.preference, out / "data" / "preference.parquet")
     done = [json.loads((d / "DONE").read_text()) for d in shard_dirs]

@@ -93,6 +93,10 @@ class ProblemSource:
     # humaneval, mbpp); None: problems with a gold answer
     tests: str | None = None
     num_problems: int | None = None  # first N problems; None: all (embedded, reasoning-gym: 500)
+    offset: int = 0  # files and hub datasets: skip this many problems first (a held-out slice of a training set)
+    # answer_format gsm8k only: problems whose worked solution has at most this many steps (lines before "####");
+    # applied before offset and num_problems. GSM8K train: 1,961 problems of at most 2 steps, 4,110 of at most 3
+    max_solution_steps: int | None = None
     # reasoning-gym: a task name, or a list of {name, weight, config} (a weighted mix)
     tasks: str | list[RGTask] | None = None
     seed: int = 0  # embedded and reasoning-gym: the draw's seed
@@ -112,6 +116,13 @@ class ProblemSource:
             errors.append(f"answer_format must be {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
         if self.num_problems is not None and self.num_problems < 1:
             errors.append(f"num_problems must be at least 1, got {self.num_problems}")
+        if self.offset < 0:
+            errors.append(f"offset must be at least 0, got {self.offset}")
+        if (self.offset or self.max_solution_steps is not None) and self.source in ("embedded", REASONING_GYM):
+            errors.append(f"offset and max_solution_steps are for problem files and hub datasets, not {self.source}")
+        if self.max_solution_steps is not None and self.resolved().answer_format != "gsm8k":
+            errors.append("max_solution_steps counts the steps of a GSM8K-style worked solution: it needs "
+                          f"answer_format gsm8k (or preset gsm8k / gsm8k-train), got {self.resolved().answer_format!r}")
         if not 1 <= self.min_steps <= self.max_steps:
             errors.append(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
         if self.max_operand < 2:
@@ -194,11 +205,10 @@ def load_source(cfg: ProblemSource) -> list[dict]:
             f"{cfg.source}: field(s) {', '.join(missing)} not found; it has {', '.join(table.column_names)} "
             "(set problems.question_fields / answer_field / id_field, or a preset)"
         )
-    if cfg.num_problems is not None:
-        table = table.select(range(min(cfg.num_problems, len(table))))
+    table, index = _pick(cfg, table)
     stem = _stem(cfg)
     rows = []
-    for i, row in enumerate(table):
+    for i, row in zip(index, table):
         gold = extract_gold(row[cfg.answer_field], cfg.answer_format)
         question = " ".join(str(row[f]).strip() for f in cfg.question_fields)
         pid = str(row[cfg.id_field]) if cfg.id_field else f"{stem}-{i}"
@@ -218,11 +228,10 @@ def _code_rows(cfg: ProblemSource, table) -> list[dict]:
     if missing:
         raise ConfigError(f"{cfg.source}: field(s) {', '.join(missing)} not found; it has {', '.join(table.column_names)} "
                           "(set problems.question_fields / id_field, or a preset)")
-    if cfg.num_problems is not None:
-        table = table.select(range(min(cfg.num_problems, len(table))))
+    table, index = _pick(cfg, table)
     stem = _stem(cfg)
     rows = []
-    for i, row in enumerate(table):
+    for i, row in zip(index, table):
         pid = str(row[cfg.id_field]) if cfg.id_field else f"{stem}-{i}"
         tests = code.normalize({**row, "id": pid}, cfg.tests)
         entry = row.get(cfg.answer_field) if cfg.answer_field else None
@@ -231,6 +240,23 @@ def _code_rows(cfg: ProblemSource, table) -> list[dict]:
     if len({r["id"] for r in rows}) != len(rows):
         raise ConfigError(f"{cfg.source}: id_field {cfg.id_field!r} has repeated values; pick a unique field or none")
     return rows
+
+
+def _pick(cfg: ProblemSource, table):
+    """The rows a source's settings select (max_solution_steps, then offset, then num_problems), with their
+    positions in the whole table: a problem's default id names its row there, whatever is skipped."""
+    index = range(len(table))
+    if cfg.max_solution_steps is not None:
+        index = [i for i, answer in enumerate(table[cfg.answer_field]) if solution_steps(answer) <= cfg.max_solution_steps]
+    index = list(index)[cfg.offset:]
+    if cfg.num_problems is not None:
+        index = index[:cfg.num_problems]
+    return table.select(index), index
+
+
+def solution_steps(answer: str) -> int:
+    """The steps of a GSM8K-style worked solution: its non-empty lines before "####"."""
+    return sum(1 for line in str(answer).rsplit("####", 1)[0].splitlines() if line.strip())
 
 
 def _code_schemas() -> list[str]:

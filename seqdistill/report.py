@@ -1,11 +1,12 @@
 """`seqdistill report RUN_DIR`: report.md with figures, rebuilt from a pipeline run's saved artifacts.
 
 Sections, each present when its stage's outputs are: provenance (models, versions, time per stage);
-results (the eval table, pass@1 per model, the paired comparison of the distilled student against the
-untouched one with the problems it gained and lost, pass@k and maj@k against k); teacher traces (the
-filter funnel, how many of its samples the teacher got right per problem, length against correctness,
-kept vs dropped lengths per drop reason, example traces shown head and tail); student training (loss,
-eval loss, learning rate and epoch boundaries). One function per figure; PNGs beside report.md.
+results (the eval table, pass@1 per model and, for `checkpoints`, by training step, the paired
+comparison of the distilled student against the untouched one with the problems it gained and lost,
+pass@k and maj@k against k); teacher traces (the filter funnel, how many of its samples the teacher
+got right per problem, length against correctness, kept vs dropped lengths per drop reason, example
+traces shown head and tail); student training (loss, eval loss, learning rate and epoch boundaries).
+One function per figure; PNGs beside report.md.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def provenance(run: Path, stats: dict | None, results: dict | None) -> str:
     if cfg["sft"]:
         lines.append(f"- student: `{cfg['sft']['student']}` ({cfg['sft']['method']})")
     if cfg["eval"]:
-        lines.append("- evaluated: " + ", ".join(f"{m['name'] or m['model']} = `{m['adapter'] or m['model']}`"
+        lines.append("- evaluated: " + ", ".join(f"{m['name'] or m['model']} = "
+                                                 f"`{m.get('checkpoints') or m['adapter'] or m['model']}`"
                                                  for m in cfg["eval"]["models"]))
     versions = info.get("versions") or {}
     if versions:
@@ -115,6 +117,10 @@ def teacher_note(stats: dict, gen: dict, ev: dict) -> str:
 def results_section(run: Path, results: dict) -> list[str]:
     ev = run / "eval"
     parts = ["## Results\n", (ev / store.RESULTS_TABLE).read_text(), f"![pass@1]({pass_figure(results, run)})\n"]
+    series = evaluate.checkpoint_series(results)
+    if series:
+        parts += ["### pass@1 by checkpoint\n",
+                  f"![pass@1 by step]({evaluate.steps_figure(series, run / evaluate.STEPS_FIGURE)})\n"]
     for model, per_bench in results.items():
         for bench, r in per_bench.items():
             for base, c in r.get("compare", {}).items():

@@ -78,10 +78,24 @@ def gold_problem(gold: str, cfg: AnswerConfig) -> str | None:
     return None
 
 
+def gold_undecidable(gold: str, cfg: AnswerConfig) -> str | None:
+    """Why math-verify can't decide answers against this gold (the LLM judge's cue): `gold_problem`'s reasons, or
+    words it reads as a product of symbols (`nine` parses as n*i*n*e, which the answer 9 never matches); None when it can."""
+    why = gold_problem(gold, cfg)
+    if why or not re.search(r"[A-Za-z]{2,}", LATEX_COMMAND.sub(" ", str(gold))):
+        return why
+    try:
+        parsed = _parse(str(gold).strip())
+    except Exception:  # math-verify raises on odd latex
+        return "math-verify parses nothing"
+    return "words, not math" if getattr(parsed[0], "free_symbols", None) else None
+
+
 def check_golds(rows: list[dict], cfg: AnswerConfig, setting: str, source: str) -> dict:
     """Before any sampling: the share of gold answers the verifier can't read (code and reasoning-gym rows have
     their own checkers and are skipped), logged with examples; above `cfg.max_unreadable_gold` a one-line
-    ConfigError naming `setting` (problems, benchmarks[NAME]) and a fix. Returns {checked, unreadable, examples}."""
+    ConfigError naming `setting` (problems, benchmarks[NAME]) and a fix, unless answer.judge is on (it reads those
+    problems' samples). Returns {checked, unreadable, examples}."""
     import logging
 
     log = logging.getLogger(__name__)
@@ -91,7 +105,10 @@ def check_golds(rows: list[dict], cfg: AnswerConfig, setting: str, source: str) 
     if golds:
         log.info("%s: %d of %d gold answers unreadable by math-verify%s", source, len(bad), len(golds),
                  f", e.g. {'; '.join(examples)}" if bad else "")
-    if bad and len(bad) > cfg.max_unreadable_gold * len(golds):
+    if bad and cfg.judge.model is not None:  # the judge reads the samples of those problems (seqdistill.judge)
+        log.info("%s: answer.judge %s decides the samples of the %d problems with an unreadable gold", source,
+                 cfg.judge.model, len(bad))
+    elif bad and len(bad) > cfg.max_unreadable_gold * len(golds):
         raise ConfigError(f"{setting}: {len(bad)} of {len(golds)} gold answers of {source} ({len(bad) / len(golds):.1%}) "
                           f"can't be read by math-verify, so every sample of those problems would score wrong "
                           f"(e.g. {'; '.join(examples)}); {_gold_fix(bad, setting)}, or fix the file "

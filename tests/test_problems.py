@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from seqdistill import arithmetic, problems
@@ -57,6 +60,24 @@ def test_package_source_written_by_hand():
     assert len(errors) == 1 and "has no file 'data/gsm8k.jsonl'" in errors[0] and "preset" in errors[0]
     assert "pip install no-such-pkg" in ProblemsConfig(source="package:no_such_pkg/x.jsonl").validate()[0]
     assert "not installed" in ProblemsConfig(source="package:no_such.pkg/x.jsonl").validate()[0]  # not a traceback
+
+
+def test_short_gsm8k_problems_and_a_held_out_slice():
+    """max_solution_steps keeps problems whose worked solution has at most N lines before ####; offset skips
+    past the ones a training run used, and ids keep naming rows of the whole file."""
+    whole = problems.load(ProblemsConfig(source="", preset="gsm8k-train"))
+    short = problems.load(ProblemsConfig(source="", preset="gsm8k-train", max_solution_steps=2))
+    assert len(whole) == 7473 and len(short) == 1961
+    raw = [json.loads(line)["answer"] for line in open(Path(problems.__file__).parent / "data" / "gsm8k-train.jsonl")]
+    picked = {int(r["id"].rsplit("-", 1)[1]) for r in short}
+    assert picked == {i for i, answer in enumerate(raw) if problems.solution_steps(answer) <= 2}
+    assert {r["id"] for r in short} <= {r["id"] for r in whole}
+    heldout = problems.load(ProblemsConfig(source="", preset="gsm8k-train", max_solution_steps=2, offset=1000, num_problems=5))
+    assert [r["id"] for r in heldout] == [r["id"] for r in short[1000:1005]]
+    assert problems.solution_steps("Half of 48 is <<48/2=24>>24.\n48 + 24 = <<48+24=72>>72\n#### 72") == 2
+    assert "needs answer_format gsm8k" in ProblemsConfig(source="", preset="svamp", max_solution_steps=2).validate()[0]
+    assert "not embedded" in ProblemsConfig(offset=5).validate()[0]
+    assert "offset must be at least 0" in ProblemsConfig(source="", preset="gsm8k-train", offset=-1).validate()[0]
 
 
 def test_missing_fields_listed(benchmarks_dir):
