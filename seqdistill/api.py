@@ -359,7 +359,7 @@ class OpenAIEngine:
             except Retry as e:
                 error, after, down = str(e), e.after, e.down
             except Refused as e:  # this request will not pass however often it is sent: recorded, the run goes on
-                return {"ok": False, "retries": attempt, "errors": errors + 1, "error": str(e)}
+                return {"ok": False, "refused": True, "retries": attempt, "errors": errors + 1, "error": str(e)}
             except Exception as e:
                 import httpx
 

@@ -109,7 +109,7 @@ class EvalConfig:
     planned = ()
 
     def validate(self) -> list[str]:
-        errors = hub.check(self.push_to_hub) + trackers.check(self.report_to)
+        errors = hub.check(self.push_to_hub) + trackers.check(self.report_to) + judge.check(self.answer.judge)
         entries = []
         for m in self.models:  # each checkpoint is checked as the model entry it becomes
             problems = checkpoint_problems(m, self.planned)
@@ -158,7 +158,8 @@ class EvalConfig:
     def samples(self, b: BenchmarkConfig) -> int:
         if self.greedy:
             return 1
-        return b.samples or (PRESETS[b.name].samples if b.name in PRESETS else self.sampling.n)
+        preset = b.problems_config().preset  # a benchmark named freely keeps its preset's samples
+        return b.samples or (PRESETS[preset].samples if preset in PRESETS else self.sampling.n)
 
 
 # ---------------------------------------------------------------- every checkpoint of an sft run
@@ -226,7 +227,8 @@ def output_layout(cfg: EvalConfig) -> store.Layout:
     samples = tuple(m.label() for m in expand(cfg.models))  # compare is read off the saved samples: changing it samples nothing
     return store.Layout(owned=(*samples, store.RESULTS_FILE, store.RESULTS_TABLE, STEPS_FIGURE, "runs", hub.MARKER),
                         marker=store.RESULTS_FILE,
-                        ignore=(*engine.OPERATIONAL, *per_model, "push_to_hub", "hub", "report_to", "run_name"),
+                        ignore=(*engine.OPERATIONAL, *per_model, *judge.OPERATIONAL, "push_to_hub", "hub", "report_to",
+                                "run_name"),
                         rebuild=("compare",), parts=samples)
 
 
@@ -380,8 +382,8 @@ def judge_samples(cfg: EvalConfig, samples: list[dict], rows: list[dict], journa
     """answer.judge on the samples no rule decided (judge.undecided): one it finds correct counts as correct, with
     verdict `judged`; each it read gets its verdict in verdict_detail. Returns its counts for results.json."""
     kinds = {row["id"]: verify.verifier_name(row) for row in rows}
-    todo = [r for r in samples
-            if not r["correct"] and judge.undecided(kinds[r["problem_id"]], r["verdict"], r["gold"], cfg.answer)]
+    todo = [r for r in samples if not r["correct"] and r["finish_reason"] == "stop"  # a cut response is not judged
+            and judge.undecided(kinds[r["problem_id"]], r["verdict"], r["gold"], cfg.answer)]
     verdicts, stats = judge.ask(cfg.answer, [(r["question"], r["gold"], r["response"]) for r in todo], journal)
     for r, verdict in zip(todo, verdicts):
         r["verdict_detail"] = judge.detail(verdict)
@@ -478,6 +480,8 @@ def per_problem_records(samples: list[dict], code: bool = False, exact: bool = F
         for key, value in (("answers", None if code else r["answer"]), ("correct", r["correct"]), ("truncated", r["finish_reason"] == "length"),
                            ("lengths", r["response_tokens"])):
             p[key].append(value)
+        if judge.read(r):  # the judge decided where math-verify could not: the majority answer is right as judged
+            p["exact"] = True
     return per_problem
 
 

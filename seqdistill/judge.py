@@ -40,6 +40,7 @@ VERDICT = re.compile(r"VERDICT: (CORRECT|INCORRECT)")
 SETTING = "answer.judge.engine"
 # the judge's connection settings that change how fast or where its verdicts come, not which (Layout.ignore)
 OPERATIONAL = tuple(f"answer.judge.{key}" for key in ENGINE_OPERATIONAL)
+RETRY_TEMPERATURE = 0.7  # a reply without a VERDICT line is asked again sampled: greedily it would come back the same
 
 
 def engine_config(cfg: JudgeConfig) -> EngineConfig:
@@ -86,8 +87,8 @@ def undecided(verifier: str | None, reason: str | None, gold: str, cfg: AnswerCo
     """Whether the judge may read a sample: `verifier` (verify.verifier_name) and `reason` (its verdict or drop reason)
     say no rule decided it: math without an answer or against a gold math-verify can't read, or a failed sample of a
     reasoning-gym task in answer.judge.tasks. Never code, never a correct sample."""
-    if reason not in ("no_answer", "wrong_answer") or not verifier:
-        return False
+    if reason not in ("no_answer", "wrong_answer") or not verifier or not str(gold).strip():
+        return False  # without a reference answer there is nothing to judge against
     if verifier == "math-verify":
         return reason == "no_answer" or gold_undecidable(gold, cfg) is not None
     return verifier.startswith("reasoning-gym:") and verifier.split(":", 1)[1] in cfg.judge.tasks
@@ -99,6 +100,11 @@ def parse_verdict(reply: str) -> bool | None:
     lines = [line.strip() for line in (strip_think(reply) or "").splitlines() if line.strip()]
     found = VERDICT.fullmatch(lines[-1]) if lines else None
     return None if found is None else found[1] == "CORRECT"
+
+
+def read(sample: dict) -> bool:
+    """Whether the judge gave this sample its verdict (its verdict_detail names the prompt version)."""
+    return str(sample.get("verdict_detail") or "").startswith(PROMPT_VERSION.split("-")[0] + "-")
 
 
 def name(cfg: AnswerConfig) -> str:
@@ -121,9 +127,12 @@ def tail(text: str, cfg: AnswerConfig) -> str:
 
 def next_try(records: dict, key: str, tries: int) -> tuple[int | None, bool | None]:
     """(the attempt to send next, or None when settled; the verdict): the first finished reply with a VERDICT line
-    decides; after `tries` others the sample stays undecided."""
+    decides; after `tries` others the sample stays undecided. A request the server refused (a 4xx: too long for the
+    judge's context, say) settles it undecided: sent again, it would be refused again."""
     for j in range(tries):
         r = records.get(f"{key}/{j}")
+        if r and r.get("refused"):
+            return None, None
         if not (r and r.get("ok")):
             return j, None
         verdict = parse_verdict(r["text"]) if r.get("finish_reason") == "stop" else None
@@ -139,7 +148,9 @@ def ask(cfg: AnswerConfig, cases: list[tuple[str, str, str]], journal: Path) -> 
     judge = cfg.judge
     eng = api.OpenAIEngine(judge.model, engine_config(judge))
     req = Request(SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=judge.max_tokens))
-    fp = f"{PROMPT_VERSION}-{eng.fingerprint(req)}"  # the model, reply length and extra_body besides the prompt
+    again = Request(SamplingConfig(n=1, temperature=RETRY_TEMPERATURE, top_p=1.0, max_tokens=judge.max_tokens))
+    prompt_hash = hashlib.sha1(TEMPLATE.read_bytes()).hexdigest()[:8]  # an edited prompt never reuses old verdicts
+    fp = f"{PROMPT_VERSION}-{prompt_hash}-{eng.fingerprint(req)}"  # the model, reply length and extra_body besides
     template = prompts.load_template(str(TEMPLATE))
     keys, asked = [], {}
     for question, gold, text in cases:
@@ -161,16 +172,20 @@ def ask(cfg: AnswerConfig, cases: list[tuple[str, str, str]], journal: Path) -> 
                 else:
                     todo.append((p, j))
         if todo:
-            records = eng.send(todo, req, journal, fp)
-            failed = [records.get(f"{p.key}/{j}", {}).get("error", "not sent") for p, j in todo
-                      if not records.get(f"{p.key}/{j}", {}).get("ok")]
+            for attempt, batch in ((req, [t for t in todo if t[1] == 0]), (again, [t for t in todo if t[1] > 0])):
+                if batch:
+                    records = eng.send(batch, attempt, journal, fp)
+            failed = [r.get("error", "not sent") for p, j in todo
+                      if not (r := records.get(f"{p.key}/{j}", {})).get("ok") and not r.get("refused")]
             if failed:
                 raise ConfigError(f"answer.judge: {len(failed)} requests to {judge.model} failed after retries (first: "
                                   f"{failed[0]}); rerun the same command to ask only those (answers so far are in {journal})")
     counts = Counter({True: "judged_correct", False: "judged_wrong", None: "undecided"}[verdicts[k]] for k in keys)
+    refused = sum(1 for k in asked for j in range(tries) if records.get(f"{k}/{j}", {}).get("refused"))
     replies = [r for k in asked for j in range(tries) if (r := records.get(f"{k}/{j}")) and r.get("ok")]
     stats = {"model": judge.model, "prompt": PROMPT_VERSION, "asked": len(keys),
              **{k: counts[k] for k in ("judged_correct", "judged_wrong", "undecided")}, "replies": len(replies),
+             "refused": refused,
              "prompt_tokens": sum(r.get("prompt_tokens", 0) for r in replies),
              "completion_tokens": sum(r.get("completion_tokens", 0) for r in replies)}
     if eng.cfg.prices():

@@ -94,7 +94,10 @@ def test_generate_keeps_what_the_judge_finds_correct_and_asks_each_question_once
         assert judge_asked(server) == {PROBLEMS[0][0]: 1, PROBLEMS[1][0]: 1, PROBLEMS[2][0]: 1, PROBLEMS[3][0]: 2}
         assert server.requests == teacher + 5
         judge_bodies = [b for b in server.bodies if "temperature" in b and "VERDICT" in b["messages"][-1]["content"]]
-        assert {(b["temperature"], b["max_tokens"], b["model"]) for b in judge_bodies} == {(0.0, 64, server.model)}
+        # first asked greedily; a malformed reply is asked again sampled (greedily it would come back the same)
+        assert {(b["temperature"], b["max_tokens"], b["model"]) for b in judge_bodies} == {
+            (0.0, 64, server.model), (judge.RETRY_TEMPERATURE, 64, server.model)}
+        assert sum(b["temperature"] > 0 for b in judge_bodies) == 1  # the malformed one's second try
 
         again = generate.run(make_cfg(server, out, problems))
         assert server.requests == teacher + 5  # every verdict from the journal: nothing asked again
@@ -186,8 +189,23 @@ def test_eval_counts_what_the_judge_finds_correct_and_marks_the_table(tmp_path):
     assert {k: result["judge"][k] for k in ("judged_correct", "judged_wrong", "undecided")} == \
         {"judged_correct": 4, "judged_wrong": 2, "undecided": 2}
     assert result["pass@1"] == pytest.approx(3 / 6)  # math-verify alone: 1 of 6 problems
+    # maj@k votes over extracted answers, each right as judged: "9" against "nine" counts; an answer-less sample the
+    # judge found right (the spider) counts in pass@k only
+    assert result["maj@2"] == pytest.approx(2 / 6)
     assert (tmp_path / "eval" / "served" / "mine" / judge.JOURNAL).is_file()
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "0.500 ± " in table and " †" in table and f"LLM judge `{server.model}` (judge-v1)" in table
     samples = evaluate.read_samples(tmp_path / "eval" / "served" / "mine" / "samples.parquet")
     assert Counter(r["verdict"] for r in samples)["judged"] == 4
+
+
+def test_a_refused_request_or_an_empty_gold_leaves_the_sample_undecided():
+    """A request the judge's server refuses (too long for its context, say) would be refused again: the sample stays
+    undecided instead of the stage failing on every rerun; a sample with no gold has nothing to be judged against."""
+    refused = {"k/0": {"ok": False, "refused": True, "error": "the server refused the request (400)"}}
+    assert judge.next_try(refused, "k", 3) == (None, None)
+    assert judge.next_try({"k/0": {"ok": False, "error": "timed out"}}, "k", 3) == (0, None)  # sent again
+    assert judge.next_try({"k/0": {"ok": True, "finish_reason": "stop", "text": "x"}}, "k", 3) == (1, None)
+    cfg = AnswerConfig(judge=JudgeConfig(model="m"))
+    assert judge.undecided("math-verify", "no_answer", "8", cfg)
+    assert not judge.undecided("math-verify", "no_answer", " ", cfg)
