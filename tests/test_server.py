@@ -137,3 +137,34 @@ def test_score_through_the_server_matches_in_process(tiny_llm, tiny_llama, vllm_
         ids_b, lp_b, s_b = topk.decode(b)
         assert (s_a == s_b).all() and (ids_a[:, 0] == ids_b[:, 0]).all()
         assert np.abs(lp_a[:, 0] - lp_b[:, 0]).max() < 0.2
+
+
+def test_the_judge_through_a_real_server_never_counts_an_unreadable_reply_correct(tiny_llm, tiny_llama, vllm_server, tmp_path):
+    """answer.judge asking a real vLLM server (the tiny model, whose replies are noise): every sample whose gold
+    math-verify can't read is put to it, a reply decides only when its last line is exactly a VERDICT line, the
+    journal holds every reply, and a rerun asks nothing (the journal does not grow, the counts stay)."""
+    import json
+
+    from seqdistill import judge
+
+    problems = tmp_path / "words.jsonl"
+    problems.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in (
+        ("How many is four plus five?", "nine"), ("Which is the capital of France?", "Paris"),
+        ("What colour is the sky on a clear day?", "blue"))))
+    out = tmp_path / "gen"
+    cfg = lambda: gen_cfg(tiny_llama, out, f"problems.source={problems}", "problems.num_problems=null",  # noqa: E731
+                          "teacher_logprobs=false", "filters.max_per_problem=null", "filters.min_tokens=0",
+                          "sampling.stop=['e', ' ']",  # the tiny model rarely ends a reply: cut ones are never judged
+                          "answer.judge.model=tiny", f"answer.judge.engine.base_url={vllm_server}",
+                          "answer.judge.engine.max_retries=1", "answer.judge.max_tokens=16")
+    stats = generate.run(cfg(), llm=tiny_llm)["judge"]
+    journal = out / judge.JOURNAL
+    replies = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert stats["asked"] > 0 and stats["replies"] == len(replies) > 0
+    assert stats["judged_correct"] + stats["judged_wrong"] + stats["undecided"] == stats["asked"]
+    verdicts = [judge.parse_verdict(r["text"]) for r in replies if r["ok"] and r["finish_reason"] == "stop"]
+    assert stats["judged_correct"] == 0 or True in verdicts  # a sample turns correct only on a VERDICT: CORRECT line
+    rows = rows_of(out)
+    assert all(r["verifier"] == "judge:tiny" for r in rows if r["correct"])  # no rule could have found these right
+    again = generate.run(cfg(), llm=tiny_llm)["judge"]
+    assert again == stats and len(journal.read_text().splitlines()) == len(replies)
