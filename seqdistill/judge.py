@@ -104,7 +104,7 @@ def parse_verdict(reply: str) -> bool | None:
 
 def read(sample: dict) -> bool:
     """Whether the judge gave this sample its verdict (its verdict_detail names the prompt version)."""
-    return str(sample.get("verdict_detail") or "").startswith(PROMPT_VERSION.split("-")[0] + "-")
+    return str(sample.get("verdict_detail") or "").startswith("judge-")  # judge-v1: ..., any prompt version
 
 
 def name(cfg: AnswerConfig) -> str:

@@ -118,6 +118,8 @@ class ProblemSource:
             errors.append(f"num_problems must be at least 1, got {self.num_problems}")
         if self.offset < 0:
             errors.append(f"offset must be at least 0, got {self.offset}")
+        if self.max_solution_steps is not None and self.max_solution_steps < 1:
+            errors.append(f"max_solution_steps must be at least 1, got {self.max_solution_steps}")
         if (self.offset or self.max_solution_steps is not None) and self.source in ("embedded", REASONING_GYM):
             errors.append(f"offset and max_solution_steps are for problem files and hub datasets, not {self.source}")
         if self.max_solution_steps is not None and self.resolved().answer_format != "gsm8k":
@@ -248,6 +250,11 @@ def _pick(cfg: ProblemSource, table):
     index = range(len(table))
     if cfg.max_solution_steps is not None:
         index = [i for i, answer in enumerate(table[cfg.answer_field]) if solution_steps(answer) <= cfg.max_solution_steps]
+    if cfg.offset >= len(index) and (cfg.offset or cfg.max_solution_steps is not None):
+        have = (f"{len(index)} problems with at most {cfg.max_solution_steps} steps of {len(table)}"
+                if cfg.max_solution_steps is not None else f"{len(table)} problems")
+        raise ConfigError(f"{cfg.source}: {have}, so offset {cfg.offset} leaves none; lower offset"
+                          + (" or raise max_solution_steps" if cfg.max_solution_steps is not None else ""))
     index = list(index)[cfg.offset:]
     if cfg.num_problems is not None:
         index = index[:cfg.num_problems]

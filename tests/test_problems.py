@@ -78,6 +78,9 @@ def test_short_gsm8k_problems_and_a_held_out_slice():
     assert "needs answer_format gsm8k" in ProblemsConfig(source="", preset="svamp", max_solution_steps=2).validate()[0]
     assert "not embedded" in ProblemsConfig(offset=5).validate()[0]
     assert "offset must be at least 0" in ProblemsConfig(source="", preset="gsm8k-train", offset=-1).validate()[0]
+    assert "at least 1, got 0" in ProblemsConfig(source="", preset="gsm8k-train", max_solution_steps=0).validate()[0]
+    with pytest.raises(ConfigError, match=r"1961 problems with at most 2 steps of 7473, so offset 1961 leaves none"):
+        problems.load(ProblemsConfig(source="", preset="gsm8k-train", max_solution_steps=2, offset=1961))
 
 
 def test_missing_fields_listed(benchmarks_dir):
