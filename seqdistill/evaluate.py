@@ -12,7 +12,10 @@ chunks of `chunk_size`, each written whole to MODEL/BENCHMARK/chunks/ and seeded
 rerun skips the pairs already scored and the chunks already sampled, and draws what an
 uninterrupted run would have. A model entry with `checkpoints: SFT_OUTPUT_DIR` scores every
 checkpoint-STEP sft saved (LoRA adapters served on the base, unmerged) as a row NAME@STEP, and draws pass@1
-by step in OUTPUT_DIR/pass_at_1_by_step.png, so the best checkpoint can be picked, not the last.
+by step in OUTPUT_DIR/pass_at_1_by_step.png, so the best checkpoint can be picked, not the last. With
+`thinking_budget: [B1, B2, ...]` every benchmark is scored again under each budget as BENCHMARK@thinkB (the think
+block cut at B tokens, closed, and the answer forced: s1's budget forcing, see `thinking`), and pass@1 against the
+budget is drawn in OUTPUT_DIR/pass_at_1_by_budget.png.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import engine, hub, judge, metrics, models, problems as problemslib, prompts, store, trackers, verify
+from seqdistill import card, engine, hub, judge, metrics, models, problems as problemslib, prompts, store, thinking, trackers
+from seqdistill import verify
 from seqdistill import config as configlib
 from seqdistill.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
@@ -37,6 +41,8 @@ from seqdistill.verify import AnswerConfig
 log = logging.getLogger(__name__)
 EMBEDDED_HELDOUT = "embedded-heldout"
 STEPS_FIGURE = "pass_at_1_by_step.png"  # pass@1 against the training step of `checkpoints` entries
+BUDGET_FIGURE = "pass_at_1_by_budget.png"  # pass@1 against thinking_budget
+BUDGET_MARK = "@think"  # BENCHMARK@thinkB: a benchmark scored under thinking budget B
 
 
 @dataclass
@@ -64,11 +70,16 @@ class BenchmarkConfig(ProblemSource):
     name: str = ""
     source: str = ""  # empty: the preset's hub dataset (or the embedded held-out set)
     samples: int | None = None  # k samples per problem; None: the preset's default, else sampling.n
+    # think-block tokens before it is closed and the answer forced (eval's thinking_budget makes one entry per
+    # budget); None: no budget
+    thinking_budget: int | None = None
 
     def validate(self) -> list[str]:
         known = [*PRESETS, EMBEDDED_HELDOUT]
         if not self.name:
             return ["every benchmark needs a name"]
+        if BUDGET_MARK in self.name and self.thinking_budget is None:
+            return [f"benchmark {self.name}: names with {BUDGET_MARK} are kept for the entries thinking_budget makes; rename it"]
         if self.name not in known and not self.source and not self.preset:
             return [f"unknown benchmark {self.name!r}: known ones are {', '.join(known)}; "
                     "or give a preset (a slice of it: offset, num_problems) or a source file with its field mapping"]
@@ -97,6 +108,14 @@ class EvalConfig:
     code: CodeConfig = field(default_factory=CodeConfig)  # the sandbox that runs code benchmarks' tests
     pass_k: list[int] = field(default_factory=lambda: [1])  # pass@k and maj@k for each k (k <= samples); n always added
     greedy: bool = False  # temperature 0 and one sample per problem
+    # s1's budget forcing: each benchmark scored again under each budget B as BENCHMARK@thinkB: the think block is cut
+    # at B tokens (or ends), closed with </think>, and the answer sampled after it; pass@1 by budget is drawn
+    thinking_budget: list[int] = field(default_factory=list)
+    # a think block that ends sooner is continued after "Wait" (s1; at most 4 times, within the budget); 0: never
+    min_thinking_tokens: int = 0
+    answer_tokens: int = 256  # under a budget (or min_thinking_tokens): the answer's tokens after the think block
+    # written after the closed think block to start the answer (s1: "Final Answer:"), e.g. "The answer is \\boxed{"
+    answer_prefix: str = ""
     compare: list[list[str]] = field(default_factory=list)  # [[baseline, model], ...] by name: pass@1 difference ± paired s.e. and flipped problems
     chunk_size: int = 256  # problems per part file: the unit of resume (each chunk is seeded on its own)
     overwrite: bool = False
@@ -130,6 +149,11 @@ class EvalConfig:
             errors.append(f"model names must be unique, got {labels}; set name: for each")
         if self.chunk_size < 1:
             errors.append(f"chunk_size must be at least 1, got {self.chunk_size}")
+        budgets = [*self.thinking_budget, *(b.thinking_budget for b in self.benchmarks if b.thinking_budget is not None)]
+        errors += thinking.check([self.engine_of(m) for m in entries], budgets, self.min_thinking_tokens,
+                                 self.answer_tokens)
+        if len(set(self.thinking_budget)) != len(self.thinking_budget):
+            errors.append(f"thinking_budget lists a budget twice: {self.thinking_budget}")
         if not self.models or not self.benchmarks:
             errors.append("give at least one model and one benchmark")
         errors += self.compare_problems()
@@ -160,6 +184,44 @@ class EvalConfig:
             return 1
         preset = b.problems_config().preset  # a benchmark named freely keeps its preset's samples
         return b.samples or (PRESETS[preset].samples if preset in PRESETS else self.sampling.n)
+
+    def thinks(self, b: BenchmarkConfig) -> bool:
+        """`b` is sampled in phases (a think block with a budget or a minimum, then the answer)."""
+        return b.thinking_budget is not None or self.min_thinking_tokens > 0
+
+    def max_response_tokens(self, b: BenchmarkConfig) -> int:
+        if not self.thinks(b):
+            return self.sampling.max_tokens
+        # the prefix's characters bound its tokens
+        return thinking.longest(b.thinking_budget or self.sampling.max_tokens, self.answer_tokens + len(self.answer_prefix))
+
+
+# ---------------------------------------------------------------- thinking budgets
+
+
+def budgeted(cfg: EvalConfig) -> list[BenchmarkConfig]:
+    """Each benchmark without a budget of its own once per `thinking_budget`, as NAME@thinkB (all as they are without)."""
+    out = []
+    for b in cfg.benchmarks:
+        if b.thinking_budget is not None or not cfg.thinking_budget:
+            out.append(b)
+            continue
+        source = {f.name: getattr(b.problems_config(), f.name) for f in dataclasses.fields(ProblemSource)}
+        out += [BenchmarkConfig(**source, name=f"{b.name}{BUDGET_MARK}{budget}", samples=cfg.samples(b),
+                                thinking_budget=budget) for budget in cfg.thinking_budget]
+    return out
+
+
+def budget_series(results: dict) -> dict[str, dict[int, dict]]:
+    """The budgeted benchmarks by model and budget: {MODEL: {B: {benchmark: result}}} (benchmark without @thinkB)."""
+    series = {}
+    for model, per_bench in results.items():
+        for bench, r in per_bench.items():
+            budget = (r.get("thinking") or {}).get("budget")
+            if budget is not None:
+                base = bench.rpartition(BUDGET_MARK)[0] if BUDGET_MARK in bench else bench
+                series.setdefault(model, {}).setdefault(budget, {})[base] = r
+    return {model: dict(sorted(b.items())) for model, b in series.items() if len(b) > 1}
 
 
 # ---------------------------------------------------------------- every checkpoint of an sft run
@@ -212,10 +274,12 @@ def expand(entries: list[ModelEntry]) -> list[ModelEntry]:
 
 
 def with_checkpoints(cfg: EvalConfig) -> EvalConfig:
-    """`cfg` with its `checkpoints` expanded and checked again: in a pipeline they exist only once sft has run."""
-    if not any(m.checkpoints for m in cfg.models):
+    """`cfg` with its `checkpoints` and thinking budgets expanded, checked again: in a pipeline checkpoints exist only
+    once sft has run."""
+    if not any(m.checkpoints for m in cfg.models) and not cfg.thinking_budget:
         return cfg
-    work = dataclasses.replace(cfg, models=expand(cfg.models))  # nothing is planned any more: all must exist now
+    # nothing is planned any more: all must exist now
+    work = dataclasses.replace(cfg, models=expand(cfg.models), benchmarks=budgeted(cfg))
     errors = work.validate()
     if errors:
         raise ConfigError(errors)
@@ -225,7 +289,8 @@ def with_checkpoints(cfg: EvalConfig) -> EvalConfig:
 def output_layout(cfg: EvalConfig) -> store.Layout:
     per_model = tuple(f"models.*.{key}" for key in engine.OPERATIONAL)  # a model's own engine, as eval's
     samples = tuple(m.label() for m in expand(cfg.models))  # compare is read off the saved samples: changing it samples nothing
-    return store.Layout(owned=(*samples, store.RESULTS_FILE, store.RESULTS_TABLE, STEPS_FIGURE, "runs", hub.MARKER),
+    return store.Layout(owned=(*samples, store.RESULTS_FILE, store.RESULTS_TABLE, STEPS_FIGURE, BUDGET_FIGURE, "runs",
+                               hub.MARKER),
                         marker=store.RESULTS_FILE,
                         ignore=(*engine.OPERATIONAL, *per_model, *judge.OPERATIONAL, "push_to_hub", "hub", "report_to",
                                 "run_name"),
@@ -255,7 +320,8 @@ def check(cfg: EvalConfig):
         base, eng_cfg = key[0], cfg.engine_of(entries[0])
         batches[key] = {name: engine.make_prompts(resolved[base], eng_cfg, cfg.prompt, texts, range(len(texts)))
                         for name, texts in users.items()}
-        engine.preflight(resolved[base], eng_cfg, batches[key], cfg.sampling.max_tokens)
+        longest = max(cfg.max_response_tokens(b) for b in cfg.benchmarks)  # under a budget: all phases together
+        engine.preflight(resolved[base], eng_cfg, batches[key], longest)
     return benchmarks, resolved, groups, batches
 
 
@@ -274,16 +340,29 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
         opener = lambda: engine.open_engine(resolved[base], eng_cfg, (llms or {}).get(base), **extra)  # noqa: E731
         with engine.lazy(opener) as get_engine:
             for m in entries:
-                for b in cfg.benchmarks:
+                for b in work.benchmarks:
                     if not (out / m.label() / b.name / store.RESULTS_FILE).is_file():
                         failures += evaluate(cfg, get_engine, m, b, entries.index(m), benchmarks[b.name], batch[b.name], out)
     if failures:
         raise ConfigError(f"{len(failures)} requests failed after retries (first: {failures[0]}); "
                           "rerun the same command to retry only those")
     results = collect(work, out)
+    if not cfg.planned:  # `seqdistill run` does this itself, after its eval stage
+        scores_on_sft_cards(work, out)
     trackers.log_figures(cfg.report_to, out, "eval", cfg.run_name, figures(results), configlib.to_dict(cfg))
     hub.push("eval", cfg)
     return results
+
+
+def scores_on_sft_cards(cfg: EvalConfig, out: Path) -> None:
+    """A model that is an sft output (SFT_DIR/model or SFT_DIR/merged, with its card) gets its scores on its model
+    cards, pushed again where that sft pushed them: what `seqdistill run` does after its eval stage."""
+    dirs = {Path(m.adapter or m.model).expanduser().resolve().parent for m in cfg.models
+            if Path(m.adapter or m.model).name in ("model", "merged")}
+    for sft_dir in sorted(d for d in dirs if (d / "metrics.json").is_file()):
+        for path in card.add_eval_results(sft_dir, out):
+            log.info("eval results -> %s", path)
+        hub.push_saved_cards(sft_dir, "eval")
 
 
 def figures(results: dict) -> dict:
@@ -328,25 +407,38 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     req = engine.Request(sampling, think_tag=cfg.answer.think_tag,
                          lora=(m.label(), lora_id + 1, m.adapter) if m.adapter else None)
     where = out / m.label() / b.name
-    decode = None
+    tokenizer, thought = None, None
 
     def to_rows(i: int, output: engine.Output) -> list[dict]:
-        nonlocal decode
-        if decode is None and batch[i].token_ids is not None:
-            decode = models.load_tokenizer(models.resolve(m.model)).decode
-        prompt = decode(batch[i].token_ids) if batch[i].token_ids is not None else "\n".join(
+        prompt = tok().decode(batch[i].token_ids) if batch[i].token_ids is not None else "\n".join(
             f"{msg['role']}: {msg['content']}" for msg in batch[i].messages)  # exactly what the model read
         texts = [cfg.prompt.prefill + c.text for c in output.completions]
         judged = verify.judge_many(texts, [rows[i]] * len(texts), cfg.answer, cfg.code)  # programs run in parallel
-        return [record(rows[i], prompt, j, text, c, v) for j, (text, c, v) in enumerate(zip(texts, output.completions, judged))]
+        return [record(rows[i], prompt, j, text, c, v) | (thought[i][j] if thought else {})
+                for j, (text, c, v) in enumerate(zip(texts, output.completions, judged))]
+
+    def tok():
+        nonlocal tokenizer
+        if tokenizer is None:
+            tokenizer = models.load_tokenizer(models.resolve(m.model))
+        return tokenizer
 
     # every model sees the same seeds; a resume draws the same
-    parts = engine.sample_in_chunks(get_engine, batch, where / "chunks", req, seed_key=(cfg.engine_of(m).seed,),
-                                    chunk_size=cfg.chunk_size, to_rows=to_rows, desc=f"{m.label()} on {b.name}")
+    how = dict(seed_key=(cfg.engine_of(m).seed,), chunk_size=cfg.chunk_size, desc=f"{m.label()} on {b.name}")
+    if cfg.thinks(b):  # in phases, each resumable: think (within the budget), Wait, answer
+        outputs, thought, parts = thinking.sample(
+            get_engine, batch, where / "chunks", req, encode=lambda text: tok().encode(text, add_special_tokens=False),
+            budget=b.thinking_budget, min_tokens=cfg.min_thinking_tokens, answer_tokens=cfg.answer_tokens,
+            answer_prefix=cfg.answer_prefix, **how)
+    else:
+        parts = engine.sample_in_chunks(get_engine, batch, where / "chunks", req, to_rows=to_rows, **how)
     summary = engine.chunk_summary(parts, cfg.engine_of(m))
     if summary["failed_requests"]:
         return [e["error"] for p in parts for e in json.loads(p.with_suffix(".json").read_text())["failed"].values()]
-    samples = store.read_parquet(parts).to_list()
+    if cfg.thinks(b):
+        samples = [row for i, output in enumerate(outputs) for row in to_rows(i, output)]
+    else:
+        samples = store.read_parquet(parts).to_list()
     judged = judge_samples(cfg, samples, rows, where / judge.JOURNAL) if cfg.answer.judge.model is not None else None
     code, exact = verify.is_code(rows[0]), verify.is_reasoning_gym(rows[0])
     per_problem = per_problem_records(samples, code, exact)
@@ -367,11 +459,18 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     })
     if "usage" in summary:
         result["requests"] = summary["usage"]
+    if cfg.thinks(b):  # the think blocks: their budget, how long they ran, how often the budget cut them
+        result["thinking"] = {"budget": b.thinking_budget, "min_tokens": cfg.min_thinking_tokens,
+                              "answer_tokens": cfg.answer_tokens, "answer_prefix": cfg.answer_prefix,
+                              "mean_thinking_tokens": round(sum(r["thinking_tokens"] for r in samples) / len(samples), 1),
+                              "budget_hit_share": round(sum(r["budget_hit"] for r in samples) / len(samples), 4),
+                              "mean_waits": round(sum(r["waits"] for r in samples) / len(samples), 3)}
     if judged is not None:  # pass@1 counts what the judge found correct: the table marks it
         result["judge"] = judged
     if result["truncated_share"] > 0.05:
-        log.warning("%s on %s: %.0f%% of responses hit max_tokens=%d; scores are biased low, raise sampling.max_tokens",
-                    m.label(), b.name, 100 * result["truncated_share"], cfg.sampling.max_tokens)
+        limit = ("answer_tokens", cfg.answer_tokens) if cfg.thinks(b) else ("sampling.max_tokens", cfg.sampling.max_tokens)
+        log.warning("%s on %s: %.0f%% of responses hit %s=%d; scores are biased low, raise it", m.label(), b.name,
+                    100 * result["truncated_share"], *limit)
     store.write_parquet(samples, where / "samples.parquet")
     store.write_text(where / store.RESULTS_FILE, json.dumps(result, indent=2))  # written last: marks the pair done
     log.info("%s on %s: pass@1 %.3f ± %.3f", m.label(), b.name, result["pass@1"], result["pass@1_stderr"])
@@ -425,6 +524,9 @@ def collect(cfg: EvalConfig, out: Path) -> dict:
     series = checkpoint_series(results)
     if series:
         log.info("pass@1 by checkpoint step: %s", out / steps_figure(series, out / STEPS_FIGURE))
+    budgets = budget_series(results)
+    if budgets:
+        log.info("pass@1 by thinking budget: %s", out / budget_figure(budgets, out / BUDGET_FIGURE))
     return results
 
 
@@ -448,9 +550,11 @@ def best_steps(results: dict) -> str:
     return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
-def steps_figure(series: dict[str, dict[int, dict]], path: Path) -> str:
-    """pass@1 (± s.e.) of each checkpoint against its training step, one line per benchmark (and `checkpoints` entry);
-    here, not in report (which draws it too, beside report.md), as report imports this module."""
+def steps_figure(series: dict[str, dict[int, dict]], path: Path, by: str = "checkpoint",
+                 xlabel: str = "training step of the checkpoint", log_x: bool = False) -> str:
+    """pass@1 (± s.e.) of each checkpoint against its training step (or of each model against its thinking budget),
+    one line per benchmark (and entry); here, not in report (which draws it too, beside report.md), as report imports
+    this module."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -460,14 +564,23 @@ def steps_figure(series: dict[str, dict[int, dict]], path: Path) -> str:
             ax.errorbar(list(steps), [r[bench]["pass@1"] for r in steps.values()], capsize=3, fmt="-o",
                         yerr=[r[bench]["pass@1_stderr"] for r in steps.values()],
                         label=bench if len(series) == 1 else f"{name} / {bench}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="training step of the checkpoint", ylabel="pass@1 (± s.e.)", ylim=(0, 1.02),
-           title="pass@1 by checkpoint: " + ", ".join(series))
+    if log_x:  # budgets double: each its own tick
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({x for steps in series.values() for x in steps}), labels=None)
+        ax.xaxis.set_major_formatter("{x:.0f}")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=xlabel, ylabel="pass@1 (± s.e.)", ylim=(0, 1.02),
+           title=f"pass@1 by {by}: " + ", ".join(series))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path.name
+
+
+def budget_figure(series: dict[str, dict[int, dict]], path: Path) -> str:
+    return steps_figure(series, path, "thinking budget", "thinking budget (tokens of the think block)", log_x=True)
 
 
 def per_problem_records(samples: list[dict], code: bool = False, exact: bool = False) -> dict[str, dict]:

@@ -25,6 +25,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from seqdistill import store
 from seqdistill.config import ConfigError, first_line
@@ -110,9 +111,9 @@ def reported(repo: str, out: Path):
                        "command to push it again (the stage is done, only the push runs)") from e
 
 
-def push_cards(cfg) -> None:
-    """The sft model cards alone, again (`seqdistill run` after adding eval results to them), to the repos the sft
-    push filled: nothing before that push went through, and nothing when pushed.json records these very cards."""
+def push_cards(cfg, by: str = "run") -> None:
+    """The sft model cards alone, again (`seqdistill run` or `eval` after adding eval results to them), to the repos
+    the sft push filled: nothing before that push went through, and nothing when pushed.json records these very cards."""
     out, marker = Path(cfg.output_dir), Path(cfg.output_dir) / MARKER
     if not cfg.push_to_hub or not marker.is_file():
         return
@@ -125,10 +126,18 @@ def push_cards(cfg) -> None:
     with reported(cfg.push_to_hub, out):
         for repo, folder in sft_repos(cfg, out):
             info = api.upload_file(path_or_fileobj=str(folder / "README.md"), path_in_repo="README.md", repo_id=repo,
-                                   commit_message="seqdistill run: eval results on the model card", revision=cfg.hub.revision)
+                                   commit_message=f"seqdistill {by}: eval results on the model card", revision=cfg.hub.revision)
             pushed.setdefault("commits", []).append(info.commit_url)
     store.write_text(marker, json.dumps({**pushed, "cards": cards}, indent=2))
     log.info("model cards with eval results pushed to %s", ", ".join(cards))
+
+
+def push_saved_cards(sft_dir: Path, by: str) -> None:
+    """push_cards for an sft run known only by its output directory (its saved settings say where it pushed)."""
+    saved = store.saved_config(sft_dir).get("config") or {}
+    if saved.get("push_to_hub"):
+        push_cards(SimpleNamespace(output_dir=str(sft_dir), push_to_hub=saved["push_to_hub"],
+                                   method=saved.get("method", "lora"), hub=HubConfig(**(saved.get("hub") or {}))), by)
 
 
 def push_generate(cfg, out: Path, message: str) -> list[str]:

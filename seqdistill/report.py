@@ -121,6 +121,10 @@ def results_section(run: Path, results: dict) -> list[str]:
     if series:
         parts += ["### pass@1 by checkpoint\n",
                   f"![pass@1 by step]({evaluate.steps_figure(series, run / evaluate.STEPS_FIGURE)})\n"]
+    budgets = evaluate.budget_series(results)
+    if budgets:
+        parts += ["### pass@1 by thinking budget\n",
+                  f"![pass@1 by budget]({evaluate.budget_figure(budgets, run / evaluate.BUDGET_FIGURE)})\n"]
     for model, per_bench in results.items():
         for bench, r in per_bench.items():
             for base, c in r.get("compare", {}).items():

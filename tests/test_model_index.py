@@ -221,3 +221,35 @@ def test_updated_cards_pushed_once(standin, tmp_path):
         assert ModelCard(pushed.decode()).data.eval_results
     marker = json.loads((tmp_path / "sft" / hub.MARKER).read_text())
     assert set(marker["cards"]) == {"me/student", "me/student-merged"} and len(marker["commits"]) == 4
+
+
+def test_a_standalone_eval_puts_its_scores_on_the_sft_cards_and_pushes_them(standin, tmp_path):
+    """`seqdistill eval` of an sft output (no pipeline): the scores on its model cards, the cards pushed again to the
+    repos the sft push filled (its saved settings say which)."""
+    sft_cfg = write_sft(tmp_path / "sft", merge=True)
+    configlib.save(sft_cfg, tmp_path / "sft" / store.CONFIG_FILE)
+    after = evaluate.ModelEntry(str(tmp_path / "sft" / "merged"), name="student-after")
+    write_eval(tmp_path / "eval", after)
+    before = (tmp_path / "sft" / "merged" / "README.md").read_text()
+    script = textwrap.dedent(f"""
+        from seqdistill import evaluate, hub, sft
+        import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_model_index import eval_config
+        from pathlib import Path
+        hub.push("sft", sft.SFTStageConfig(output_dir={str(tmp_path / 'sft')!r}, merge=True, push_to_hub="me/student"))
+        cfg = eval_config(Path({str(tmp_path / 'eval')!r}), evaluate.ModelEntry({after.model!r}, name="student-after"))
+        for _ in range(2):  # a rerun changes nothing and pushes nothing
+            evaluate.scores_on_sft_cards(cfg, Path(cfg.output_dir))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_ENDPOINT=standin.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"),
+               HF_TOKEN=TOKEN)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for repo_id, folder in (("me/student", "model"), ("me/student-merged", "merged")):
+        repo = standin.repo(repo_id)
+        assert [c["message"] for c in repo.commits] == ["seqdistill sft: student",
+                                                         "seqdistill eval: eval results on the model card"]
+        text = (tmp_path / "sft" / folder / "README.md").read_text()
+        assert repo.files()["README.md"].decode() == text and "## Evaluation" in text and "student-after" in text
+    assert before != (tmp_path / "sft" / "merged" / "README.md").read_text()
