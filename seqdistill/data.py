@@ -57,7 +57,8 @@ class TrainingData:
             tables, mixture = [(table, cfg.dataset)], None
         ensure_chat_template(tokenizer, cfg.chat_template)
         eot = end_of_turn(tokenizer, kwargs)
-        teacher = ", ".join(sorted({t["teacher"][0] for t, _ in tables if "teacher" in t.column_names and len(t)})) or None
+        # every teacher the rows name (a generate run with several teachers: each of them)
+        teacher = ", ".join(sorted({name for t, _ in tables if "teacher" in t.column_names for name in set(t["teacher"])})) or None
         aligner = check_kd(cfg, tables[0][0], tokenizer, teacher) if cfg.kd.mode != "none" else None
         convert = partial(to_kd_rows, aligner=aligner) if cfg.kd.mode == "offline" else to_prompt_completion
         pairs = mix(tables, tokenizer, eot, kwargs) if mixture else convert(tables[0][0], tokenizer, eot, cfg.dataset, kwargs)

@@ -11,7 +11,9 @@ config. With preference.pairs, OUTPUT_DIR/data/preference.parquet holds DPO pair
 against a wrong or truncated one of the same problem). With answer.judge, an LLM reads the samples no rule
 decided when the dataset is joined (seqdistill.judge; its replies in OUTPUT_DIR/judge.jsonl). Work is written
 chunk by chunk under OUTPUT_DIR/samples/; rerunning the same command resumes. `num_shards`/`shard_index` split a run into
-disjoint parts for N jobs on N machines.
+disjoint parts for N jobs on N machines. `teachers` (instead of `model`) samples from several teachers, one after the
+other, each with its own engine: every problem from each (or, with weights, from one drawn by weight); the rows name
+their teacher, and the per-problem filters choose across teachers.
 """
 
 from __future__ import annotations
@@ -44,8 +46,24 @@ OUTPUT = store.Layout(owned=("samples", "data", "README.md", store.STATS_FILE, "
 
 
 @dataclass
+class TeacherEntry:
+    model: str  # hub id, local dir, .gguf, or embedded:NAME
+    name: str | None = None  # the rows' `teacher` and its samples folder; default: the model path's last part
+    engine: EngineConfig | None = None  # this teacher's own engine (e.g. a served one: backend openai); None: generate's
+    # with weights (every teacher one): each problem is sampled from one teacher, drawn by weight (seeded by the
+    # problem); without: every teacher samples every problem
+    weight: float | None = None
+
+    def label(self) -> str:
+        return self.name or Path(self.model.replace("embedded:", "")).name
+
+
+@dataclass
 class GenerateConfig:
     model: str = models.DEFAULT_MODEL  # the teacher: hub id, local dir, .gguf, or embedded:NAME
+    # several teachers instead of `model`: [{model, name, engine, weight}], sampled one after the other; the rows'
+    # `teacher` column names each, filters.max_per_problem and prefer choose across them, the card counts each
+    teachers: list[TeacherEntry] = field(default_factory=list)
     output_dir: str = "outputs/generate"
     problems: ProblemsConfig = field(default_factory=ProblemsConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -67,29 +85,75 @@ class GenerateConfig:
     run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
 
     def validate(self) -> list[str]:
-        errors = [f"model: {p}" for p in models.check(self.model)]
+        errors = [f"model: {p}" for p in models.check(self.model)] + self.teacher_problems()
         if self.chunk_size < 1:
             errors.append(f"chunk_size must be at least 1, got {self.chunk_size}")
         if self.teacher_logprobs:
             errors += kd.check_logprobs_k(self.logprobs_k, self.engine)
         if not 0 <= self.shard_index < self.num_shards:
             errors.append(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
-        errors += engine.check_backend(self.engine, self.sampling, self.prompt.prefill)
+        for t in self.teacher_list():
+            where = f"teachers[{t.label()}]: " if self.teachers else ""
+            errors += [where + p for p in engine.check_backend(self.engine_of(t), self.sampling, self.prompt.prefill)]
+            errors += [where + p for p in prompts.check_served_chat(self.prompt, self.engine_of(t))]
         errors += judge.check(self.answer.judge)
-        errors += prompts.check_served_chat(self.prompt, self.engine)
         named = [filters.eval_preset(src) for src in self.filters.decontaminate]
         sources = [("problems", self.problems), *((f"problems.mix[{k}]", m) for k, m in enumerate(self.problems.mix))]
         for where, source in sources:
             errors += [f"{where}.{p}" for p in rgym.benchmark_tasks(source, named, "filters.decontaminate")]
         return errors + hub.check(self.push_to_hub) + trackers.check(self.report_to)
 
+    def teacher_problems(self) -> list[str]:
+        if not self.teachers:
+            return []
+        errors = [f"teachers[{t.label()}].model: {p}" for t in self.teachers for p in models.check(t.model)]
+        if self.model != models.DEFAULT_MODEL:
+            errors.append("give the teacher in model or the teachers in teachers, not both")
+        labels = [t.label() for t in self.teachers]
+        if len(set(labels)) != len(labels):
+            errors.append(f"teacher names must be unique, got {labels}; set name: for each")
+        errors += [f"teachers: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
+                   for name in labels if not name or not all(c.isalnum() or c in "._-" for c in name)]
+        weights = [t.weight for t in self.teachers]
+        if any(w is not None for w in weights) and (None in weights or min(weights) <= 0):
+            errors.append(f"teachers: give every teacher a weight > 0 (each problem then goes to one, drawn by weight), "
+                          f"or none (each samples every problem); got {weights}")
+        if self.teacher_logprobs and len(self.teachers) > 1:
+            errors.append("teacher_logprobs with several teachers would mix their distributions in one KD target; "
+                          "generate each teacher's traces with log-probs in a run of its own")
+        return errors
+
+    def teacher_list(self) -> list[TeacherEntry]:
+        """The teachers: `teachers`, or `model` as the one teacher (its rows' `teacher` is the model reference)."""
+        return self.teachers or [TeacherEntry(self.model, name=self.model)]
+
+    def engine_of(self, t: TeacherEntry) -> EngineConfig:
+        return t.engine or self.engine
+
+    def assigned(self, rows: list[dict]) -> dict[str, list[int]]:
+        """Which rows each teacher samples: all of them, or (weights) each row to one teacher drawn by weight."""
+        teachers = self.teacher_list()
+        if teachers[0].weight is None:
+            return {t.label(): list(range(len(rows))) for t in teachers}
+        total, out = sum(t.weight for t in teachers), {t.label(): [] for t in teachers}
+        for i, row in enumerate(rows):  # seeded by the problem: the same teacher in every shard and rerun
+            u, acc = engine.chunk_seed(self.engine.seed, "teacher", row["_index"]) / 2 ** 32 * total, 0.0
+            for t in teachers:
+                acc += t.weight
+                if u < acc or t is teachers[-1]:
+                    out[t.label()].append(i)
+                    break
+        return out
+
 
 def check(cfg: GenerateConfig):
     """Everything that can fail, checked before the engine starts or a request is sent (`seqdistill run` calls
     it before its first stage), the judge's server included: (model path, problem rows, sandbox, user prompts,
     engine prompts, vocab size, problem funnel)."""
-    engine.check_devices(cfg.engine)  # data-parallel ranks the node can hold
-    model_path = models.resolve(cfg.model)
+    teachers = cfg.teacher_list()
+    for t in teachers:
+        engine.check_devices(cfg.engine_of(t))  # data-parallel ranks the node can hold
+    paths = {t.label(): models.resolve(t.model) for t in teachers}
     problem_funnel: dict[str, int] = {}
     rows = select_problems(cfg, problem_funnel)
     verify.check_golds(rows, cfg.answer, "problems", cfg.problems.source or cfg.problems.preset)
@@ -97,33 +161,45 @@ def check(cfg: GenerateConfig):
     isolation = check_sandbox(cfg.code, rows)
     template = prompts.load_template(cfg.prompt.template)
     users = [prompts.render(template, row) for row in rows]
-    batch = engine.make_prompts(model_path, cfg.engine, cfg.prompt, users, [row["_index"] for row in rows])
-    engine.preflight(model_path, cfg.engine, {"problems": batch}, cfg.sampling.max_tokens)
-    vocab = models.vocab_size(model_path) if cfg.teacher_logprobs else 0
-    return model_path, rows, isolation, users, batch, vocab, problem_funnel
+    batches = {}  # each teacher's prompts, as its backend takes them (its own chat template)
+    for t in teachers:
+        batches[t.label()] = engine.make_prompts(paths[t.label()], cfg.engine_of(t), cfg.prompt, users,
+                                                 [row["_index"] for row in rows])
+        engine.preflight(paths[t.label()], cfg.engine_of(t), {"problems": batches[t.label()]}, cfg.sampling.max_tokens)
+    vocab = models.vocab_size(paths[teachers[0].label()]) if cfg.teacher_logprobs else 0
+    return paths, rows, isolation, users, batches, vocab, problem_funnel
 
 
 def run(cfg: GenerateConfig, llm=None, checked: tuple | None = None) -> dict:
     """Generate, filter and write the dataset; returns the stats. `llm` reuses a running vLLM engine (tests);
     `checked` is what `check(cfg)` returned when the caller (`seqdistill run`) has just called it."""
     out = Path(cfg.output_dir)
-    model_path, rows, isolation, users, batch, vocab, problem_funnel = checked or check(cfg)
+    paths, rows, isolation, users, batches, vocab, problem_funnel = checked or check(cfg)
     think = cfg.filters.require_think if cfg.filters.require_think is not None else f"<{cfg.answer.think_tag}>" in cfg.prompt.prefill
     OUTPUT.prepare(out, cfg, cfg.overwrite)
-
-    # ---- sample chunk by chunk; each finished chunk is one atomic file ----
-    def to_rows(i: int, output: engine.Output) -> list[dict]:
-        samples = build_samples(cfg, rows[i], users[i], output, vocab)
-        return filters.apply(samples, rows[i]["answer"], cfg.filters, cfg.answer, think, problem=rows[i], code_cfg=cfg.code)
 
     req = engine.Request(cfg.sampling, logprobs_k=cfg.logprobs_k if cfg.teacher_logprobs else 0,
                          think_tag=cfg.answer.think_tag)
     shard_dir = out / "samples" / f"shard-{cfg.shard_index:05d}-of-{cfg.num_shards:05d}"
-    opener = lambda: engine.open_engine(model_path, cfg.engine, llm, max_logprobs=max(20, cfg.logprobs_k))  # noqa: E731
-    with engine.lazy(opener) as get_engine:
-        parts = engine.sample_in_chunks(get_engine, batch, shard_dir, req, chunk_size=cfg.chunk_size, to_rows=to_rows,
-                                        seed_key=(cfg.engine.seed, cfg.shard_index, cfg.num_shards),
-                                        features=sample_features(), desc=f"shard {cfg.shard_index}")
+    teachers, assigned, parts = cfg.teacher_list(), cfg.assigned(rows), []
+    for k, t in enumerate(teachers):  # one teacher after the other, each engine released before the next starts
+        mine, eng_cfg = assigned[t.label()], cfg.engine_of(t)
+
+        # ---- sample chunk by chunk; each finished chunk is one atomic file ----
+        def to_rows(i: int, output: engine.Output) -> list[dict]:
+            row = rows[mine[i]]
+            samples = build_samples(cfg, row, users[mine[i]], output, vocab, t.label(), first=k * cfg.sampling.n)
+            return filters.apply(samples, row["answer"], cfg.filters, cfg.answer, think, problem=row, code_cfg=cfg.code)
+
+        where, seed_key = shard_dir, (eng_cfg.seed, cfg.shard_index, cfg.num_shards)
+        if cfg.teachers:  # a folder and seeds of each teacher's own
+            where, seed_key = shard_dir / t.label(), (*seed_key, t.label())
+        reuse = llm.get(t.model) if isinstance(llm, dict) else llm
+        opener = lambda: engine.open_engine(paths[t.label()], eng_cfg, reuse, max_logprobs=max(20, cfg.logprobs_k))  # noqa: E731
+        with engine.lazy(opener) as get_engine:
+            parts += engine.sample_in_chunks(get_engine, [batches[t.label()][i] for i in mine], where, req,
+                                             chunk_size=cfg.chunk_size, to_rows=to_rows, seed_key=seed_key,
+                                             features=sample_features(), desc=f"shard {cfg.shard_index}" + (f", {t.label()}" if cfg.teachers else ""))
     done = {"chunks": len(parts), "problems": len(rows), "isolation": isolation, "problem_funnel": problem_funnel}
     store.write_text(shard_dir / "DONE", json.dumps(done))
     return assemble(cfg, out)
@@ -156,7 +232,9 @@ def select_problems(cfg: GenerateConfig, funnel: dict | None = None) -> list[dic
     return rows
 
 
-def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Output, vocab: int) -> list[dict]:
+def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Output, vocab: int, teacher: str,
+                  first: int = 0) -> list[dict]:
+    """A problem's samples as rows; `first`: the first sample_index (a later teacher's follow the earlier ones')."""
     msgs = prompts.messages(user, cfg.prompt)
     samples = []
     for j, completion in enumerate(output.completions):
@@ -165,14 +243,14 @@ def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Outp
             "messages": [*msgs, {"role": "assistant", "content": text}],
             "problem_id": row["id"],
             "problem_index": row["_index"],
-            "sample_index": j,
+            "sample_index": first + j,
             "question": row["question"],
             "gold": row["answer"],
             "completion": text,
             "finish_reason": completion.finish_reason,
             "prompt_tokens": output.prompt_tokens,
             "completion_tokens": completion.tokens,
-            "teacher": cfg.model,
+            "teacher": teacher,
             "prefill": cfg.prompt.prefill,
             "teacher_topk": topk.encode(*completion.topk, vocab) if cfg.teacher_logprobs else None,
         })
@@ -286,7 +364,7 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     if missing:
         log.info("shard done; waiting for %s before joining the dataset", ", ".join(missing))
         return {"waiting_for": missing}
-    parts = sorted(p for d in shard_dirs for p in d.glob("chunk-*.parquet"))
+    parts = sorted(p for d in shard_dirs for p in d.rglob("chunk-*.parquet"))  # with teachers: one folder each
     samples = store.read_parquet(parts).sort(["problem_index", "sample_index"])
     judged = None
     if cfg.answer.judge.model is not None:  # before the per-problem filters, which count what it finds correct
@@ -310,8 +388,11 @@ def assemble(cfg: GenerateConfig, out: Path) -> dict:
     stats["failed_requests"] = summary["failed_requests"]
     if "usage" in summary:
         stats["requests"] = summary["usage"]
+    if cfg.teachers:  # each teacher's own funnel and pass@1 on its samples
+        stats["teachers"] = {t.label(): card.teacher_stats(samples, t.label()) for t in cfg.teachers}
     if cfg.teacher_logprobs:
-        stats["teacher_logprobs"] = topk.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(cfg.model)))
+        teacher = cfg.teacher_list()[0].model
+        stats["teacher_logprobs"] = topk.storage_stats(train, cfg.logprobs_k, models.vocab_size(models.resolve(teacher)))
     store.write_text(out / "README.md", card.dataset_card(cfg, stats))
     if cfg.filters.pass_rate and not stats["funnel"]["kept"]:
         r = stats["pass_rate"]

@@ -116,10 +116,12 @@ def load(path: str, overrides: list[str]) -> PipelineConfig:
 def default_models(cfg: PipelineConfig) -> list[ModelEntry]:
     """Teacher, untouched student and distilled student (merged model, else the adapter)."""
     entries = []
-    if cfg.generate:
-        entries.append(ModelEntry(cfg.generate.model, name="teacher"))
+    teachers = cfg.generate.teacher_list() if cfg.generate else []
+    for t in teachers:  # several: each by its name
+        entries.append(ModelEntry(t.model, name=f"teacher-{t.label()}" if cfg.generate.teachers else "teacher",
+                                  engine=t.engine))
     if cfg.sft:
-        if cfg.generate is None or cfg.sft.student != cfg.generate.model:
+        if len(teachers) != 1 or cfg.sft.student != teachers[0].model:
             entries.append(ModelEntry(cfg.sft.student, name="student-before"))
         else:
             entries[0].name = "teacher=student-before"
