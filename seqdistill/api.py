@@ -1,7 +1,9 @@
 """The OpenAI-compatible backend: any `vllm serve`, SGLang or hosted API, one replica or a fleet.
 
 One request per (problem, sample), with a seed derived from both, so resumes and retries are
-exact. Answers are journaled as they arrive (one JSON line each, flushed to the OS), so a run
+exact (`samples_per_request` above 1: one request for several samples of a problem, the API's `n`, its prompt
+billed once, with its first sample's seed; each sample is still journaled on its own). Answers are journaled
+as they arrive (one JSON line each, flushed to the OS), so a run
 killed at any moment, SIGKILL included, sends no answered request again. Requests are spread over
 the replicas in `base_url`; a replica that fails is skipped until its back-off has passed. 429,
 5xx, timeouts, dropped connections and malformed answers are retried with exponential back-off and
@@ -132,8 +134,8 @@ class OpenAIEngine:
         `earlier` the usage of the finished chunks (what earlier runs spent)."""
         spent = Budget(self.cfg, sum(u.get("prompt_tokens", 0) for u in earlier),
                        sum(u.get("completion_tokens", 0) for u in earlier))
-        answered = sum(u.get("requests", 0) - u.get("errors", 0) for u in earlier)
-        left = []
+        answered = sum(u.get("answers", u.get("requests", 0) - u.get("errors", 0)) for u in earlier)
+        left, sends = [], []  # the samples to ask for, and the prompt of each request that asks for them
         for (_, _, batch), journal in zip(jobs, journals):
             _, records, todo = self.pending(batch, req, journal)
             for r in records.values():
@@ -141,15 +143,17 @@ class OpenAIEngine:
                     spent.add(r)
                     answered += 1
             left += [p for p, _ in todo]
+            sends += [p for p, _ in self.grouped(todo)]
         chat = any(p.token_ids is None for p in left)
-        # chat prompts are rendered by the server: about 4 characters a token, template not counted
+        # chat prompts are rendered by the server: about 4 characters a token, template not counted; once a request
         prompt = sum(len(p.token_ids) if p.token_ids is not None else
-                     -(-sum(len(str(m.get("content") or "")) for m in p.messages) // 4) for p in left)
+                     -(-sum(len(str(m.get("content") or "")) for m in p.messages) // 4) for p in sends)
         mean = spent.completion_tokens / answered if answered else 1  # a finished answer has at least one token
         low = Budget(self.cfg, spent.prompt_tokens + prompt, spent.completion_tokens + round(len(left) * mean))
         bound = 1 if req.prompt_logprobs_k else req.sampling.max_tokens  # score asks for one token
         high = Budget(self.cfg, spent.prompt_tokens + prompt, spent.completion_tokens + len(left) * bound)
-        line = (f"estimate: {len(left)} requests for {len({p.key for p in left})} prompts, ~{prompt} prompt tokens "
+        asked = f"{len(sends)} requests ({len(left)} samples)" if len(sends) < len(left) else f"{len(left)} requests"
+        line = (f"estimate: {asked} for {len({p.key for p in left})} prompts, ~{prompt} prompt tokens "
                 f"({'characters/4' if chat else 'token ids counted'}), completion between "
                 f"{low.completion_tokens - spent.completion_tokens} and {high.completion_tokens - spent.completion_tokens} "
                 f"tokens (from {f'the mean {mean:.0f} of {answered} answers so far' if answered else '1'} to {bound} "
@@ -179,7 +183,20 @@ class OpenAIEngine:
     def fingerprint(self, req: Request) -> str:
         what = [self.model, asdict(req.sampling), req.logprobs_k, req.prompt_logprobs_k, self.cfg.api,
                 self.cfg.extra_body, self.cfg.seed]
+        if self.cfg.samples_per_request > 1:  # other seeds, other samples (1 keeps the fingerprints it always had)
+            what.append(["samples_per_request", self.cfg.samples_per_request])
         return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def grouped(self, todo: list[tuple[Prompt, int]]) -> list[tuple[Prompt, list[int]]]:
+        """The requests that ask for `todo`'s (prompt, sample)s: (prompt, its samples), up to samples_per_request
+        of a prompt's samples each (`todo` lists a prompt's samples together, in order)."""
+        most, groups = self.cfg.samples_per_request, []
+        for p, j in todo:
+            if groups and groups[-1][0] is p and len(groups[-1][1]) < most:
+                groups[-1][1].append(j)
+            else:
+                groups.append((p, [j]))
+        return groups
 
     def sample(self, prompts: list[Prompt], req: Request, journal: Path | None = None) -> list[Output]:
         """One chunk's outputs (the batch backend's unit; the chunk loop gives a plain server `sample_chunks`)."""
@@ -222,7 +239,7 @@ class OpenAIEngine:
         chunks = [Chunk(k, batch, journal, *self.pending(batch, req, journal))
                   for (k, _, batch), journal in zip(jobs, journals)]
         log_resumed(sum(len(c.prompts) for c in chunks) * req.sampling.n, sum(len(c.todo) for c in chunks))
-        bar = tqdm(total=sum(len(c.todo) for c in chunks), desc="requests", unit="req")
+        bar = tqdm(total=sum(len(self.grouped(c.todo)) for c in chunks), desc="requests", unit="req")
         loop, failed = asyncio.new_event_loop(), []
         main = loop.create_task(self.send_chunks(chunks, req, bar))
 
@@ -266,7 +283,7 @@ class OpenAIEngine:
         """One chunk's requests (`sample`; the batch backend sends them its own way)."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="requests", unit="req")
+        bar = tqdm(total=len(self.grouped(todo)), desc="requests", unit="req")
         try:
             await self.send_chunks([Chunk(0, [], journal, fp, records, todo)], req, bar)
         finally:
@@ -284,21 +301,23 @@ class OpenAIEngine:
         sender, tasks, failed = asyncio.current_task(), set(), []  # tasks: the requests in flight
         try:
             async with httpx.AsyncClient(timeout=self.cfg.timeout, headers=self.headers(), limits=limits) as client:
-                async def one(c: Chunk, p: Prompt, j: int):
+                async def one(c: Chunk, p: Prompt, js: list[int]):
                     try:
-                        record = await self.request(client, p, j, req)
+                        records = await self.request_samples(client, p, js, req)
                     except Exception as e:  # what stops one request here stops them all (sender raises it)
                         failed.append(e)
                         sender.cancel()
                         return
                     finally:
                         gate.release()
-                    record.update(key=f"{p.key}/{j}", fp=c.fp)
-                    c.records[record["key"]] = record
-                    if self.budget and record["ok"]:
-                        self.budget.add(record)
+                    for j, record in zip(js, records):  # one record a sample: resume and outputs_of see no groups
+                        record.update(key=f"{p.key}/{j}", fp=c.fp)
+                        c.records[record["key"]] = record
+                        if self.budget and record["ok"]:
+                            self.budget.add(record)
+                        if c.sink:
+                            c.sink.write(json.dumps(record) + "\n")
                     if c.sink:
-                        c.sink.write(json.dumps(record) + "\n")
                         c.sink.flush()  # in the OS's hands: survives a SIGKILL of this process
                     bar.update()
                     c.left -= 1
@@ -309,15 +328,16 @@ class OpenAIEngine:
                         if i > LOOKAHEAD:
                             await chunks[i - LOOKAHEAD - 1].written.wait()
                         c.open()
-                        for sent, (p, j) in enumerate(c.todo):
+                        groups = self.grouped(c.todo)
+                        for sent, (p, js) in enumerate(groups):
                             await gate.acquire()
                             if self.budget and self.budget.beyond(strict=False):
                                 gate.release()
-                                c.held = len(c.todo) - sent  # not sent; those in flight finish
+                                c.held = len(groups) - sent  # not sent; those in flight finish
                                 self.budget.held += c.held
                                 break
                             c.left += 1
-                            task = asyncio.ensure_future(one(c, p, j))
+                            task = asyncio.ensure_future(one(c, p, js))
                             tasks.add(task)
                             task.add_done_callback(tasks.discard)
                         c.issued = True
@@ -338,7 +358,20 @@ class OpenAIEngine:
 
     async def request(self, client, p: Prompt, j: int, req: Request) -> dict:
         """One (problem, sample) request with retries: a journal record, ok or with its last error."""
-        path, body = self.body(p, j, req)
+        return (await self.request_samples(client, p, [j], req))[0]
+
+    async def request_samples(self, client, p: Prompt, js: list[int], req: Request) -> list[dict]:
+        """One request for samples `js` of a problem, with retries: a journal record a sample, all ok or all with
+        the last error. The request's retries, errors and prompt tokens are on the first record; the others name
+        it (`with`), so the usage counts each request, and the prompt billed, once."""
+        path, body = self.body(p, js[0], req, len(js))
+        first = f"{p.key}/{js[0]}"
+
+        def each(record: dict, records: list[dict] | None = None) -> list[dict]:
+            records = records or [{} for _ in js]
+            return [record | r if i == 0 else {**record, "retries": 0, "errors": 0, **r, "with": first}
+                    for i, r in enumerate(records)]
+
         errors = 0
         for attempt in range(self.cfg.max_retries + 1):
             await self.throttle()
@@ -348,18 +381,18 @@ class OpenAIEngine:
                 resp = await client.post(f"{replica['url']}{path}", json=body)
                 data = self.answer(resp)
                 try:
-                    record = self.parse(data, req)
+                    records = self.parse_samples(data, req, len(js))
                 except ConfigError:  # a server that can't give what the run needs (log-probs as text): no retry helps
                     raise
                 except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
                     raise Retry(f"a malformed answer ({type(e).__name__}: {e})") from e
                 replica["fails"] = 0
-                self.window_add(record["prompt_tokens"] + record["completion_tokens"])
-                return {"ok": True, "retries": attempt, "errors": errors, **record}
+                self.window_add(sum(r["prompt_tokens"] + r["completion_tokens"] for r in records))
+                return each({"ok": True, "retries": attempt, "errors": errors}, records)
             except Retry as e:
                 error, after, down = str(e), e.after, e.down
             except Refused as e:  # this request will not pass however often it is sent: recorded, the run goes on
-                return {"ok": False, "refused": True, "retries": attempt, "errors": errors + 1, "error": str(e)}
+                return each({"ok": False, "refused": True, "retries": attempt, "errors": errors + 1, "error": str(e)})
             except Exception as e:
                 import httpx
 
@@ -374,14 +407,15 @@ class OpenAIEngine:
                 replica["fails"] += 1
                 replica["down_until"] = time.monotonic() + min(300.0, max(delay, min(30.0, 2.0 ** replica["fails"])))
             if attempt < self.cfg.max_retries:
-                log.debug("request %s/%d: %s; retrying in %.1f s", p.key, j, error, delay)
+                log.debug("request %s: %s; retrying in %.1f s", first, error, delay)
                 await asyncio.sleep(min(delay, 300.0))
-        return {"ok": False, "retries": self.cfg.max_retries, "errors": errors, "error": error}
+        return each({"ok": False, "retries": self.cfg.max_retries, "errors": errors, "error": error})
 
-    def body(self, p: Prompt, j: int, req: Request) -> tuple[str, dict]:
+    def body(self, p: Prompt, j: int, req: Request, n: int = 1) -> tuple[str, dict]:
+        """The request for `n` samples of `p` from sample `j` on, with sample j's seed."""
         s = req.sampling
         limit = self.cfg.max_tokens_field  # max_completion_tokens for APIs that refuse max_tokens
-        body = {"model": self.model, "n": 1, "temperature": s.temperature, "top_p": s.top_p, limit: s.max_tokens,
+        body = {"model": self.model, "n": n, "temperature": s.temperature, "top_p": s.top_p, limit: s.max_tokens,
                 "seed": chunk_seed(self.cfg.seed, p.key, j) & 0x7FFFFFFF}
         if s.stop:
             body["stop"] = s.stop
@@ -423,7 +457,34 @@ class OpenAIEngine:
         return data
 
     def parse(self, data: dict, req: Request) -> dict:
-        choice, usage = data["choices"][0], data.get("usage") or {}
+        """The journal record of an answer to a request for one sample."""
+        return self.parse_samples(data, req, 1)[0]
+
+    def parse_samples(self, data: dict, req: Request, n: int) -> list[dict]:
+        """The records of an answer to a request for `n` samples, its choices in order of their index; fewer choices
+        than asked is a malformed answer (retried). The prompt tokens go on the first record (billed once); the
+        completion tokens, when the server sums them over the choices, are shared out by each choice's length (its
+        log-prob tokens, else its characters), so the records add up to what the server counted."""
+        choices, usage = data["choices"], data.get("usage") or {}
+        if len(choices) < n:
+            raise Retry(f"an answer with {len(choices)} choices to a request for {n}" + (
+                "; if the server ignores `n`, set engine.samples_per_request: 1" if n > 1 else ""))
+        if n > 1:
+            choices = sorted(choices, key=lambda c: c.get("index") or 0)[:n]
+        records = [self.parse_choice(c, data, req) for c in choices[:n]]
+        total = usage.get("completion_tokens")
+        counted = [len(r["topk"]["sampled"]) if r["topk"] else None for r in records]
+        if total is None:
+            shares = [c or 0 for c in counted]
+        elif n == 1:
+            shares = [total]
+        else:
+            shares = share(total, counted if None not in counted else [len(r["text"]) for r in records])
+        for i, (r, tokens) in enumerate(zip(records, shares)):
+            r.update(prompt_tokens=(usage.get("prompt_tokens") or 0) if i == 0 else 0, completion_tokens=tokens or 0)
+        return records
+
+    def parse_choice(self, choice: dict, data: dict, req: Request) -> dict:
         topk = prompt_topk = None
         if "message" in choice:  # chat
             msg = choice["message"] or {}
@@ -450,11 +511,7 @@ class OpenAIEngine:
                                for d in prompt_topk]
         else:
             raise Retry("an answer whose choice has neither message nor text")
-        tokens = usage.get("completion_tokens")
-        if tokens is None:
-            tokens = len(topk["sampled"]) if topk else 0
         return {"text": text, "finish_reason": str(choice.get("finish_reason") or "stop"),
-                "prompt_tokens": usage.get("prompt_tokens") or 0, "completion_tokens": tokens or 0,
                 "topk": topk, "prompt_topk": prompt_topk and {"k": req.prompt_logprobs_k, "pos": prompt_topk}}
 
     # ------------------------------------------------------------ replicas and limits
@@ -534,21 +591,38 @@ def outputs_of(prompts: list[Prompt], records: dict, n: int) -> tuple[list[Outpu
     outputs = []
     for p in prompts:
         recs = [records.get(f"{p.key}/{j}", {"ok": False, "error": "not sent"}) for j in range(n)]
-        failed = [r["error"] for r in recs if not r.get("ok")]
+        failed = [r for r in recs if not r.get("ok")]
+        requests = max(bool(failed), sum("with" not in r for r in failed))  # a request's samples fail once
         completions = [Completion(r["text"], r["finish_reason"], r["completion_tokens"], topk_arrays(r.get("topk")))
                        for r in recs if r.get("ok")]
         outputs.append(Output(completions, max((r.get("prompt_tokens", 0) for r in recs), default=0),
                               topk_arrays(recs[0].get("prompt_topk"), p.token_ids, p.score_from),
-                              failed[0] if failed else None, len(failed)))
+                              failed[0]["error"] if failed else None, requests))
     usage: collections.Counter = collections.Counter()
+    shared, answered = False, 0
     for r in (records.get(f"{p.key}/{j}") for p in prompts for j in range(n)):
         if r:
-            usage["requests"] += r.get("errors", 0) + bool(r.get("ok"))
+            usage["requests"] += r.get("errors", 0) + bool(r.get("ok") and "with" not in r)
             usage["retries"] += r.get("retries", 0)
             usage["errors"] += r.get("errors", 0)
             usage["prompt_tokens"] += r.get("prompt_tokens", 0) if r.get("ok") else 0
             usage["completion_tokens"] += r.get("completion_tokens", 0) if r.get("ok") else 0
+            shared = shared or "with" in r
+            answered += bool(r.get("ok"))
+    if shared:  # samples asked for together: the answers, apart from the requests (`plan`'s mean answer)
+        usage["answers"] = answered
     return outputs, dict(usage)
+
+
+def share(total: int, weights: list[int]) -> list[int]:
+    """`total` shared out in proportion to `weights` (evenly when they are all 0), summing to it exactly."""
+    if not any(weights):
+        weights = [1] * len(weights)
+    exact = [total * w / sum(weights) for w in weights]
+    parts = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: parts[i] - exact[i])[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 def log_resumed(total: int, left: int) -> None:

@@ -49,6 +49,11 @@ class EngineConfig:
     # the request field that carries sampling.max_tokens: max_tokens | max_completion_tokens (for APIs that refuse
     # max_tokens, as OpenAI's reasoning models do)
     max_tokens_field: str = "max_tokens"
+    # Ask for up to this many samples of a prompt in one request (the API's `n`), so the prompt is billed once per
+    # request instead of once per sample. 1: one request per sample, each with its own seed. Above 1 a request
+    # carries its first sample's seed (vLLM seeds its i-th sample seed + i), so the samples differ from a run with 1;
+    # a server that ignores seed is not reproducible either way. A resumed run asks only for the samples missing.
+    samples_per_request: int = 1
     max_concurrency: int = 16  # requests in flight at once, over all replicas
     requests_per_minute: float | None = None  # client-side limits; None: none
     tokens_per_minute: float | None = None
@@ -95,7 +100,8 @@ class EngineConfig:
             if self.batch:
                 errors.append("batch sends the requests through a server's batch API: it needs backend openai")
             server_only = [f.name for f in fields(self) if f.name in ("headers", "max_tokens_field", "batch_discount",
-                                                                       "batch_poll") and getattr(self, f.name) != (
+                                                                       "batch_poll", "samples_per_request")
+                           and getattr(self, f.name) != (
                 f.default if f.default_factory is MISSING else f.default_factory())]
             if server_only:
                 errors.append(f"{', '.join(server_only)} shape the requests to a server (backend openai); the vllm "
@@ -128,6 +134,11 @@ class EngineConfig:
         if self.batch and (len(self.base_url) > 1 or self.requests_per_minute or self.tokens_per_minute):
             errors.append("batch: true takes one base_url (a batch lives on the server it went to) and no "
                           "requests_per_minute / tokens_per_minute (the batch API paces itself); remove the others")
+        if self.samples_per_request < 1:
+            errors.append(f"samples_per_request must be at least 1 (1: one request per sample), got {self.samples_per_request}")
+        elif self.batch and self.samples_per_request > 1:
+            errors.append("samples_per_request above 1 is not done through the batch API (one line per sample there); "
+                          "set it to 1 or batch: false")
         if not 0 < self.batch_discount <= 1 or not self.batch_poll > 0:
             errors.append(f"need 0 < batch_discount <= 1 and batch_poll > 0, got {self.batch_discount} and {self.batch_poll}")
         if self.max_tokens_total is not None and self.max_tokens_total < 1:

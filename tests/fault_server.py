@@ -1,10 +1,12 @@
 """A small OpenAI-compatible server on 127.0.0.1 that injects the faults a real server won't produce on demand.
 
 It answers /v1/models, /v1/chat/completions and /v1/completions. Answers are deterministic: the sum of
-the numbers in the prompt, off by one for odd seeds (so some samples are right, some wrong). Faults
+the numbers in the prompt, off by one for odd seeds (so some samples are right, some wrong); a request for `n`
+samples gets n choices, the i-th seeded seed + i (as vLLM seeds them). Faults
 are consumed in order by completion requests (`faults`), or applied every time to prompts holding a
 marker (`always`); prompts holding a marker in `slow` take that long (a long-tailed trace). It counts every
-request and every answer it fully sent, by (prompt, seed), and records each request's headers, body and span.
+request and every answer (choice) it fully sent, by (prompt, seed), the usage it reported (`billed`), and records
+each request's headers, body and span.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FaultServer:
     def __init__(self, model: str = "fake-teacher", key: str | None = None, delay: float = 0.0, hang: float = 3.0):
         self.model, self.key, self.delay, self.hang = model, key, delay, hang
-        self.faults: list[str] = []  # 400 | 429 | 500 | 503 | hang | drop | badjson | empty | length
+        self.faults: list[str] = []  # 400 | 429 | 500 | 503 | hang | drop | badjson | empty | length | fewer
         self.always: dict[str, str] = {}  # substring of a prompt -> fault on every request for it
         self.reasoning = False  # answer with reasoning_content, as DeepSeek's API
         self.reply = None  # (prompt, seed) -> answer text, instead of the sum
         self.slow: dict[str, float] = {}  # substring of a prompt -> seconds to answer it, instead of `delay`
         self.requests = 0  # completion requests received
         self.answered: Counter = Counter()  # (prompt, seed) -> answers fully sent
+        self.billed: Counter = Counter()  # prompt_tokens, completion_tokens of the usage in answers fully sent
         self.arrivals: dict = defaultdict(list)  # (prompt, seed) -> monotonic times of arrival
         self.spans: list[tuple] = []  # (prompt, seed, start, end) of every completion request, monotonic
         self.headers: list[dict] = []  # the headers of every request, GET /models included
@@ -133,19 +136,27 @@ class FaultServer:
                     return self.send(200, {"id": "x", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 0}})
                 time.sleep(next((s for marker, s in server.slow.items() if marker in prompt), server.delay))
                 numbers = [int(n) for n in re.findall(r"\d+", prompt)]
-                answer = sum(numbers) + (body.get("seed") or 0) % 2
-                text = server.reply(prompt, body.get("seed") or 0) if server.reply else f"Adding them up, the answer is {answer}."
-                message = {"role": "assistant", "content": text}
-                if server.reasoning:
-                    message = {"role": "assistant", "content": f"The answer is {answer}.",
-                               "reasoning_content": f"I add {' and '.join(map(str, numbers))}."}
-                choice = ({"index": 0, "message": message} if chat else {"index": 0, "text": text})
-                choice["finish_reason"] = "length" if fault == "length" else "stop"
+                n = body.get("n") or 1
+                seeds = [(body.get("seed") or 0) + i for i in range(n - 1 if fault == "fewer" else n)]
+                choices, completion = [], 0
+                for i, seed in enumerate(seeds):
+                    answer = sum(numbers) + seed % 2
+                    text = server.reply(prompt, seed) if server.reply else f"Adding them up, the answer is {answer}."
+                    message = {"role": "assistant", "content": text}
+                    if server.reasoning:
+                        message = {"role": "assistant", "content": f"The answer is {answer}.",
+                                   "reasoning_content": f"I add {' and '.join(map(str, numbers))}."}
+                    choice = ({"index": i, "message": message} if chat else {"index": i, "text": text})
+                    choice["finish_reason"] = "length" if fault == "length" else "stop"
+                    choices.append(choice)
+                    completion += len(text.split())
+                usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": completion,
+                         "total_tokens": len(prompt.split()) + completion}
                 self.send(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
-                                "choices": [choice],
-                                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                                          "total_tokens": len(prompt.split()) + len(text.split())}})
+                                "choices": choices, "usage": usage})
                 with server.lock:
-                    server.answered[key] += 1
+                    for seed in seeds:
+                        server.answered[(prompt, seed)] += 1
+                    server.billed.update(prompt_tokens=usage["prompt_tokens"], completion_tokens=completion)
 
         return Handler

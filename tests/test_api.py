@@ -17,6 +17,7 @@ from seqdistill import config as configlib
 from seqdistill import generate, sandbox, store
 from seqdistill.config import ConfigError
 from seqdistill.generate import GenerateConfig
+from seqdistill.sampling import chunk_seed
 
 KEY_ENV, KEY = "SEQDISTILL_TEST_KEY", "sk-test-0123456789abcdef"
 
@@ -349,3 +350,127 @@ def test_eval_on_humaneval_scores_programs_by_its_tests(tmp_path):
     assert len(seeds) == 24 and results["pass@1"] == pytest.approx(even)
     assert "maj@4" not in results and set(results["verdicts"]) <= {"passed", "runtime_error", "wrong_output"}
     assert "n/a" in (tmp_path / "eval" / "results.md").read_text()
+
+
+# ---------------------------------------------------------------- samples_per_request: the API's `n`
+
+SHARED = ["engine.samples_per_request=4"]
+
+
+def asked(server, since: int = 0) -> list[dict]:
+    """The bodies of the sampling requests (not the /tokenize calls of the context check)."""
+    return [b for b in server.bodies[since:] if "n" in b]
+
+
+def test_samples_per_request_asks_once_per_prompt_and_bills_its_prompt_once(tmp_path):
+    with FaultServer() as one:
+        alone = generate.run(make_cfg(one, tmp_path / "alone", n=4))
+    with FaultServer() as server:
+        stats = generate.run(make_cfg(server, tmp_path / "gen", *SHARED, n=4))
+        assert server.requests == 5 and [b["n"] for b in asked(server)] == [4] * 5  # one request a prompt
+        assert set(server.answered.values()) == {1} and len(server.answered) == 20
+    assert one.requests == 20 and {b["n"] for b in asked(one)} == {1}
+    rows = samples(tmp_path / "gen")
+    assert [(r["problem_index"], r["sample_index"]) for r in rows] == [(p, s) for p in range(5) for s in range(4)]
+    assert all(len({r["completion"] for r in rows if r["problem_index"] == p}) == 2 for p in range(5))  # seeds s..s+3
+    u = stats["requests"]
+    assert u["requests"] == 5 and u["answers"] == 20 and u["retries"] == u["errors"] == 0
+    # what the server billed, the prompt once a request: a quarter of the prompt tokens of one request a sample
+    assert (u["prompt_tokens"], u["completion_tokens"]) == (server.billed["prompt_tokens"], server.billed["completion_tokens"])
+    assert 4 * u["prompt_tokens"] == alone["requests"]["prompt_tokens"] and u["completion_tokens"] == alone["requests"]["completion_tokens"]
+    assert {r["prompt_tokens"] for r in rows} == {r["prompt_tokens"] for r in samples(tmp_path / "alone")}  # each row: its prompt
+    assert "Through the server: 5 requests (0 retries, 0 errors)" in (tmp_path / "gen" / "README.md").read_text()
+
+
+def test_samples_per_request_caps_n_and_the_estimate_counts_the_prompt_once_a_request(tmp_path, caplog):
+    caplog.set_level("INFO", logger="seqdistill.api")
+    with FaultServer() as server:
+        generate.run(make_cfg(server, tmp_path / "gen", "engine.samples_per_request=3", n=4))
+        assert sorted(b["n"] for b in asked(server)) == [1] * 5 + [3] * 5  # 3 + 1 samples a prompt
+    with FaultServer() as server:
+        generate.run(make_cfg(server, tmp_path / "whole", n=4))
+    estimates = [r.getMessage() for r in caplog.records if "estimate:" in r.getMessage()]
+    assert len(estimates) == 2 and estimates[0].startswith("estimate: 10 requests (20 samples) for 5 prompts, ~")
+    assert estimates[1].startswith("estimate: 20 requests for 5 prompts, ~")
+    shared, alone = [int(m.split("~")[1].split()[0]) for m in estimates]
+    assert alone == 2 * shared  # a prompt counted twice (two requests), not four times
+
+
+def test_a_resumed_prompt_asks_only_for_its_missing_samples(tmp_path):
+    with FaultServer() as server:
+        cfg = make_cfg(server, tmp_path / "gen", *SHARED, "engine.max_retries=0", n=4)
+        questions = [p["question"] for p in generate.select_problems(cfg)]
+        server.always[questions[3]] = "500"
+        with pytest.raises(ConfigError, match="1 requests failed after retries"):  # one request for 4 samples
+            generate.run(cfg)
+        assert server.requests == 5
+        journal = next((tmp_path / "gen").rglob("*.journal.jsonl"))  # chunk 1: problems 2 and 3
+        lines = journal.read_text().splitlines()
+        keys = [json.loads(line)["key"] for line in lines]
+        two = [json.loads(line)["key"] for line in lines if json.loads(line)["ok"]]
+        assert len(two) == 4 and len(keys) == 8
+        # killed while writing problem 2's answers: 2 of its 4 samples in the journal
+        journal.write_text("\n".join(line for line, k in zip(lines, keys) if k not in two[2:]) + "\n")
+        server.always.clear()
+        sent = len(server.bodies)
+        stats = generate.run(make_cfg(server, tmp_path / "gen", *SHARED, "engine.max_retries=0", n=4))
+        again = asked(server, sent)
+    resent = sorted((questions[3] in b["messages"][-1]["content"], b["n"]) for b in again)
+    assert resent == [(False, 2), (True, 4)]  # problem 2: only the 2 missing samples; problem 3: all 4
+    resumed = next(b for b in again if b["n"] == 2)
+    key, j = two[2].rsplit("/", 1)
+    assert resumed["seed"] == chunk_seed(0, key, int(j)) & 0x7FFFFFFF  # the first missing sample's
+    rows = samples(tmp_path / "gen")
+    assert [(r["problem_index"], r["sample_index"]) for r in rows] == [(p, s) for p in range(5) for s in range(4)]
+    assert stats["failed_requests"] == 0
+
+
+def test_an_answer_with_fewer_choices_than_asked_is_retried_never_kept(tmp_path):
+    with FaultServer() as server:
+        server.faults = ["fewer"]
+        stats = generate.run(make_cfg(server, tmp_path / "gen", *SHARED, n=4))
+        assert server.requests == 6 and stats["requests"]["retries"] == 1 and stats["requests"]["errors"] == 1
+    assert len(samples(tmp_path / "gen")) == 20
+    with FaultServer() as server:
+        cfg = make_cfg(server, tmp_path / "short", *SHARED, "engine.max_retries=2", n=4)
+        server.always[generate.select_problems(cfg)[1]["question"]] = "fewer"
+        with pytest.raises(ConfigError, match="1 requests failed after retries"):
+            generate.run(cfg)
+        assert server.requests == 4 + 3  # the short one sent 3 times
+    assert 1 not in {r["problem_index"] for r in samples(tmp_path / "short")}  # none of its 3 choices kept
+    records = [json.loads(line) for j in (tmp_path / "short").rglob("*.journal.jsonl") for line in j.read_text().splitlines()]
+    short = [r for r in records if not r["ok"]]
+    assert len(short) == 4 and all("an answer with 3 choices to a request for 4" in r["error"] for r in short)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["engine.samples_per_request=4"], r"samples_per_request shape the requests to a server \(backend openai\)"),
+    (["engine.backend=openai", "engine.base_url=http://127.0.0.1:1/v1", "engine.batch=true",
+      "engine.samples_per_request=4"], r"samples_per_request above 1 is not done through the batch API"),
+    (["engine.backend=openai", "engine.base_url=http://127.0.0.1:1/v1", "engine.samples_per_request=0"],
+     r"samples_per_request must be at least 1"),
+])
+def test_samples_per_request_is_refused_where_it_cannot_apply(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        configlib.load(GenerateConfig, None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_an_answer_for_several_samples_is_split_by_choice_index_and_bills_its_prompt_once():
+    from seqdistill.api import OpenAIEngine, Retry, share
+    from seqdistill.sampling import EngineConfig, Request, SamplingConfig
+
+    eng = OpenAIEngine("m", EngineConfig(backend="openai", base_url=["http://127.0.0.1:1/v1"], samples_per_request=4))
+    req = Request(SamplingConfig(n=4))
+    data = {"choices": [{"index": 1, "message": {"content": "bbb"}, "finish_reason": "length"},
+                        {"index": 0, "message": {"content": "aaaa"}}, {"index": 2, "message": {"content": ""}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 7}}
+    records = eng.parse_samples(data, req, 3)
+    assert [(r["text"], r["finish_reason"], r["prompt_tokens"], r["completion_tokens"]) for r in records] == [
+        ("aaaa", "stop", 10, 4), ("bbb", "length", 0, 3), ("", "stop", 0, 0)]
+    with pytest.raises(Retry, match="an answer with 3 choices to a request for 4"):
+        eng.parse_samples(data, req, 4)
+    assert eng.parse(data, req)["completion_tokens"] == 7  # one sample asked: the usage as it is
+    assert share(10, [1, 1, 1]) == [4, 3, 3] and share(5, [0, 0]) == [3, 2] and sum(share(7, [3, 5, 0, 9])) == 7
+    groups = eng.grouped([(p, j) for p in ("x", "y") for j in range(6)])
+    assert [(p, js) for p, js in groups] == [("x", [0, 1, 2, 3]), ("x", [4, 5]), ("y", [0, 1, 2, 3]), ("y", [4, 5])]

@@ -121,6 +121,21 @@ def test_eval_table_mixes_a_served_model_with_an_in_process_one(tiny_llm, tiny_l
     assert "| served |" in (tmp_path / "eval" / "results.md").read_text()
 
 
+def test_thinking_budgets_through_the_server_match_in_process(tiny_llm, tiny_llama, vllm_server, tmp_path):
+    # each phase continues a response from its token ids: the completions API takes them as the engine does
+    cfg = configlib.load(EvalConfig, None, [
+        f"output_dir={tmp_path / 'eval'}", "benchmarks=[{name: embedded-heldout, num_problems: 4}]", "greedy=true",
+        "thinking_budget=[5]", "answer_tokens=6", "answer.extraction=last_number",
+        f"models=[{{model: '{tiny_llama}', name: local}}, {{model: '{tiny_llama}', name: served, "
+        f"engine: {{backend: openai, base_url: {vllm_server}, served_model: tiny, api: completions}}}}]"])
+    results = evaluate.run(cfg, llms={tiny_llama: tiny_llm})
+    read = lambda name: store.read_parquet([tmp_path / "eval" / name / "embedded-heldout@think5" / "samples.parquet"])  # noqa: E731
+    local, remote = read("local"), read("served")
+    assert remote["response"] == local["response"] and remote["thinking_tokens"] == local["thinking_tokens"]
+    assert all(r.count("\n</think>\n\n") == 1 for r in remote["response"]) and max(remote["thinking_tokens"]) <= 5
+    assert results["served"]["embedded-heldout@think5"]["requests"]["requests"] == 4 * 2  # think, then answer
+
+
 def test_score_through_the_server_matches_in_process(tiny_llm, tiny_llama, vllm_server, tmp_path):
     generate.run(gen_cfg(tiny_llama, tmp_path / "traces", "sampling.temperature=1.0", "teacher_logprobs=false",
                          "filters.max_per_problem=null"), llm=tiny_llm)
@@ -168,3 +183,18 @@ def test_the_judge_through_a_real_server_never_counts_an_unreadable_reply_correc
     assert all(r["verifier"] == "judge:tiny" for r in rows if r["correct"])  # no rule could have found these right
     again = generate.run(cfg(), llm=tiny_llm)["judge"]
     assert again == stats and len(journal.read_text().splitlines()) == len(replies)
+
+
+def test_samples_per_request_through_the_server_is_one_request_a_prompt(tiny_llama, vllm_server, tmp_path):
+    """engine.samples_per_request: n samples of a prompt in one request (vLLM seeds its i-th seed + i): n distinct
+    samples, the prompt billed once a request, each sample's completion tokens its own (its log-prob tokens)."""
+    stats = generate.run(gen_cfg(tiny_llama, tmp_path / "gen", "sampling.temperature=1.0", "sampling.n=4",
+                                 *served(vllm_server, "engine.samples_per_request=4")))
+    rows, usage = rows_of(tmp_path / "gen"), stats["requests"]
+    assert usage["requests"] == 6 and usage["answers"] == 24 and len(rows) == 24
+    assert all(len({r["completion"] for r in rows if r["problem_index"] == p}) == 4 for p in range(6))
+    assert usage["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows if r["sample_index"] == 0)
+    assert usage["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
+    for r in rows:
+        if r["teacher_topk"] is not None:
+            assert len(topk.decode(r["teacher_topk"])[2]) == r["completion_tokens"]
