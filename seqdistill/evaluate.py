@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ EMBEDDED_HELDOUT = "embedded-heldout"
 STEPS_FIGURE = "pass_at_1_by_step.png"  # pass@1 against the training step of `checkpoints` entries
 BUDGET_FIGURE = "pass_at_1_by_budget.png"  # pass@1 against thinking_budget
 BUDGET_MARK = "@think"  # BENCHMARK@thinkB: a benchmark scored under thinking budget B
+STALE = "stale"  # pairs scored on weights that have changed since: kept, not read
 
 
 @dataclass
@@ -121,7 +124,7 @@ class EvalConfig:
     overwrite: bool = False
     push_to_hub: str | None = None  # hub dataset repo (user/name): results, an eval card and per-sample details
     hub: HubConfig = field(default_factory=HubConfig)  # how push_to_hub pushes
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # pass@k, maj@k to: tensorboard, wandb, none
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # pass@k, maj@k to: tensorboard, wandb, trackio, none
     run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
     # not a setting (no annotation: not a dataclass field): directories an earlier stage of the pipeline writes
     # (PipelineConfig sets them), so a model or adapter under one (e.g. RUN_DIR/sft/merged) need not exist yet
@@ -290,7 +293,7 @@ def output_layout(cfg: EvalConfig) -> store.Layout:
     per_model = tuple(f"models.*.{key}" for key in engine.OPERATIONAL)  # a model's own engine, as eval's
     samples = tuple(m.label() for m in expand(cfg.models))  # compare is read off the saved samples: changing it samples nothing
     return store.Layout(owned=(*samples, store.RESULTS_FILE, store.RESULTS_TABLE, STEPS_FIGURE, BUDGET_FIGURE, "runs",
-                               hub.MARKER),
+                               STALE, hub.MARKER),
                         marker=store.RESULTS_FILE,
                         ignore=(*engine.OPERATIONAL, *per_model, *judge.OPERATIONAL, "push_to_hub", "hub", "report_to",
                                 "run_name"),
@@ -341,7 +344,7 @@ def run(cfg: EvalConfig, llms: dict | None = None) -> dict:
         with engine.lazy(opener) as get_engine:
             for m in entries:
                 for b in work.benchmarks:
-                    if not (out / m.label() / b.name / store.RESULTS_FILE).is_file():
+                    if not scored(out, m, b):
                         failures += evaluate(cfg, get_engine, m, b, entries.index(m), benchmarks[b.name], batch[b.name], out)
     if failures:
         raise ConfigError(f"{len(failures)} requests failed after retries (first: {failures[0]}); "
@@ -363,6 +366,34 @@ def scores_on_sft_cards(cfg: EvalConfig, out: Path) -> None:
         for path in card.add_eval_results(sft_dir, out):
             log.info("eval results -> %s", path)
         hub.push_saved_cards(sft_dir, "eval")
+
+
+def weights_stamp(m: ModelEntry) -> str | None:
+    """What a scored pair remembers of the weights it scored: the names, sizes and modification times of a local model's
+    (or adapter's) weight files; None for a hub id or an embedded model, which don't change under it."""
+    path = Path(m.adapter or m.model).expanduser()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")) if path.is_dir() else []
+    if not files:
+        return None
+    what = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:16]
+
+
+def scored(out: Path, m: ModelEntry, b: BenchmarkConfig) -> bool:
+    """Whether the pair is scored, on the weights it names now. A pair scored on weights that have changed since (sft
+    trained again into the same folder) is moved, whole, to OUTPUT_DIR/stale/ and scored again."""
+    where = out / m.label() / b.name
+    if not (where / store.RESULTS_FILE).is_file():
+        return False
+    stamp = weights_stamp(m)
+    if json.loads((where / store.RESULTS_FILE).read_text()).get("weights", stamp) == stamp:
+        return True
+    aside = out / STALE / f"{m.label()}-{b.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    where.rename(aside)
+    log.warning("%s changed since it was scored on %s: scoring it again (the earlier scores are kept in %s)",
+                m.adapter or m.model, b.name, aside)
+    return False
 
 
 def figures(results: dict) -> dict:
@@ -449,7 +480,7 @@ def evaluate(cfg, get_engine, m: ModelEntry, b: BenchmarkConfig, lora_id: int, r
     seconds = summary["seconds"]
     tokens = sum(r["response_tokens"] for r in samples)
     result.update({
-        "model": m.model, "adapter": m.adapter, "benchmark": b.name, "seconds": round(seconds, 1),
+        "model": m.model, "adapter": m.adapter, "weights": weights_stamp(m), "benchmark": b.name, "seconds": round(seconds, 1),
         "generated_tokens_per_second": round(tokens / seconds, 1), "problems_per_second": round(len(rows) / seconds, 3),
         "settings": {"sampling": configlib.to_dict(cfg.sampling) | {"n": n, "greedy": cfg.greedy}, "chunk_size": cfg.chunk_size,
                      "engine": configlib.to_dict(cfg.engine_of(m)),

@@ -81,7 +81,7 @@ class GenerateConfig:
     overwrite: bool = False
     push_to_hub: str | None = None  # hub dataset repo (user/name) to push the dataset and its card to
     hub: HubConfig = field(default_factory=HubConfig)  # how push_to_hub pushes
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # funnel, tok/s, pass@k to: tensorboard, wandb, none
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # funnel, tok/s, pass@k to: tensorboard, wandb, trackio, none
     run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
 
     def validate(self) -> list[str]:

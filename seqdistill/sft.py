@@ -104,7 +104,7 @@ class SFTStageConfig:
     save_total_limit: int = 2
     eval_steps: int | None = None  # None: every logging_steps * 4 when there is a validation set
     seed: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, none
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, trackio, none
     run_name: str | None = None  # the trackers' run group (wandb group); a pipeline sets its own
     push_to_hub: str | None = None  # hub model repo (user/name) for the adapter or model; a merged LoRA goes to user/name-merged
     hub: HubConfig = field(default_factory=HubConfig)  # how push_to_hub pushes
@@ -494,6 +494,7 @@ def trl_settings(cfg: SFTStageConfig, out: Path, device: str = "cpu", dtype: str
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
         eval_steps=(cfg.eval_steps or cfg.logging_steps * 4) if has_eval else None,
         seed=cfg.seed, bf16=dtype == "bfloat16", fp16=dtype == "float16", report_to=cfg.report_to,
+        **({"project": trackers.trackio_project()} if "trackio" in cfg.report_to and "project" not in cfg.trl else {}),
         **({"run_name": trackers.hf_run_name(cfg.run_name, "sft")} if cfg.run_name and "run_name" not in cfg.trl else {}),
         max_length=cfg.max_length, packing=packing, padding_free=packing,
         completion_only_loss=cfg.assistant_only_loss, eos_token=end_of_turn,

@@ -3,8 +3,9 @@
 TensorBoard (the default) gets one log directory per stage under the stage's output directory
 (OUTPUT_DIR/runs; sft's TRL logs land in OUTPUT_DIR/checkpoints/runs), so `tensorboard --logdir RUN_DIR`
 shows a pipeline's stages together; wandb gets one run per stage in the group `run_name` (a pipeline
-passes its own name to every stage), in the project $WANDB_PROJECT (default: seqdistill). `none` logs
-nothing. Trackers are imported only when used.
+passes its own name to every stage), in the project $WANDB_PROJECT (default: seqdistill); trackio (Hugging Face's
+local tracker) likewise, in $TRACKIO_PROJECT (default: seqdistill), stored under $TRACKIO_DIR (`trackio show`).
+`none` logs nothing. Trackers are imported only when used.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-KNOWN = ("tensorboard", "wandb", "none")
+KNOWN = ("tensorboard", "wandb", "trackio", "none")
 PROJECT = "seqdistill"
 
 
@@ -25,6 +26,8 @@ def check(report_to: list[str], known: tuple[str, ...] | None = KNOWN) -> list[s
     errors = [f"report_to: unknown tracker {t!r}; use {', '.join(known)}" for t in report_to if known and t not in known]
     if "wandb" in report_to and importlib.util.find_spec("wandb") is None:
         errors.append("report_to wandb needs `pip install wandb` (then `wandb login`); or use report_to: [tensorboard]")
+    if "trackio" in report_to and importlib.util.find_spec("trackio") is None:
+        errors.append("report_to trackio needs `pip install trackio`; or use report_to: [tensorboard]")
     return errors
 
 
@@ -36,6 +39,8 @@ def log_figures(report_to: list[str], out: Path, stage: str, run_name: str | Non
         to_tensorboard(Path(out) / "runs", figures, config)
     if "wandb" in report_to:
         to_wandb(Path(out), stage, run_name, figures, config)
+    if "trackio" in report_to:
+        to_trackio(stage, run_name, figures, config)
 
 
 def to_tensorboard(logdir: Path, figures: dict, config: dict | None) -> None:
@@ -64,6 +69,21 @@ def to_wandb(out: Path, stage: str, run_name: str | None, figures: dict, config:
     run.log(figures)
     run.summary.update(figures)
     run.finish()
+
+
+def to_trackio(stage: str, run_name: str | None, figures: dict, config: dict | None) -> None:
+    import trackio
+
+    # the same run name is the same trackio run (resume): a rerun adds a point to it
+    trackio.init(project=trackio_project(), name=f"{run_name}-{stage}" if run_name else stage, group=run_name,
+                 config=config, resume="allow")
+    trackio.log(figures)
+    trackio.finish()
+
+
+def trackio_project() -> str:
+    """The trackio project of every stage (sft's too: TrainingArguments.project)."""
+    return os.environ.get("TRACKIO_PROJECT", PROJECT)
 
 
 def hf_run_name(run_name: str | None, stage: str) -> str | None:

@@ -115,3 +115,34 @@ def test_sft_joins_the_same_wandb_project_and_group(monkeypatch):
     trackers.join_group(["wandb"], "exp-1", "sft")
     assert (os.environ["WANDB_PROJECT"], os.environ["WANDB_RUN_GROUP"]) == ("mine", "exp-1")
     assert trackers.hf_run_name("exp-1", "sft") == "exp-1-sft"  # as generate's and eval's wandb runs are named
+
+
+def test_generate_and_eval_figures_in_trackio(tmp_path):
+    """trackio, Hugging Face's local tracker: the same figures TensorBoard gets, one run per stage named after the
+    group, in project seqdistill, stored under TRACKIO_DIR (read back from its SQLite file); sft gets the project
+    through TrainingArguments.project. In a subprocess: trackio reads TRACKIO_DIR when it is imported."""
+    import sqlite3
+    import subprocess
+    import sys
+    import textwrap
+
+    pytest.importorskip("trackio", reason="trackio is not installed: pip install trackio")
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from seqdistill import evaluate, trackers
+        import test_wandb as t
+        trackers.log_figures(["trackio"], Path({str(tmp_path / 'gen')!r}), "generate", "exp-1", t.GENERATE, {{"model": "teacher"}})
+        trackers.log_figures(["trackio"], Path({str(tmp_path / 'ev')!r}), "eval", "exp-1", evaluate.figures(t.EVAL), None)
+    """)
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "PYTHONPATH": str(Path(__file__).parent)}
+    env.pop("TRACKIO_PROJECT", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "trackio" / f"{trackers.PROJECT}.db") as db:
+        logged = {name: json.loads(metrics) for name, metrics in db.execute("SELECT run_name, metrics FROM metrics")}
+    assert set(logged) == {"exp-1-generate", "exp-1-eval"}
+    assert logged["exp-1-generate"]["generate/funnel/generated"] == 18
+    assert logged["exp-1-generate"]["generate/teacher_pass@3"] == 0.75
+    assert logged["exp-1-eval"]["eval/student-after/gsm8k/maj@4"] == 0.667
+    assert "eval/student-after/gsm8k/problems" not in logged["exp-1-eval"]
+    assert trackers.check(["trackio"]) == [] and trackers.trackio_project() == trackers.PROJECT
