@@ -138,3 +138,25 @@ def test_smollm2_on_mawps(smollm2_llm, smollm2_path, benchmarks_dir, tmp_path):
     assert 0 <= r["pass@1"] <= r["pass@4"] <= 1 and r["pass@1"] > 0
     assert len(store.read_parquet([tmp_path / "eval" / "smollm2" / "mawps" / "samples.parquet"])) == 120
     assert "| smollm2 |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_a_model_trained_again_is_scored_again(tiny_llm, tiny_llama, tmp_path):
+    """A pair scored on weights that have since changed (sft trained again into the same folder) is not reused: it
+    is scored again and its earlier scores are kept under stale/; unchanged weights are not scored twice."""
+    import shutil
+
+    model = tmp_path / "student"
+    shutil.copytree(tiny_llama, model)
+    cfg = make_cfg(tmp_path / "eval", [{"model": str(model), "name": "student"}], [{"name": "embedded-heldout", "num_problems": 3}])
+    first = evaluate.run(cfg, llms={str(model): tiny_llm})["student"]["embedded-heldout"]
+    assert first["weights"] == evaluate.weights_stamp(evaluate.ModelEntry(str(model)))
+    results = tmp_path / "eval" / "student" / "embedded-heldout" / "results.json"
+    done = results.stat().st_mtime_ns
+    evaluate.run(cfg, llms={str(model): tiny_llm})
+    assert results.stat().st_mtime_ns == done and not (tmp_path / "eval" / "stale").exists()
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # the same bytes, written again: as a new training's save would
+    again = evaluate.run(cfg, llms={str(model): tiny_llm})["student"]["embedded-heldout"]
+    assert results.stat().st_mtime_ns != done and again["weights"] != first["weights"]
+    [stale] = (tmp_path / "eval" / "stale").iterdir()
+    assert stale.name.startswith("student-embedded-heldout-") and (stale / "results.json").is_file()
