@@ -80,7 +80,9 @@ def preflight(cfg: AnswerConfig, rows: list[dict]) -> None:
     try:
         api.OpenAIEngine(judge.model, engine_config(judge)).check({"judge": [probe]}, judge.max_tokens)
     except ConfigError as e:
-        raise ConfigError([f"answer.judge: {p}" for p in e.problems]) from e
+        # the reply's limit here is the judge's own
+        raise ConfigError([f"answer.judge: {p.replace('sampling.max_tokens', 'answer.judge.max_tokens')}"
+                           for p in e.problems]) from e
 
 
 def undecided(verifier: str | None, reason: str | None, gold: str, cfg: AnswerConfig) -> bool:
