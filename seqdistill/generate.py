@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 OUTPUT = store.Layout(owned=("samples", "data", "README.md", store.STATS_FILE, "runs", hub.MARKER, judge.JOURNAL),
                       marker=store.STATS_FILE,
                       ignore=("shard_index", "push_to_hub", "hub", "report_to", "run_name", *engine.OPERATIONAL,
+                              *(f"teachers.*.{key}" for key in engine.OPERATIONAL),  # a teacher's own engine
                               *judge.OPERATIONAL),
                       rebuild=(*(f"filters.{key}" for key in filters.SELECTION), "preference", "answer.judge"),
                       parts=("samples", judge.JOURNAL))
@@ -232,9 +233,10 @@ def select_problems(cfg: GenerateConfig, funnel: dict | None = None) -> list[dic
     return rows
 
 
-def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Output, vocab: int, teacher: str,
-                  first: int = 0) -> list[dict]:
-    """A problem's samples as rows; `first`: the first sample_index (a later teacher's follow the earlier ones')."""
+def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Output, vocab: int,
+                  teacher: str | None = None, first: int = 0) -> list[dict]:
+    """A problem's samples as rows, named after `teacher` (None: `model`); `first`: the first sample_index (a later
+    teacher's follow the earlier ones')."""
     msgs = prompts.messages(user, cfg.prompt)
     samples = []
     for j, completion in enumerate(output.completions):
@@ -250,7 +252,7 @@ def build_samples(cfg: GenerateConfig, row: dict, user: str, output: engine.Outp
             "finish_reason": completion.finish_reason,
             "prompt_tokens": output.prompt_tokens,
             "completion_tokens": completion.tokens,
-            "teacher": teacher,
+            "teacher": teacher or cfg.model,
             "prefill": cfg.prompt.prefill,
             "teacher_topk": topk.encode(*completion.topk, vocab) if cfg.teacher_logprobs else None,
         })

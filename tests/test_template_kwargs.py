@@ -59,7 +59,7 @@ def test_generate_prompts_rendered_with_switches(thinking_model, tmp_path, kwarg
     overrides = [f"model={thinking_model}", f"output_dir={tmp_path / 'gen'}", "problems.num_problems=3",
                  "sampling.max_tokens=8", "answer.extraction=last_number"]
     cfg = configlib.load(GenerateConfig, None, overrides + ([f"prompt.chat_template_kwargs={kwargs}"] if kwargs else []))
-    batch = generate.check(cfg)[4]  # no engine starts: check renders the prompts
+    batch = generate.check(cfg)[4][cfg.model]  # no engine starts: check renders the prompts (per teacher)
     texts = [decoded(thinking_model, p.token_ids) for p in batch]
     assert len(texts) == 3 and all(t.endswith(EMPTY_THINK) == bool(kwargs) for t in texts)
     assert all(t.endswith("<|im_start|>assistant\n") for t in texts) != bool(kwargs)
