@@ -194,6 +194,15 @@ def standin():
     server.stop()
 
 
+def run_against(standin, script: str, tmp_path: Path) -> None:
+    """`script` in a fresh Python whose hub is the stand-in (huggingface_hub reads its endpoint at import)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_ENDPOINT=standin.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"),
+               HF_TOKEN=TOKEN)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_updated_cards_pushed_once(standin, tmp_path):
     """sft's push, then `seqdistill run`'s hook (scores on the cards, the cards pushed again), then the same hook
     on a rerun: no third commit."""
@@ -207,11 +216,7 @@ def test_updated_cards_pushed_once(standin, tmp_path):
             card.add_eval_results(cfg.output_dir, {str(tmp_path / 'eval')!r})
             hub.push_cards(cfg)
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(HF_ENDPOINT=standin.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"),
-               HF_TOKEN=TOKEN)
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_against(standin, script, tmp_path)
     for repo_id, folder in (("me/student", "model"), ("me/student-merged", "merged")):
         repo = standin.repo(repo_id)
         assert [c["message"] for c in repo.commits] == ["seqdistill sft: student",
@@ -241,11 +246,7 @@ def test_a_standalone_eval_puts_its_scores_on_the_sft_cards_and_pushes_them(stan
         for _ in range(2):  # a rerun changes nothing and pushes nothing
             evaluate.scores_on_sft_cards(cfg, Path(cfg.output_dir))
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(HF_ENDPOINT=standin.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"),
-               HF_TOKEN=TOKEN)
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_against(standin, script, tmp_path)
     for repo_id, folder in (("me/student", "model"), ("me/student-merged", "merged")):
         repo = standin.repo(repo_id)
         assert [c["message"] for c in repo.commits] == ["seqdistill sft: student",
