@@ -57,7 +57,7 @@ SIZE = {"n": 4, "chunk_size": 16, "max_tokens": 64, "concurrency": 8, "timeout":
         "retry_backoff": 0.05, "delay": 0.05, "slow": 1.0, "hang": 5.0}
 RATE = 13.0  # answers a second through the flaky server at SIZE (measured: each 500 or drop stalls the one replica >= 2 s)
 STARTUP = 3.0  # seconds a run spends on start-up, wind-down and the drain after its kill (about)
-TEMP = re.compile(r".*\.tmp\d*$")  # store.temp_path's `.NAME.tmpPID`, and any other temporary name
+TEMP = re.compile(r".*\.tmp\d*(-[0-9a-f]{8})?$")  # store.temp_path's `.NAME.tmpPID-HOST`, and any other temporary name
 
 
 class FlakyServer(FaultServer):

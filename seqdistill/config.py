@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import os
 import platform
@@ -265,12 +266,21 @@ def run_info() -> dict:
     }
 
 
+HOST = hashlib.sha1(platform.node().encode()).hexdigest()[:8]  # this machine, as temporary file names spell it
+
+
+def temp_path(path: Path) -> Path:
+    """Where an atomic write of `path` writes first (then renames): hidden, named after its process and machine,
+    so that the next run on this machine removes a killed write's file at once (store.remove_stale_temps)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}-{HOST}")
+
+
 def save(obj: Any, path: str | Path, extra: dict | None = None) -> dict:
     """Write the resolved config with run info as YAML; returns what was written."""
     record = {"config": to_dict(obj), "run": run_info(), **(extra or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # store.temp_path's name: the next run removes a torn one
+    tmp = temp_path(path)
     tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     tmp.replace(path)
     return record

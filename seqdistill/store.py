@@ -171,26 +171,24 @@ def drop(data: dict, keys: tuple[str, ...]) -> dict:
     return data
 
 
-TEMP_NAME = re.compile(r"\..+\.tmp(\d*)")  # .NAME.tmpPID: every atomic write's temporary file (`temp_path`)
-QUIET_SECONDS = 10  # a temporary file unchanged this long, whose writer is not running here, is a killed write's
-
-
-def temp_path(path: Path) -> Path:
-    """Where an atomic write of `path` writes first (then renames): hidden, and named after its process."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+TEMP_NAME = re.compile(r"\..+\.tmp(\d*)(?:-([0-9a-f]{8}))?")  # .NAME.tmpPID-HOST: every atomic write's temporary file
+QUIET_SECONDS = 10  # a temporary file of another machine's (or unnamed) writer, unchanged this long, is a killed write's
+temp_path = configlib.temp_path
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Remove the temporary files that killed writes left anywhere under `folder` (a stage's output directory,
-    a chunk folder, a run_dir): those whose writer no longer runs on this machine and that have not changed
-    for QUIET_SECONDS (a shard job on another machine may be writing into a shared directory). Returns them."""
+    a chunk folder, a run_dir): those written on this machine by a process that no longer runs, at once; those
+    of another machine (a shard job writing into a shared directory) or without a machine in their name, once
+    unchanged for QUIET_SECONDS and not written by a process running here. Returns them."""
     removed, now = [], time.time()
     for tmp in sorted(Path(folder).rglob(".*.tmp*")) if Path(folder).is_dir() else []:
         match = TEMP_NAME.fullmatch(tmp.name)
-        if not match or not tmp.is_file() or writing(int(match[1]) if match[1] else None):
+        here = match is not None and match[2] == configlib.HOST
+        if not match or not tmp.is_file() or (match[2] in (None, configlib.HOST) and writing(int(match[1]) if match[1] else None)):
             continue
         try:
-            if now - tmp.stat().st_mtime >= QUIET_SECONDS:
+            if here or now - tmp.stat().st_mtime >= QUIET_SECONDS:
                 tmp.unlink()
                 removed.append(tmp)
         except FileNotFoundError:  # its writer renamed it in the meantime

@@ -173,6 +173,7 @@ def test_set_aside_and_overwrite_say_what_they_do(tmp_path, caplog):
 def test_temporary_files_of_killed_writes_are_removed(tmp_path):
     import os
 
+    from seqdistill import config as configlib
     from seqdistill import store
 
     out = tmp_path / "generate"
@@ -181,14 +182,17 @@ def test_temporary_files_of_killed_writes_are_removed(tmp_path):
              out / f".seqdistill_config.yaml.tmp{os.getpid()}"]  # this process writes nothing while it cleans up
     live = out / "data" / f".dropped.parquet.tmp{os.getppid()}"  # a running writer's (a shard job beside this one)
     kept = [out / "data" / "train.parquet", out / "stats.json", out / "notes.tmp", out / ".hidden", live]
-    recent = out / ".results.json.tmp999999999"  # being written on another machine, maybe: left for now
-    for path in stale + kept + [recent]:
+    recent = [out / ".results.json.tmp999999999",  # no machine in its name: maybe another's, being written; left for now
+              out / "data" / f".train.parquet.tmp999999999-{'0' * 8 if configlib.HOST != '0' * 8 else '1' * 8}"]  # another machine's
+    killed_here = [out / "data" / f".train.parquet.tmp999999999-{configlib.HOST}",  # this machine's, its writer gone: at once
+                   store.temp_path(out / "stats.json")]  # this process's: it writes nothing while it cleans up
+    for path in stale + kept + recent + killed_here:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
-        if path != recent:
+        if path not in recent + killed_here:
             os.utime(path, (1, 1))
-    assert sorted(store.remove_stale_temps(out)) == sorted(stale)
-    assert all(p.exists() for p in kept + [recent]) and not any(p.exists() for p in stale)
+    assert sorted(store.remove_stale_temps(out)) == sorted(stale + killed_here)
+    assert all(p.exists() for p in kept + recent) and not any(p.exists() for p in stale + killed_here)
 
 
 def test_sft_checks_run_before_generate(tmp_path, monkeypatch):
