@@ -41,6 +41,7 @@ class TrainingData:
     source_stats: dict | None = None
     teacher: str | None = None
     mixture: list[dict] | None = None  # per source of `datasets`: path, split, rows, used, weight or fraction, share
+    aligner: object | None = None  # seqdistill.xtok.Aligner when logit KD runs across tokenizers
 
     @property
     def n_train(self) -> int:
@@ -60,7 +61,8 @@ class TrainingData:
         # every teacher the rows name (a generate run with several teachers: each of them)
         teacher = ", ".join(sorted({name for t, _ in tables if "teacher" in t.column_names for name in set(t["teacher"])})) or None
         aligner = check_kd(cfg, tables[0][0], tokenizer, teacher) if cfg.kd.mode != "none" else None
-        convert = partial(to_kd_rows, aligner=aligner) if cfg.kd.mode == "offline" else to_prompt_completion
+        convert = (partial(to_kd_rows, aligner=aligner) if cfg.kd.mode == "offline" else
+                   partial(to_online_rows, aligner=aligner) if aligner is not None else to_prompt_completion)
         pairs = mix(tables, tokenizer, eot, kwargs) if mixture else convert(tables[0][0], tokenizer, eot, cfg.dataset, kwargs)
         pairs = with_thinking(pairs, tokenizer, cfg.thinking, cfg.seed, "the datasets mixture" if mixture else cfg.dataset)
         train, evaluation = pairs, None
@@ -71,7 +73,7 @@ class TrainingData:
         elif cfg.eval_fraction > 0:
             train, evaluation = split_by_problem(pairs, cfg.eval_fraction, cfg.seed)
         lengths = check_lengths(token_lengths(train, tokenizer), cfg.max_length, cfg.max_truncated_fraction)
-        return cls(train, evaluation, eot, lengths, stats, teacher, mixture)
+        return cls(train, evaluation, eot, lengths, stats, teacher, mixture, aligner)
 
     def check_eos(self, tokenized, tokenizer, max_length: int) -> int:
         """Every example TRL will train on ends with the end-of-turn token, not masked out of the loss.
@@ -381,11 +383,22 @@ def check_kd(cfg, table, tokenizer, teacher: str | None):
     if cross:
         aligner = xtok.Aligner(tokenizer, teacher_tokenizer)
         n = cfg.kd.check_samples
-        problems = aligner.check([topk.decode(b)[2] for b in table["teacher_topk"][:n]], texts, name)
+        problems = []
+        if cfg.kd.mode == "offline":  # the stored ids must be the teacher's
+            problems = aligner.check([topk.decode(b)[2] for b in table["teacher_topk"][:n]], texts, name)
+        if cfg.kd.mode == "online" and "messages" not in table.column_names:
+            problems.append(f"kd.mode online across tokenizers renders each conversation with the teacher's chat template "
+                            f"too, so it needs a `messages` dataset; {cfg.dataset} has {', '.join(table.column_names)}")
+        if cfg.kd.mode == "online" and cfg.thinking != "on":
+            problems.append(f"thinking {cfg.thinking} can't be combined with kd.mode online across tokenizers (the "
+                            "teacher's prompt would not end with the student's empty think block): set thinking: on")
         if problems:
             raise ConfigError(problems)
-        log.info("kd.cross_tokenizer %s: ULD on the tokens of student %s aligned with teacher %s's (seqdistill.xtok)",
-                 cfg.kd.cross_tokenizer, cfg.student, name)
+        loss = {"hybrid": "GOLD's hybrid (kd.divergence on the top-k tokens both vocabularies share, ULD on the rest)",
+                "uld": "ULD"}[cfg.kd.cross_loss()]
+        log.info("kd.cross_tokenizer %s: %s on the tokens of student %s aligned with teacher %s's (seqdistill.xtok); "
+                 "%d of the teacher's %d token ids have a student token of the same bytes", cfg.kd.cross_tokenizer, loss,
+                 cfg.student, name, int((aligner.to_student >= 0).sum()), len(aligner.to_student))
         return aligner
     if cfg.kd.mode == "offline":
         n_vocab = models.vocab_size(models.resolve(cfg.student))
@@ -427,8 +440,41 @@ def to_kd_rows(table, tokenizer, eot: str, source: str, template_kwargs: dict | 
         raise ConfigError(f"dataset {source} has no examples")
     if aligner is not None:
         positions = [p for row in rows for p in row["kd_positions"]]
-        log.info("kd across tokenizers (ULD): %d of the teacher's %d tokens align with a student token; the rest "
+        log.info("kd across tokenizers: %d of the teacher's %d tokens align with a student token; the rest "
                  "(inside groups the two tokenizers split differently) get no KD term", sum(p >= 0 for p in positions), len(positions))
+    return datasets.Dataset.from_list(rows)
+
+
+def to_online_rows(table, tokenizer, eot: str, source: str, template_kwargs: dict | None = None, aligner=None):
+    """Online KD across tokenizers: each conversation in the student's tokens (input_ids, as TRL takes them) and in
+    the teacher's (teacher_input_ids: its own chat template, its tokens of the completion, its end of turn);
+    teacher_offset = where its completion starts, kd_positions = per teacher completion token the student position
+    it is aligned with (-1: none; seqdistill.xtok), as offline rows have them for the stored ids."""
+    import datasets
+
+    if "messages" not in table.column_names:
+        raise ConfigError(f"dataset {source}: kd.mode online across tokenizers needs a `messages` column")
+    ids = lambda tok, text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    teacher = aligner.teacher
+    teacher_eot = teacher.convert_tokens_to_ids(end_of_turn(teacher))
+    prefills = table["prefill"] if "prefill" in table.column_names else [""] * len(table)
+    problem_ids = table["problem_id"] if "problem_id" in table.column_names else [None] * len(table)
+    rows = []
+    for msgs, prefill, pid in zip(table["messages"], prefills, problem_ids):
+        content, prefill = msgs[-1]["content"], prefill or prompts.THINK_OPEN
+        prompt, text = student_prompt(tokenizer, msgs, content, prefill, template_kwargs)
+        t_prompt, t_text = student_prompt(teacher, msgs, content, prefill)
+        if not (text.endswith(t_text) or t_text.endswith(text)):
+            raise ConfigError(f"dataset {source}: the student's and the teacher's chat templates open the answer "
+                              f"differently ({text[:20]!r} vs {t_text[:20]!r}), so their completions are not one text")
+        head, body = ids(tokenizer, prompt), ids(tokenizer, text)
+        t_head, t_body = ids(teacher, t_prompt), ids(teacher, t_text)
+        rows.append({"input_ids": head + body + [eot_id], "completion_mask": [0] * len(head) + [1] * (len(body) + 1),
+                     "teacher_input_ids": t_head + t_body + [teacher_eot], "teacher_offset": len(t_head),
+                     "kd_positions": aligner.positions(t_body, t_text, body, text, len(head)), "problem_id": pid})
+    if not rows:
+        raise ConfigError(f"dataset {source} has no examples")
     return datasets.Dataset.from_list(rows)
 
 

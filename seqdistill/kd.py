@@ -13,10 +13,16 @@ a sequence's tokens (kd.relations). Layers are numbered as `output_hidden_states
 the student samples the completions of a share of the batches itself (GKD) and learns from the
 teacher's distributions on them (seqdistill.kd_trainer).
 
-Across tokenizers (kd.cross_tokenizer, offline only): the teacher's stored ids are decoded with the
-teacher's tokenizer (the dataset's `teacher` column names it), the student tokenizes that text, the
-positions are aligned on common byte boundaries (seqdistill.xtok) and the loss on them is ULD
-(seqdistill.kd_loss.uld_topk) in place of the divergence.
+Across tokenizers (kd.cross_tokenizer): offline, the teacher's stored ids are decoded with the teacher's
+tokenizer (the dataset's `teacher` column names it) and the student tokenizes that text; online, each
+conversation is rendered by both chat templates and its completion tokenized by both tokenizers, and the
+teacher's top kd.topk at each position stand in for the stored top-k. The positions are aligned on common
+byte boundaries (seqdistill.xtok) and the loss on them replaces the divergence: hybrid (the default;
+seqdistill.kd_loss.hybrid_topk, GOLD's) compares the teacher's top-k tokens that the student's vocabulary also
+has (same bytes) one to one by kd.divergence and the rest by ULD; uld (kd_loss.uld_topk) compares only the
+sorted probabilities. Stored top-k loses the teacher's mass outside its
+top-k: it is one bucket, shared tokens in it are not compared one to one, and both terms are lower bounds of
+their full-vocabulary values (kd_loss's docstring).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
 MODES = ("none", "offline", "online")
 HIDDEN_LOSSES = ("mse", "cosine")
 RELATIONS = ("distance", "angle", "attention_relation")
-CROSS_TOKENIZER = ("auto", "shared", "uld")  # not "off": YAML reads an unquoted off as false
-KD_COLUMNS = ["teacher_topk", "kd_offset", "kd_positions"]  # what the KD trainer's dataset carries beside TRL's columns
+CROSS_TOKENIZER = ("auto", "shared", "uld", "hybrid")  # not "off": YAML reads an unquoted off as false
+KD_COLUMNS = ["teacher_topk", "kd_offset", "kd_positions",  # what the KD trainer's dataset carries beside TRL's columns
+              "teacher_input_ids", "teacher_offset"]  # online across tokenizers: the teacher's tokens of the conversation
 
 
 @dataclass
@@ -108,7 +115,8 @@ class KDConfig:
     skew_alpha: float = 0.1  # skew_kl / skew_reverse_kl only: share a of the target kept in the mixture, in [0, 1)
     teacher: str | None = None  # online: the teacher model (hub id, dir, .gguf, embedded:NAME)
     check_samples: int = 32  # examples whose tokenization must agree between teacher and student
-    cross_tokenizer: str = "auto"  # auto (uld when the teacher's tokenizer splits text differently) | shared (refuse that) | uld (always); offline only
+    cross_tokenizer: str = "auto"  # auto (hybrid when the teacher's tokenizer splits text differently) | shared (refuse that) | hybrid (always: kd.divergence on the top-k tokens both vocabularies share + ULD on the rest, GOLD's) | uld (always: ULD on sorted probabilities only)
+    topk: int = 20  # online across tokenizers: the teacher's k most likely tokens per aligned position that the loss compares (the rest is one bucket, as offline)
     hidden_states: HiddenStatesKD = field(default_factory=HiddenStatesKD)  # online: match hidden states (off by default)
     attention: AttentionKD = field(default_factory=AttentionKD)  # online: match self-attention (forces eager attention)
     relations: RelationsKD = field(default_factory=RelationsKD)  # online: match token-to-token relations
@@ -128,10 +136,12 @@ class KDConfig:
             errors.append(f"beta must be in (0, 1), got {self.beta}")
         if not 0 <= self.skew_alpha < 1:
             errors.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
+        if self.topk < 1:
+            errors.append(f"topk must be at least 1, got {self.topk}")
         if self.cross_tokenizer not in CROSS_TOKENIZER:
             errors.append(f"cross_tokenizer must be one of {', '.join(CROSS_TOKENIZER)}, got {self.cross_tokenizer!r}")
-        if self.cross_tokenizer == "uld":
-            errors += [f"cross_tokenizer uld: {p}" for p in self.cross_problems()]
+        if self.cross_tokenizer in ("uld", "hybrid"):
+            errors += [f"cross_tokenizer {self.cross_tokenizer}: {p}" for p in self.cross_problems()]
         if self.mode == "online" and not self.teacher:
             errors.append("mode online needs kd.teacher (the teacher model to load beside the student)")
         for name in self.features() + (["on_policy"] if self.on_policy.fraction > 0 else []):
@@ -140,13 +150,17 @@ class KDConfig:
                               f"log-probs on its own traces): set kd.mode online and kd.teacher (got kd.mode {self.mode})")
         return errors
 
+    def cross_loss(self) -> str:
+        """The loss across tokenizers: uld when asked for, else GOLD's hybrid."""
+        return "uld" if self.cross_tokenizer == "uld" else "hybrid"
+
     def cross_problems(self) -> list[str]:
-        """What cross-tokenizer KD (ULD on aligned tokens) cannot be combined with."""
+        """What cross-tokenizer KD (its loss on aligned tokens) cannot be combined with."""
         errors = []
-        if self.mode == "online":
-            errors.append("distilling across tokenizers works on stored teacher top-k: score the traces with the "
-                          "teacher (`seqdistill score`, or generate with teacher_logprobs: true) and set kd.mode offline")
-        if self.divergence != "forward_kl":
+        for name in self.features() + (["on_policy"] if self.on_policy.fraction > 0 else []):
+            errors.append(f"kd.{name} needs one tokenizer (its terms compare positions or samples one to one): "
+                          "set its weight/fraction to 0, or pick a teacher of the student's family")
+        if self.cross_loss() == "uld" and self.divergence != "forward_kl":
             errors.append(f"the loss is ULD (sorted probabilities, L1), which has no kd.divergence: leave it at "
                           f"forward_kl (got {self.divergence})")
         return errors
@@ -248,22 +262,23 @@ def tokenization_difference(student, teacher, texts: list[str], student_name: st
 
 
 def cross_tokenizer(cfg: KDConfig, student, teacher, texts: list[str], student_name: str, teacher_name: str | None) -> bool:
-    """Whether logit KD runs across tokenizers (ULD on aligned tokens); ConfigError where it cannot run at all.
+    """Whether logit KD runs across tokenizers (cfg.cross_loss() on aligned tokens); ConfigError where it cannot run.
 
     `teacher` is the teacher's tokenizer, None when the dataset names no teacher (then only today's
-    shared-tokenizer path runs: uld must decode the stored ids with the teacher's tokenizer)."""
+    shared-tokenizer path runs: uld and hybrid must decode the stored ids with the teacher's tokenizer)."""
 
     if teacher is None:
-        if cfg.cross_tokenizer == "uld":
-            raise ConfigError("kd.cross_tokenizer uld decodes the teacher's stored token ids with the teacher's tokenizer, "
-                              "and the dataset names no teacher: add a `teacher` column (its hub id or path) or set "
-                              "kd.cross_tokenizer auto (today's path, for a dataset scored with the student's tokenizer)")
+        if cfg.cross_tokenizer in ("uld", "hybrid"):
+            raise ConfigError(f"kd.cross_tokenizer {cfg.cross_tokenizer} decodes the teacher's stored token ids with the "
+                              "teacher's tokenizer, and the dataset names no teacher: add a `teacher` column (its hub id or "
+                              "path) or set kd.cross_tokenizer auto (today's path, for a dataset scored with the student's "
+                              "tokenizer)")
         return False
     differ = tokenization_difference(student, teacher, texts, student_name, teacher_name)
     if cfg.cross_tokenizer == "shared" or (cfg.cross_tokenizer == "auto" and differ is None):
         if differ:
-            raise ConfigError(f"{differ}; kd.cross_tokenizer shared needs a shared tokenizer: set it to auto (ULD across "
-                              "tokenizers), pick a student of the teacher's family, or set kd.mode none")
+            raise ConfigError(f"{differ}; kd.cross_tokenizer shared needs a shared tokenizer: set it to auto (hybrid "
+                              "KL + ULD across tokenizers), pick a student of the teacher's family, or set kd.mode none")
         return False
     problems = [f"{differ}, and {p}" if differ else p for p in cfg.cross_problems()]
     problems += xtok.check_pair(student, teacher, student_name, teacher_name)

@@ -18,6 +18,20 @@ from the KL above, not a variant of it: it is 0 for any student whose sorted pro
 teacher's, whatever tokens carry them (the cross-entropy on the trace supplies which), and at most 2.
 It enters as (1 - alpha) * ULD, with no T^2 factor (that factor restores the gradient scale of a
 tempered KL, which an L1 of probabilities does not share).
+
+GOLD's hybrid (TRL's GOLDTrainer with uld_use_hybrid_loss) splits the two vocabularies: tokens that decode to
+the same bytes on both sides (seqdistill.xtok.id_map) are compared one to one, the rest by shape. Over the
+teacher's stored top-k, per aligned token:  hybrid = T^2 * D(matched buckets) + ULD(unmatched).
+  matched buckets: the teacher's top-k tokens that have a student twin, each against that twin's student
+    probability, plus one bucket each side for all other mass (D is kd.divergence; with one tokenizer every
+    top-k token is matched and this is exactly the k + 1 bucket divergence above);
+  unmatched: what that bucket holds, by shape: the teacher's u unmatched top-k probabilities sorted, then
+    its mass outside the top-k, against the student's u largest probabilities off the matched tokens, then
+    the rest of its mass off them (ULD as above; with nothing matched it is uld_topk).
+What storing only the top-k loses: the teacher's mass outside its top-k is one bucket, so a shared token
+outside the top-k is not compared one to one (its mass sits in the bucket), and both parts are lower bounds
+of the same terms over the full vocabularies (coarse-graining lowers a divergence; the L1 of k + 1 sorted
+entries is at most the full one), exact when the teacher's mass is all in its top-k.
 """
 
 from __future__ import annotations
@@ -96,13 +110,68 @@ def uld_topk(student_logits, teacher_logprobs, temperature: float):
     tokens, not the teacher's ids, which name tokens of another vocabulary."""
     import torch
 
+    student = torch.log_softmax(student_logits.float() / temperature, -1)
+    unmatched = torch.full(teacher_logprobs.shape, -1, dtype=torch.long, device=student.device)
+    return unmatched_uld(student, unmatched, teacher_logprobs, temperature)
+
+
+def hybrid_topk(student_logits, student_ids, teacher_logprobs, temperature: float, kind: str = "forward_kl",
+                beta: float = 0.5, skew_alpha: float = 0.1):
+    """Per-row GOLD hybrid (module docstring): T^2 * D over the matched buckets + ULD over the unmatched rest.
+
+    student_ids: (N, k) the student id of each of the teacher's top-k tokens (-1: no student token has its bytes)."""
+    import torch
+
+    student = torch.log_softmax(student_logits.float() / temperature, -1)
+    t, s = matched_buckets(student, student_ids, teacher_logprobs, temperature)
+    matched = divergence(t, s, kind, beta, skew_alpha)
+    return temperature**2 * matched + unmatched_uld(student, student_ids, teacher_logprobs, temperature)
+
+
+def twins(student, student_ids):
+    """Which of the teacher's top-k have a student twin, and an index into the student's log-probs padded with one
+    -inf column (where the others point, so gather and scatter stay one tensor op)."""
+    import torch
+
+    width = student.shape[-1]
+    matched = (student_ids >= 0) & (student_ids < width)
+    padded = torch.nn.functional.pad(student, (0, 1), value=float("-inf"))
+    return matched, padded, torch.where(matched, student_ids, width)
+
+
+def matched_buckets(student, student_ids, teacher_logprobs, temperature: float):
+    """(N, k+1) log-probs of teacher and student: each matched top-k token, then one bucket for all other mass.
+
+    `student` holds the student's tempered log-probs. Unmatched columns hold the same tiny value on both sides,
+    so they add nothing to any divergence and carry no gradient."""
+    import torch
+
+    tiny = np.log(1e-20)
+    matched, padded, index = twins(student, student_ids)
+    teacher = teacher_with_rest(teacher_logprobs.detach(), temperature)
+    t_top = torch.where(matched, teacher[:, :-1], tiny)
+    t_rest = torch.cat([teacher[:, -1:], teacher[:, :-1].masked_fill(matched, float("-inf"))], -1).logsumexp(-1, keepdim=True)
+    s_top = torch.where(matched, padded.gather(-1, index), tiny)
+    s_rest = padded.scatter(-1, index, float("-inf")).logsumexp(-1, keepdim=True).clamp(min=tiny)
+    return torch.cat([t_top, t_rest], -1), torch.cat([s_top, s_rest], -1)
+
+
+def unmatched_uld(student, student_ids, teacher_logprobs, temperature: float):
+    """Per-row ULD over what the matched buckets leave in their rest bucket (module docstring): the teacher's u
+    unmatched top-k sorted + its mass outside the top-k, against the student's u largest probabilities off the
+    matched tokens + the rest of its mass off them. `student` holds the student's tempered log-probs."""
+    import torch
+
+    matched, padded, index = twins(student, student_ids)
     teacher = teacher_with_rest(teacher_logprobs.detach(), temperature).exp()
-    t_top = teacher[:, :-1].sort(-1, descending=True).values
-    student = torch.softmax(student_logits.float() / temperature, -1)
+    t_top = teacher[:, :-1].masked_fill(matched, 0).sort(-1, descending=True).values
+    others = padded.exp().scatter(-1, index, 0.0)  # the student's probabilities off the matched tokens
     k = t_top.shape[-1]
-    s_top = student.topk(min(k, student.shape[-1]), -1).values
+    s_top = others.topk(min(k, others.shape[-1]), -1).values
     s_top = torch.nn.functional.pad(s_top, (0, k - s_top.shape[-1]))
-    s_rest = (1 - s_top.sum(-1)).clamp(min=0)
+    kept = torch.arange(k, device=s_top.device) < (~matched).sum(-1, keepdim=True)  # u of them
+    s_top = torch.where(kept, s_top, 0.0)
+    s_rest = (others.sum(-1) - s_top.sum(-1)).clamp(min=0)
     return (s_top - t_top).abs().sum(-1) + (s_rest - teacher[:, -1]).abs()
 
 

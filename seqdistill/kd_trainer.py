@@ -2,7 +2,8 @@
 
 Imported only when `sft` runs with `kd.mode` offline or online (it imports torch and TRL).
 loss = alpha * CE + (1 - alpha) * T^2 * D (per token) + the weighted feature terms of seqdistill.kd_features;
-across tokenizers (rows with kd_positions, seqdistill.xtok) alpha * CE + (1 - alpha) * ULD on the aligned tokens;
+across tokenizers (rows with kd_positions, seqdistill.xtok) alpha * CE + (1 - alpha) * (GOLD's hybrid or ULD) on the
+aligned tokens, against stored top-k or, online, the teacher's top kd.topk on its own tokens of the conversation;
 hidden-state projections (when hidden sizes differ) are trained in the same optimizer and saved as
 kd_projections.safetensors beside the student (and in each checkpoint, so --resume restores them).
 """
@@ -47,13 +48,18 @@ def prepare_online(cfg, student: str, longest: int, model_kwargs: dict) -> dict:
 
 class KDCollator:
     """TRL's collator, plus the teacher's top-k ids/log-probs laid out on the batch's token positions: from
-    kd_offset on (shared tokenizer), or each teacher token on its aligned student position (kd_positions)."""
+    kd_offset on (shared tokenizer), or each teacher token on its aligned student position (kd_positions), its
+    top-k ids turned into the student's by `to_student` (xtok.Aligner.to_student; -1: no student twin).
+    Online across tokenizers, the teacher's own tokens of each conversation instead (teacher_tokens)."""
 
-    def __init__(self, base):
+    def __init__(self, base, to_student=None):
         self.base = base
+        self.to_student = None if to_student is None else torch.as_tensor(to_student, dtype=torch.long)
 
     def __call__(self, examples):
         batch = self.base(examples)
+        if "teacher_input_ids" in examples[0]:
+            batch.update(teacher_tokens(examples, batch["input_ids"].shape[1]))
         if "teacher_topk" not in examples[0]:
             return batch
         length = batch["input_ids"].shape[1]
@@ -66,7 +72,8 @@ class KDCollator:
             if ex.get("kd_positions") is not None:
                 positions = torch.as_tensor(ex["kd_positions"], dtype=torch.long)
                 on = (positions >= 0) & (positions < length)  # aligned, and not cut off at max_length
-                ids[b, positions[on]] = torch.from_numpy(t_ids)[on]
+                t_ids = torch.from_numpy(t_ids)
+                ids[b, positions[on]] = (t_ids if self.to_student is None else student_ids(self.to_student, t_ids))[on]
                 logprobs[b, positions[on]] = torch.from_numpy(t_lps)[on]
                 mask[b, positions[on]] = True
                 continue
@@ -82,12 +89,12 @@ class KDCollator:
 class KDTrainer(SFTTrainer):
     """loss = alpha * CE + (1 - alpha) * T^2 * divergence, per trained token (see seqdistill.kd_loss), + feature terms."""
 
-    def __init__(self, *args, kd_config: kd.KDConfig, teacher_model=None, **kwargs):
+    def __init__(self, *args, kd_config: kd.KDConfig, teacher_model=None, aligner=None, **kwargs):
         self.kd_config = kd_config
         super().__init__(*args, **kwargs)
-        self.data_collator = KDCollator(self.data_collator)
-        columns = getattr(self.train_dataset, "column_names", None) or []
-        self.uld = kd_config.cross_tokenizer == "uld" or "kd_positions" in columns  # rows built by seqdistill.xtok
+        self.to_student = None if aligner is None else torch.as_tensor(aligner.to_student, dtype=torch.long)
+        self.data_collator = KDCollator(self.data_collator, self.to_student)
+        self.cross = None if aligner is None else kd_config.cross_loss()  # rows built by seqdistill.xtok: uld | hybrid
         self.teacher_model = teacher_model
         if teacher_model is not None:
             self.teacher_model = self.place_teacher(teacher_model.eval().requires_grad_(False))
@@ -158,7 +165,8 @@ class KDTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg = self.kd_config
-        teacher = {key: inputs.pop(key) for key in ("teacher_ids", "teacher_logprobs", "teacher_mask") if key in inputs}
+        teacher = {key: inputs.pop(key) for key in ("teacher_ids", "teacher_logprobs", "teacher_mask", "teacher_input_ids",
+                                                    "teacher_attention_mask", "teacher_source") if key in inputs}
         labels = inputs.pop("labels")
         rkd = cfg.relations.weight > 0 and cfg.relations.kind != "attention_relation"
         extra = {"output_hidden_states": cfg.hidden_states.weight > 0 or rkd, "output_attentions": cfg.attention.weight > 0}
@@ -168,7 +176,9 @@ class KDTrainer(SFTTrainer):
         tokens = trained.sum() if num_items_in_batch is None else num_items_in_batch
         ce = torch.nn.functional.cross_entropy(logits[trained].float(), targets[trained], reduction="sum")
         teacher_out = None
-        if self.teacher_model is not None:
+        if self.teacher_model is not None and self.cross:
+            per_token = self.online_cross_term(logits, trained, teacher)
+        elif self.teacher_model is not None:
             with torch.no_grad():
                 teacher_out = self.teacher_model(**inputs, use_cache=False, **extra)
             t, s = kd_loss.full_distributions(logits[trained], teacher_out.logits[:, :-1][trained], cfg.temperature)
@@ -176,10 +186,10 @@ class KDTrainer(SFTTrainer):
         else:
             if not teacher:
                 raise ValueError("kd.mode offline needs teacher log-probs in every batch (column teacher_topk)")
-            per_token = offline_term(logits, trained, teacher, cfg, self.uld)
+            per_token = offline_term(logits, trained, teacher, cfg, self.cross)
         divergence = per_token.sum()
         alpha = 0.0 if self.on_policy_batch and model.training else cfg.alpha  # the student's own tokens: no CE
-        scale = 1.0 if self.uld else cfg.temperature**2  # ULD is an L1 of probabilities: no KL gradient scale to restore
+        scale = 1.0 if self.cross else cfg.temperature**2  # ULD is an L1 of probabilities; hybrid_topk scales its own KL
         loss = (alpha * ce + (1 - alpha) * scale * divergence) / torch.as_tensor(tokens).clamp(min=1)
         terms = self.feature_terms(outputs, teacher_out, labels != -100, inputs) if cfg.features() else {}
         if terms:  # each term is a mean over this batch: weigh it by the batch's share of the accumulated tokens
@@ -196,6 +206,19 @@ class KDTrainer(SFTTrainer):
         if cfg.on_policy.fraction > 0 and model.training:
             self._metrics[mode]["on_policy"].append(float(self.on_policy_batch))
         return (loss, outputs) if return_outputs else loss
+
+    def online_cross_term(self, logits, trained, teacher: dict):
+        """Online across tokenizers: the teacher reads its own tokens of each conversation (no gradient), and its top
+        kd.topk at each aligned position, in the student's ids, stand in for stored top-k: offline's loss."""
+        cfg = self.kd_config
+        with torch.no_grad():
+            t_logits = self.teacher_model(input_ids=teacher["teacher_input_ids"], use_cache=False,
+                                          attention_mask=teacher["teacher_attention_mask"]).logits
+        source = teacher["teacher_source"][:, 1:]  # position t predicts token t + 1
+        scored = (source >= 0) & trained
+        top = torch.log_softmax(t_logits[scored.nonzero(as_tuple=True)[0], source[scored]].float(), -1).topk(cfg.topk, -1)
+        ids = student_ids(self.to_student.to(top.indices.device), top.indices)
+        return topk_term(logits[scored], ids, top.values, cfg, self.cross)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         policy = self.kd_config.on_policy
@@ -261,16 +284,47 @@ class KDTrainer(SFTTrainer):
         return terms
 
 
-def offline_term(logits, trained, teacher: dict, cfg, uld: bool):
+def offline_term(logits, trained, teacher: dict, cfg, cross: str | None = None):
     """The per-token KD term against stored top-k at the trained positions that carry a teacher distribution:
-    the divergence over the teacher's k + 1 buckets, or across tokenizers the ULD distance (teacher ids unused:
-    they name another vocabulary's tokens)."""
+    the divergence over the teacher's k + 1 buckets, or across tokenizers (cross) GOLD's hybrid on the ids the
+    collator turned into the student's, or the ULD distance (ids unused)."""
     scored = teacher["teacher_mask"][:, 1:] & trained  # position t predicts token t + 1
-    logprobs = teacher["teacher_logprobs"][:, 1:][scored]
-    if uld:
-        return kd_loss.uld_topk(logits[scored], logprobs, cfg.temperature)
-    t, s = kd_loss.topk_buckets(logits[scored], teacher["teacher_ids"][:, 1:][scored], logprobs, cfg.temperature)
+    ids, logprobs = teacher["teacher_ids"][:, 1:][scored], teacher["teacher_logprobs"][:, 1:][scored]
+    return topk_term(logits[scored], ids, logprobs, cfg, cross)
+
+
+def topk_term(student_logits, ids, logprobs, cfg, cross: str | None):
+    """Per row, the KD term of the student's logits against the teacher's top-k (ids in the student's vocabulary,
+    -1 where it has none), offline or online: kd.divergence over k + 1 buckets, GOLD's hybrid or ULD."""
+    if cross == "uld":
+        return kd_loss.uld_topk(student_logits, logprobs, cfg.temperature)
+    if cross == "hybrid":
+        return kd_loss.hybrid_topk(student_logits, ids, logprobs, cfg.temperature, cfg.divergence, cfg.beta, cfg.skew_alpha)
+    t, s = kd_loss.topk_buckets(student_logits, ids, logprobs, cfg.temperature)
     return kd_loss.divergence(t, s, cfg.divergence, cfg.beta, cfg.skew_alpha)
+
+
+def student_ids(to_student, teacher_ids):
+    """Teacher token ids as the student's (xtok.Aligner.to_student); -1 where the student has no token of the same
+    bytes, or past the teacher tokenizer's vocabulary (a model's padding rows)."""
+    inside = teacher_ids < len(to_student)
+    return torch.where(inside, to_student[teacher_ids.clamp(max=len(to_student) - 1)], -1)
+
+
+def teacher_tokens(examples, length: int) -> dict:
+    """Online across tokenizers: the teacher's tokens of each conversation (right-padded) and, per student position,
+    the teacher position whose logits predict the teacher token aligned with it (-1: none)."""
+    width = max(len(ex["teacher_input_ids"]) for ex in examples)
+    ids = torch.zeros(len(examples), width, dtype=torch.long)
+    mask = torch.zeros(len(examples), width, dtype=torch.long)
+    source = torch.full((len(examples), length), -1, dtype=torch.long)
+    for b, ex in enumerate(examples):
+        n = len(ex["teacher_input_ids"])
+        ids[b, :n], mask[b, :n] = torch.as_tensor(ex["teacher_input_ids"]), 1
+        positions = torch.as_tensor(ex["kd_positions"], dtype=torch.long)
+        on = (positions >= 0) & (positions < length)  # aligned, and not cut off at max_length
+        source[b, positions[on]] = (ex["teacher_offset"] - 1 + torch.arange(len(positions)))[on]
+    return {"teacher_input_ids": ids, "teacher_attention_mask": mask, "teacher_source": source}
 
 
 class ProjectionGrads(TrainerCallback):

@@ -476,7 +476,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
         from transformers import AutoModelForCausalLM
 
         teacher = AutoModelForCausalLM.from_pretrained(models.resolve(cfg.kd.teacher), dtype=dtype, **teacher_kwargs)
-    return KDTrainer(**common, kd_config=cfg.kd, teacher_model=teacher)
+    return KDTrainer(**common, kd_config=cfg.kd, teacher_model=teacher, aligner=data.aligner)
 
 
 def trl_settings(cfg: SFTStageConfig, out: Path, device: str = "cpu", dtype: str = "float32",

@@ -1,4 +1,5 @@
-"""Logit KD across tokenizers: which teacher token lines up with which student token (the loss is kd_loss.uld_topk).
+"""Logit KD across tokenizers: which teacher token lines up with which student token, and which teacher id is
+which student id (the losses are kd_loss.uld_topk and kd_loss.hybrid_topk).
 
 The teacher's sampled ids are read back as UTF-8 bytes and decoded to the completion text; the student
 tokenizes that text. Each token covers the bytes it decodes to (byte-level BPE: the token string read back
@@ -11,6 +12,9 @@ terms: the logits at the last token of the previous group). Later tokens of a gr
 model has not read; they are not distilled (the cross-entropy still trains them). The same tokenizer on
 both sides makes every group one token: the identity alignment. A teacher that ends its turn with a special
 token has it aligned with the student's end-of-turn token.
+
+The vocabularies are matched the same way: a teacher id and a student id that decode to the same bytes are
+one token (GOLD's "shared vocabulary"), the part of the two distributions an exact KL can compare.
 
 Bytes rather than the fast tokenizer's offset mapping: offsets give the byte pieces of one character that
 character's whole span, and ByteLevel's trim_offsets moves spaces out of spans, so offsets lose boundaries
@@ -54,6 +58,25 @@ def vocab_bytes(tokenizer) -> list[bytes]:
             for i, t in enumerate(tokens)]
 
 
+def id_map(teacher_pieces: list[bytes], student_pieces: list[bytes]) -> np.ndarray:
+    """Per teacher id, the student id that decodes to the same bytes, or -1: the shared part of the two vocabularies.
+
+    One teacher id per student id (where a vocabulary spells the same bytes twice, the lowest id takes them), so
+    no student probability is counted twice; empty tokens match nothing."""
+    student = {}
+    for j, piece in enumerate(student_pieces):
+        if piece:
+            student.setdefault(piece, j)
+    out = np.full(len(teacher_pieces), -1, np.int64)
+    taken = set()
+    for i, piece in enumerate(teacher_pieces):
+        j = student.get(piece, -1) if piece else -1
+        if j >= 0 and j not in taken:
+            out[i] = j
+            taken.add(j)
+    return out
+
+
 def starts(ids, pieces: list[bytes], text: bytes) -> np.ndarray:
     """The byte offset in `text` where each token starts; -1 for tokens that start past the first byte where the
     tokens' bytes and the text disagree (a normalizer that rewrote the text, a character cut off at the end):
@@ -95,11 +118,13 @@ def utf8(raw: bytes) -> str:
 
 
 class Aligner:
-    """A student and a teacher tokenizer with their byte vocabularies, read once per dataset."""
+    """A student and a teacher tokenizer with their byte vocabularies and the teacher id -> student id map, read
+    once per dataset."""
 
     def __init__(self, student, teacher):
         self.student, self.teacher = student, teacher
         self.student_pieces, self.teacher_pieces = vocab_bytes(student), vocab_bytes(teacher)
+        self.to_student = id_map(self.teacher_pieces, self.student_pieces)  # teacher id -> student id, -1: not shared
         self.teacher_special = {i for i, t in teacher.added_tokens_decoder.items() if t.special} | set(teacher.all_special_ids)
 
     def text(self, sampled) -> str:
@@ -113,6 +138,23 @@ class Aligner:
     def pairs(self, teacher_ids, student_ids, text: str) -> tuple[np.ndarray, np.ndarray]:
         raw = text.encode()
         return align(starts(teacher_ids, self.teacher_pieces, raw), starts(student_ids, self.student_pieces, raw))
+
+    def tails(self, teacher_ids, teacher_text: str, student_ids, student_text: str) -> tuple[np.ndarray, np.ndarray]:
+        """pairs() when one side's completion text is the end of the other's (a chat template that opens the think
+        block itself has "<think>\n" in its prompt, not its completion): both are laid on the longer text's bytes."""
+        t_raw, s_raw = teacher_text.encode(), student_text.encode()
+        width = max(len(t_raw), len(s_raw))
+        t, s = starts(teacher_ids, self.teacher_pieces, t_raw), starts(student_ids, self.student_pieces, s_raw)
+        return align(np.where(t >= 0, t + width - len(t_raw), -1), np.where(s >= 0, s + width - len(s_raw), -1))
+
+    def positions(self, teacher_ids, teacher_text: str, student_ids, student_text: str, head: int) -> list[int]:
+        """Per teacher completion token, then its end of turn, the student position it is aligned with (-1: none):
+        the student's completion tokens start at `head` and are closed by its own end of turn."""
+        positions = np.full(len(teacher_ids) + 1, -1, np.int64)
+        t_idx, s_idx = self.tails(teacher_ids, teacher_text, student_ids, student_text)
+        positions[t_idx] = head + s_idx
+        positions[-1] = head + len(student_ids)  # end of turn against end of turn
+        return positions.tolist()
 
     def row(self, head: list[int], sampled, eot_id: int) -> tuple[list[int], list[int]]:
         """input_ids = head + the student's tokens for the teacher's text + eot_id, and per teacher token the

@@ -208,7 +208,8 @@ def test_score_adds_the_same_logprobs_as_generate(teacher_samples, smollm2_llm, 
     (["kd.alpha=1.5"], r"kd.alpha must be in \[0, 1\]"),
     (["kd.temperature=0"], "kd.temperature must be > 0"),
     (["kd.mode=online"], "kd.mode online needs kd.teacher"),
-    (["kd.mode=online", "kd.teacher=__QWEN2__"], "tokenize differently"),
+    (["kd.mode=online", "kd.teacher=__QWEN2__", "kd.hidden_states.weight=1"],  # across tokenizers: logits only
+     "tokenize differently.*kd.hidden_states needs one tokenizer"),
 ])
 def test_bad_kd_input(overrides, message, teacher_samples, tiny_llama, tiny_qwen2, tmp_path):
     _, _, samples = teacher_samples
