@@ -53,7 +53,7 @@ browser:
 	  echo "chromium not installed: tests/test_view.py skips its browser checks"; }
 
 bwrap:
-	@# the code sandbox's private root (seqdistill/sandbox.py): Debian's bubblewrap, as root (non-fatal)
+	@# the code sandbox's private root (seqdistill/checking/sandbox.py): Debian's bubblewrap, as root (non-fatal)
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap 2>/dev/null || \
 	   (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap)) || \

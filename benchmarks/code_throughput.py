@@ -31,7 +31,7 @@ def fenced(program: str) -> str:
 
 
 def workloads() -> dict[str, list[tuple[str, dict | str]]]:
-    from seqdistill import problems
+    from seqdistill.sources import problems
 
     rows = problems.load(problems.ProblemsConfig(source="", preset="humaneval"))
     return {
@@ -45,7 +45,7 @@ def workloads() -> dict[str, list[tuple[str, dict | str]]]:
 def main() -> None:
     from run import machine
 
-    from seqdistill import code, sandbox
+    from seqdistill.checking import code, sandbox
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))

@@ -1,4 +1,4 @@
-"""Near-duplicate problems in a real mix: GSM8K train + MAWPS + SVAMP, through seqdistill.dedup.
+"""Near-duplicate problems in a real mix: GSM8K train + MAWPS + SVAMP, through seqdistill.sources.dedup.
 
     .venv/bin/python benchmarks/dedup.py                      # ../shared/benchmarks, thresholds 0.7 0.8 0.9 1.0
     .venv/bin/python benchmarks/dedup.py --benchmarks-dir DIR
@@ -35,7 +35,7 @@ def machine() -> dict:
 
 def load_mix(root: Path) -> tuple[list[dict], list[str]]:
     """The rows of the three sources in order, and the source name of each row."""
-    from seqdistill.problems import ProblemsConfig, ProblemSource, load
+    from seqdistill.sources.problems import ProblemsConfig, ProblemSource, load
 
     first, *rest = [ProblemSource(source=str(root / path), preset=preset) for path, preset in SOURCES.values()]
     rows = load(ProblemsConfig(**vars(first), mix=rest))
@@ -50,7 +50,7 @@ def numbers_only(a: str, b: str) -> bool:
 
 
 def main() -> None:
-    from seqdistill import dedup
+    from seqdistill.sources import dedup
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmarks-dir", default="../shared/benchmarks")
@@ -99,7 +99,7 @@ def main() -> None:
 def markdown(out: dict) -> str:
     m = out["machine"]
     lines = [f"# Near-duplicate problems across sources, {out['date']}", "",
-             "`.venv/bin/python benchmarks/dedup.py` (seqdistill.dedup: MinHash over word 3-grams, "
+             "`.venv/bin/python benchmarks/dedup.py` (seqdistill.sources.dedup: MinHash over word 3-grams, "
              f"{out['num_perm']} permutations, LSH bands, exact Jaccard on the candidates).", "",
              f"Machine: {m['cpu']} ({m['cpu_flags']}), {m['cores']} cores (shared with other jobs). "
              f"Problems: {out['problems']} ({', '.join(f'{k} {v}' for k, v in out['sources'].items())}), in that order; "

@@ -41,7 +41,8 @@ def main() -> None:
     args = p.parse_args()
 
     from seqdistill import config as configlib
-    from seqdistill import evaluate, judge, models, store
+    from seqdistill import evaluate, models, store
+    from seqdistill.checking import judge
 
     path = models.resolve(args.model)
     start = time.perf_counter()
@@ -110,7 +111,8 @@ def near_miss(task: str, gold: str) -> str:
 
 def controls(cfg, task: str, tmp: Path) -> dict:
     """The judge on each problem's gold answer and a near miss, written as a response, against the task's checker."""
-    from seqdistill import evaluate, judge, verify
+    from seqdistill import evaluate
+    from seqdistill.checking import judge, verify
 
     bench = next(b for b in cfg.benchmarks if b.name == f"rg-{task}")
     cases = [(row, f"The answer is \\boxed{{{answer}}}.") for row in evaluate.load_benchmark(bench)

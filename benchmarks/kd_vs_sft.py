@@ -10,7 +10,7 @@ prompt-log-probs pass; `generate.teacher_logprobs: true` would record the same d
 the same LoRA student with `kd.mode: offline` and every other setting of the run's sft stage, and
 evaluates it with the run's eval settings (every benchmark; paired differences against the untouched and the
 SFT student). Reports pass@1, the divergences from the teacher to each student on the teacher's own held-out
-responses (KL over the tokens both vocabularies share and ULD, on aligned tokens: seqdistill.xtok; with one
+responses (KL over the tokens both vocabularies share and ULD, on aligned tokens: seqdistill.training.xtok; with one
 tokenizer the full-vocabulary KL), training tokens/s, peak RSS and bytes per stored token.
 Results: benchmarks/results/kd_vs_sft.json and .md (--out).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def divergence_on_teacher_responses(teacher_path: str, student_path: str, samples: Path, limit: int, prompt_cfg) -> dict:
-    """Teacher vs student on the teacher's own held-out responses, per aligned response token (seqdistill.xtok:
+    """Teacher vs student on the teacher's own held-out responses, per aligned response token (seqdistill.training.xtok:
     both models predict it after the same text; every token when they share a tokenizer). `kl_to_teacher`:
     KL(teacher || student) over the tokens both vocabularies hold with the same bytes, each side renormalised
     there (with one tokenizer: the full vocabulary, nothing renormalised); `uld_to_teacher`: the ULD distance
@@ -32,7 +32,9 @@ def divergence_on_teacher_responses(teacher_path: str, student_path: str, sample
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from seqdistill import kd_loss, prompts, store, xtok
+    from seqdistill import store
+    from seqdistill.engines import prompts
+    from seqdistill.training import kd_loss, xtok
 
     teacher_tok, student_tok = AutoTokenizer.from_pretrained(teacher_path), AutoTokenizer.from_pretrained(student_path)
     aligner = xtok.Aligner(student_tok, teacher_tok)

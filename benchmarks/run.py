@@ -62,7 +62,8 @@ def generate_cfg(model: str, size: dict, out: str, *overrides):
 
 
 def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) -> dict:
-    from seqdistill import engine, generate, models, prompts, store
+    from seqdistill import generate, models, store
+    from seqdistill.engines import engine, prompts
 
     cfg = generate_cfg(model, size, str(tmp / "gen"))
     path = models.resolve(model)
@@ -108,7 +109,7 @@ def engine_side(model: str, size: dict, tmp: Path, benchmarks_dir: Path | None) 
                        "storage_kept": stats.get("teacher_logprobs"),
                        "seconds_without": out["generate"][1]["seconds"], "tokens_without": out["generate"][1]["tokens"]}
     kd_samples = store.read_parquet(sorted((tmp / "gen-kd").glob("samples/*/chunk-*.parquet")))
-    from seqdistill import topk
+    from seqdistill.engines import topk
 
     out["logprobs"]["storage_all_samples"] = topk.storage_stats(kd_samples, 20, models.vocab_size(path))
     train = kd_samples.select([i % len(kd_samples) for i in range(size["train_examples"])])
@@ -130,7 +131,7 @@ def bare_params(s):
 
 
 def filtering(cfg, samples, count: int, generate_runs: list[dict]) -> dict:
-    from seqdistill import filters
+    from seqdistill.sources import filters
 
     rows = [dict(samples[i % len(samples)]) for i in range(count)]
     groups: dict = {}
@@ -149,8 +150,10 @@ def filtering(cfg, samples, count: int, generate_runs: list[dict]) -> dict:
 
 def eval_side(model: str, size: dict, tmp: Path, llm, benchmarks_dir: Path | None) -> dict:
     from seqdistill import config as configlib
-    from seqdistill import evaluate, models, problems, prompts
+    from seqdistill import evaluate, models
+    from seqdistill.engines import prompts
     from seqdistill.evaluate import EvalConfig
+    from seqdistill.sources import problems
 
     mawps = benchmarks_dir / "mawps" / "test.jsonl" if benchmarks_dir else None
     bench = (f"{{name: mawps, source: {mawps}, num_problems: {size['eval_problems']}}}" if mawps and mawps.is_file()

@@ -51,7 +51,8 @@ def generate_cfg(model: str, out: str, size: dict, *extra: str):
 
 
 def user_messages(cfg) -> list[list[dict]]:
-    from seqdistill import generate, prompts
+    from seqdistill import generate
+    from seqdistill.engines import prompts
 
     template = prompts.load_template(cfg.prompt.template)
     return [prompts.messages(prompts.render(template, row), cfg.prompt) for row in generate.select_problems(cfg)]
@@ -59,7 +60,8 @@ def user_messages(cfg) -> list[list[dict]]:
 
 def request_bodies(cfg) -> list[dict]:
     """The bodies `seqdistill generate` sends for cfg (one per problem and sample, its seeds), for the bare client."""
-    from seqdistill import engine, generate, prompts
+    from seqdistill import generate
+    from seqdistill.engines import engine, prompts
 
     rows = generate.select_problems(cfg)
     template = prompts.load_template(cfg.prompt.template)
@@ -156,7 +158,8 @@ def server_side(path: str, tmp: Path, size: dict) -> dict:
 def inprocess_side(path: str, tmp: Path) -> dict:
     from vllm import SamplingParams
 
-    from seqdistill import engine, generate, models, prompts
+    from seqdistill import generate, models
+    from seqdistill.engines import engine, prompts
 
     cfg = generate_cfg(path, str(tmp / "warm"), SIZE)
     tokenizer = models.load_tokenizer(path)

@@ -161,7 +161,8 @@ def command(url: str, out: Path, problems: int, size: dict) -> list[str]:
 def request_keys(url: str, out: Path, problems: int, size: dict) -> dict[tuple, str]:
     """(prompt, seed) of every request the run sends -> its journal key PROBLEM/SAMPLE (the bodies generate builds)."""
     from seqdistill import config as configlib
-    from seqdistill import engine, generate, prompts
+    from seqdistill import generate
+    from seqdistill.engines import engine, prompts
     from seqdistill.generate import GenerateConfig
 
     cfg = configlib.load(GenerateConfig, None, settings(url, out, problems, size))

@@ -14,8 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 from seqdistill import config as configlib
-from seqdistill import filters, kd, models, store
-from seqdistill.problems import PRESETS
+from seqdistill import models, store
+from seqdistill.sources import filters
+from seqdistill.sources.problems import PRESETS
+from seqdistill.training import kd
 
 log = logging.getLogger(__name__)
 # the hub model each embedded model was converted from (its GGUF file is a quantized copy of it)

@@ -29,16 +29,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, engine, hub, judge, metrics, models, problems as problemslib, prompts, store, thinking, trackers
-from seqdistill import verify
+from seqdistill import card, hub, metrics, models, store, trackers
+from seqdistill.engines import engine, prompts, thinking
+from seqdistill.checking import judge
+from seqdistill.sources import problems as problemslib
+from seqdistill.checking import verify
 from seqdistill import config as configlib
-from seqdistill.code import CodeConfig, check_sandbox
+from seqdistill.checking.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
-from seqdistill.engine import EngineConfig, SamplingConfig
+from seqdistill.engines.engine import EngineConfig, SamplingConfig
 from seqdistill.hub import HubConfig
-from seqdistill.problems import PRESETS, ProblemSource
-from seqdistill.prompts import PromptConfig
-from seqdistill.verify import AnswerConfig
+from seqdistill.sources.problems import PRESETS, ProblemSource
+from seqdistill.engines.prompts import PromptConfig
+from seqdistill.checking.verify import AnswerConfig
 
 log = logging.getLogger(__name__)
 EMBEDDED_HELDOUT = "embedded-heldout"

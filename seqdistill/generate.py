@@ -9,7 +9,7 @@ OUTPUT_DIR/data/dropped.parquet (every dropped sample with its reason), a datase
 (OUTPUT_DIR/README.md, so `datasets.load_dataset(OUTPUT_DIR)` works), stats.json and the resolved
 config. With preference.pairs, OUTPUT_DIR/data/preference.parquet holds DPO pairs (a kept trace
 against a wrong or truncated one of the same problem). With answer.judge, an LLM reads the samples no rule
-decided when the dataset is joined (seqdistill.judge; its replies in OUTPUT_DIR/judge.jsonl). Work is written
+decided when the dataset is joined (seqdistill.checking.judge; its replies in OUTPUT_DIR/judge.jsonl). Work is written
 chunk by chunk under OUTPUT_DIR/samples/; rerunning the same command resumes. `num_shards`/`shard_index` split a run into
 disjoint parts for N jobs on N machines. `teachers` (instead of `model`) samples from several teachers, one after the
 other, each with its own engine: every problem from each (or, with weights, from one drawn by weight); the rows name
@@ -23,17 +23,21 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, dedup, engine, filters, hub, judge, kd, models, problems as problemslib, prompts, rgym, store, topk, trackers, verify
+from seqdistill import card, hub, models, store, trackers
+from seqdistill.sources import dedup, filters, problems as problemslib
+from seqdistill.engines import engine, prompts, topk
+from seqdistill.checking import judge, rgym, verify
+from seqdistill.training import kd
 from seqdistill import config as configlib
-from seqdistill.code import CodeConfig, check_sandbox
+from seqdistill.checking.code import CodeConfig, check_sandbox
 from seqdistill.config import ConfigError
-from seqdistill.engine import EngineConfig, SamplingConfig
-from seqdistill.filters import FilterConfig, PreferenceConfig
+from seqdistill.engines.engine import EngineConfig, SamplingConfig
+from seqdistill.sources.filters import FilterConfig, PreferenceConfig
 from seqdistill.hub import HubConfig
-from seqdistill.problems import ProblemsConfig
-from seqdistill.prompts import PromptConfig
-from seqdistill.verify import AnswerConfig
-from seqdistill import sandbox
+from seqdistill.sources.problems import ProblemsConfig
+from seqdistill.engines.prompts import PromptConfig
+from seqdistill.checking.verify import AnswerConfig
+from seqdistill.checking import sandbox
 
 log = logging.getLogger(__name__)
 # the judge reads stored samples when the dataset is joined: changing it asks only what its journal lacks, samples nothing

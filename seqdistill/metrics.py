@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from seqdistill.verify import is_equivalent
+from seqdistill.checking.verify import is_equivalent
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

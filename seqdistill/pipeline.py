@@ -22,14 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqdistill import config as configlib
-from seqdistill import card, commands, hub, models, rgym, store, trackers
+from seqdistill import card, commands, hub, models, store, trackers
+from seqdistill.checking import rgym
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig, ModelEntry
 from seqdistill.generate import GenerateConfig
 from seqdistill.sft import SFTStageConfig
-from seqdistill import data, evaluate, generate, sft
+from seqdistill.training import data
+from seqdistill import evaluate, generate, sft
 from seqdistill import report
-from seqdistill.data import load_table
+from seqdistill.training.data import load_table
 
 log = logging.getLogger(__name__)
 STAGES = commands.PIPELINE_STAGES

@@ -18,10 +18,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import engine, kd, models, prompts, store, topk
+from seqdistill.engines import engine, prompts, topk
+from seqdistill.training import kd
+from seqdistill import models, store
 from seqdistill.config import ConfigError
-from seqdistill.engine import EngineConfig, SamplingConfig
-from seqdistill.data import end_of_turn, load_table
+from seqdistill.engines.engine import EngineConfig, SamplingConfig
+from seqdistill.training.data import end_of_turn, load_table
 
 log = logging.getLogger(__name__)
 OUTPUT = store.Layout(owned=("chunks", "data", store.STATS_FILE), marker=store.STATS_FILE, ignore=engine.OPERATIONAL)

@@ -19,9 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import card, hub, kd, models, prompts, store, trackers
+from seqdistill import card, hub, models, store, trackers
+from seqdistill.training import kd
+from seqdistill.engines import prompts
 from seqdistill.config import ConfigError, first_line
-from seqdistill.data import THINKING, TrainingData
+from seqdistill.training.data import THINKING, TrainingData
 from seqdistill.hub import HubConfig
 from seqdistill import precision
 
@@ -459,7 +461,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     teacher_kwargs = {}
     if cfg.kd.mode == "online":  # layer indices, length limit and eager attention, before any model loads
-        from seqdistill.kd_trainer import prepare_online  # kd_trainer subclasses TRL's trainer: imported when kd is on
+        from seqdistill.training.kd_trainer import prepare_online  # kd_trainer subclasses TRL's trainer: imported when kd is on
 
         teacher_kwargs = prepare_online(cfg, student, data.lengths["max"], model_kwargs)
     settings = trl_settings(cfg, out, device, dtype, data.end_of_turn, data.eval is not None, model_kwargs)
@@ -469,7 +471,7 @@ def build_trainer(cfg: SFTStageConfig, student: str, tokenizer, data, device: st
                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if cfg.kd.mode == "none":
         return SFTTrainer(**common)
-    from seqdistill.kd_trainer import KDTrainer  # kd_trainer subclasses TRL's trainer: imported when kd is on
+    from seqdistill.training.kd_trainer import KDTrainer  # kd_trainer subclasses TRL's trainer: imported when kd is on
 
     teacher = None
     if cfg.kd.mode == "online":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from seqdistill import store
 from seqdistill.config import ConfigError
-from seqdistill.filters import REASONS
+from seqdistill.sources.filters import REASONS
 
 MAX_TRACES = 2000  # teacher traces embedded in the page (and, separately, eval samples)
 MAX_CHARS = 20000  # characters of one trace's think block or answer kept (head and tail)

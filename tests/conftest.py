@@ -55,7 +55,7 @@ def tiny_llama(tmp_path_factory, smollm2_path) -> str:
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_llama):
     """One vLLM engine on the tiny model for every test that needs one."""
-    from seqdistill import engine
+    from seqdistill.engines import engine
 
     llm = engine.load_vllm(tiny_llama, engine.EngineConfig(kv_cache_memory_bytes=256 << 20, max_model_len=1024))
     yield llm
@@ -64,7 +64,7 @@ def tiny_llm(tiny_llama):
 
 @pytest.fixture(scope="session")
 def smollm2_llm(smollm2_path):
-    from seqdistill import engine
+    from seqdistill.engines import engine
 
     llm = engine.load_vllm(smollm2_path, engine.EngineConfig(kv_cache_memory_bytes=1 << 30, max_model_len=2048))
     yield llm
@@ -118,7 +118,7 @@ def traces(tmp_path_factory) -> Path:
     """24 conversations (12 problems x 2 traces) in TRL's conversational format, with R1-style think blocks."""
     import json
 
-    from seqdistill import problems
+    from seqdistill.sources import problems
 
     rows = []
     for p in problems.load(problems.ProblemsConfig(num_problems=12, max_operand=9)):

@@ -14,10 +14,11 @@ import pytest
 from fault_server import FaultServer
 
 from seqdistill import config as configlib
-from seqdistill import generate, sandbox, store
+from seqdistill import generate, store
+from seqdistill.checking import sandbox
 from seqdistill.config import ConfigError
+from seqdistill.engines.sampling import chunk_seed
 from seqdistill.generate import GenerateConfig
-from seqdistill.sampling import chunk_seed
 
 KEY_ENV, KEY = "SEQDISTILL_TEST_KEY", "sk-test-0123456789abcdef"
 
@@ -383,7 +384,7 @@ def test_samples_per_request_asks_once_per_prompt_and_bills_its_prompt_once(tmp_
 
 
 def test_samples_per_request_caps_n_and_the_estimate_counts_the_prompt_once_a_request(tmp_path, caplog):
-    caplog.set_level("INFO", logger="seqdistill.api")
+    caplog.set_level("INFO", logger="seqdistill.engines.api")
     with FaultServer() as server:
         generate.run(make_cfg(server, tmp_path / "gen", "engine.samples_per_request=3", n=4))
         assert sorted(b["n"] for b in asked(server)) == [1] * 5 + [3] * 5  # 3 + 1 samples a prompt
@@ -457,8 +458,8 @@ def test_samples_per_request_is_refused_where_it_cannot_apply(overrides, message
 
 
 def test_an_answer_for_several_samples_is_split_by_choice_index_and_bills_its_prompt_once():
-    from seqdistill.api import OpenAIEngine, Retry, share
-    from seqdistill.sampling import EngineConfig, Request, SamplingConfig
+    from seqdistill.engines.api import OpenAIEngine, Retry, share
+    from seqdistill.engines.sampling import EngineConfig, Request, SamplingConfig
 
     eng = OpenAIEngine("m", EngineConfig(backend="openai", base_url=["http://127.0.0.1:1/v1"], samples_per_request=4))
     req = Request(SamplingConfig(n=4))

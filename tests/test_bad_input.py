@@ -376,7 +376,8 @@ class Tripwire(BaseException):
 
 @pytest.fixture
 def tripwires(monkeypatch):
-    from seqdistill import engine, sft as sftlib
+    from seqdistill.engines import engine
+    from seqdistill import sft as sftlib
 
     def trip(what):
         def fail(*a, **k):

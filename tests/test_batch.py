@@ -17,8 +17,8 @@ from test_api import KEY, KEY_ENV, make_cfg, samples
 
 from seqdistill import config as configlib
 from seqdistill import generate
-from seqdistill.batch import BatchEngine
 from seqdistill.config import ConfigError
+from seqdistill.engines.batch import BatchEngine
 from seqdistill.generate import GenerateConfig
 
 BATCH = ["engine.batch=true", "engine.batch_poll=0.01"]

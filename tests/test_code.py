@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from seqdistill import code, sandbox
-from seqdistill.code import CodeConfig
+from seqdistill.checking import code, sandbox
+from seqdistill.checking.code import CodeConfig
 from seqdistill.config import ConfigError
 
 CFG = CodeConfig(timeout=1, workers=2)  # CPU seconds per case; wall 3 s
@@ -266,8 +266,8 @@ def test_no_secrets_in_its_environment(monkeypatch, nothing_left):
 REPO = Path(__file__).resolve().parents[1]
 ESCAPE = """
 import json, os, sys
-from seqdistill import code, sandbox
-from seqdistill.code import CodeConfig
+from seqdistill.checking import code, sandbox
+from seqdistill.checking.code import CodeConfig
 from seqdistill.config import ConfigError
 home, port = sys.argv[1], int(sys.argv[2])
 try:
@@ -454,7 +454,7 @@ def {e}(*args, **kwargs):
 def test_humaneval_agrees_with_its_ground_truth(nothing_left):
     """164 reference solutions pass and 164 broken copies fail (24 s with 2 workers on 2 AVX2 cores: two sandboxes
     per run, the program and its tests)."""
-    from seqdistill import problems
+    from seqdistill.sources import problems
 
     rows = problems.load(problems.ProblemsConfig(source="", preset="humaneval"))
     assert len(rows) == 164
@@ -471,8 +471,8 @@ def test_humaneval_agrees_with_its_ground_truth(nothing_left):
 # ---- problem rows, the filter funnel and judge --------------------------------------------------
 
 def test_code_problem_rows_from_local_files(tmp_path):
-    from seqdistill import problems
-    from seqdistill.problems import ProblemsConfig
+    from seqdistill.sources import problems
+    from seqdistill.sources.problems import ProblemsConfig
 
     mbpp = tmp_path / "mbpp.jsonl"
     mbpp.write_text(json.dumps({"task_id": 2, "text": "Write is_even.", "code": "", "test_list": ["assert is_even(2)"],
@@ -490,9 +490,9 @@ def test_code_problem_rows_from_local_files(tmp_path):
 
 
 def test_filters_drop_code_samples_with_their_verdict(nothing_left):
-    from seqdistill import filters
-    from seqdistill.filters import FilterConfig
-    from seqdistill.verify import AnswerConfig
+    from seqdistill.checking.verify import AnswerConfig
+    from seqdistill.sources import filters
+    from seqdistill.sources.filters import FilterConfig
 
     problem = {"id": "add", "question": "Add.", "answer": "", "tests": json.dumps(code.normalize(APPS_STDIN))}
     programs = {None: ADD_STDIN, "wrong_output": "print(3)", "runtime_error": "raise SystemExit(1)",
@@ -508,7 +508,7 @@ def test_filters_drop_code_samples_with_their_verdict(nothing_left):
 
 
 def test_judge_picks_the_verifier_per_problem(nothing_left):
-    from seqdistill.verify import AnswerConfig, judge_many
+    from seqdistill.checking.verify import AnswerConfig, judge_many
 
     math_row = {"id": "m", "question": "5 + 7?", "answer": "12"}
     code_row = {"id": "c", "question": "Add.", "answer": "", "tests": json.dumps(code.normalize(APPS_STDIN))}

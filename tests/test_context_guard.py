@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 from seqdistill import config as configlib
 from seqdistill import sft
 from seqdistill.config import ConfigError
-from seqdistill.data import TrainingData, check_lengths
 from seqdistill.sft import SFTStageConfig
+from seqdistill.training.data import TrainingData, check_lengths
 
 
 def make_cfg(student, dataset, out, *overrides):
@@ -104,13 +104,13 @@ def test_student_with_scaled_rope_not_stretched_again(tiny_llama, traces, tmp_pa
 def test_rows_over_max_length_counted_and_said(tiny_llama, traces, tmp_path, caplog):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     cfg = make_cfg(tiny_llama, traces, tmp_path / "out", "max_length=90", "max_truncated_fraction=1")
-    with caplog.at_level(logging.WARNING, logger="seqdistill.data"):
+    with caplog.at_level(logging.WARNING, logger="seqdistill.training.data"):
         data = TrainingData.load(cfg, tokenizer)
     lengths = [len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) for r in data.train]
     over = sum(n > 90 for n in lengths)
     assert 0 < over < len(lengths) and data.lengths["truncated"] == over
     assert f"{over} of 24 training examples are longer than max_length=90 tokens and are cut" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="seqdistill.data"):
+    with caplog.at_level(logging.WARNING, logger="seqdistill.training.data"):
         assert check_lengths([10, 20], 40, 0.0)["truncated"] == 0
     assert "longer than max_length" not in caplog.text

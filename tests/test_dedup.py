@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill import dedup, filters, generate, problems, store
+from seqdistill import generate, store
 from seqdistill.config import ConfigError
-from seqdistill.filters import FilterConfig
 from seqdistill.generate import GenerateConfig
-from seqdistill.problems import ProblemsConfig, ProblemSource
+from seqdistill.sources import dedup, filters, problems
+from seqdistill.sources.filters import FilterConfig
+from seqdistill.sources.problems import ProblemsConfig, ProblemSource
 
 ROOT = Path(__file__).resolve().parents[1]
 # MAWPS's own repeats among its first 700 problems (removed id, the earlier one kept, Jaccard)
@@ -98,7 +99,7 @@ def test_bands_propose_a_pair_at_the_threshold():
 
 def test_deterministic_across_python_processes(benchmarks_dir):
     """Shingles are hashed with CRC32 and seeded permutations, not Python's salted hash()."""
-    code = ("import sys, json; from seqdistill import dedup; texts = [json.loads(l)['input'] for l in open(sys.argv[1])]"
+    code = ("import sys, json; from seqdistill.sources import dedup; texts = [json.loads(l)['input'] for l in open(sys.argv[1])]"
             "[:600]; print([(d.index, d.of, d.similarity) for d in dedup.near_duplicates(texts, 0.8)]); "
             "print(dedup.signatures([dedup.shingles(texts[0])]).tolist())")
     outs = [subprocess.run([sys.executable, "-c", code, str(benchmarks_dir / "mawps" / "test.jsonl")], capture_output=True,

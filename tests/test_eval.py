@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill import engine, evaluate, models, sft, store
+from seqdistill import evaluate, models, sft, store
 from seqdistill.config import ConfigError
+from seqdistill.engines import engine
 from seqdistill.evaluate import EvalConfig
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from seqdistill import filters
-from seqdistill.filters import FilterConfig
-from seqdistill.verify import AnswerConfig
+from seqdistill.checking.verify import AnswerConfig
+from seqdistill.sources import filters
+from seqdistill.sources.filters import FilterConfig
 
 
 def sample(text, finish="stop", tokens=None, i=0):

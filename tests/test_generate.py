@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill import engine, generate, store
+from seqdistill import generate, store
 from seqdistill.config import ConfigError
+from seqdistill.engines import engine
 from seqdistill.generate import GenerateConfig
 
 

@@ -8,13 +8,16 @@ import pytest
 from fault_server import FaultServer
 
 from seqdistill import config as configlib
-from seqdistill import engine, evaluate, filters, generate, problems, store, verify
+from seqdistill import evaluate, generate, store
+from seqdistill.checking import verify
+from seqdistill.checking.verify import AnswerConfig
 from seqdistill.config import ConfigError
+from seqdistill.engines import engine
 from seqdistill.evaluate import EvalConfig
-from seqdistill.filters import FilterConfig
 from seqdistill.generate import GenerateConfig
-from seqdistill.problems import ProblemsConfig
-from seqdistill.verify import AnswerConfig
+from seqdistill.sources import filters, problems
+from seqdistill.sources.filters import FilterConfig
+from seqdistill.sources.problems import ProblemsConfig
 
 
 def svamp_with_units(benchmarks_dir, tmp_path, n=12):
@@ -79,7 +82,7 @@ def test_leading_number_format():
 def test_a_share_under_the_threshold_is_logged_with_examples(caplog):
     rows = [{"id": str(i), "question": "q", "answer": str(i)} for i in range(199)] + [{"id": "x", "question": "q", "answer": "4 (cats)"}]
     rows += [{"id": "rg", "question": "q", "answer": "a b", "rg_task": "word_sorting"}, {"id": "c", "question": "q", "answer": "", "tests": "[]"}]
-    with caplog.at_level(logging.INFO, logger="seqdistill.verify"):
+    with caplog.at_level(logging.INFO, logger="seqdistill.checking.verify"):
         found = verify.check_golds(rows, AnswerConfig(), "problems", "mine.jsonl")  # 1 of 200: 0.5% <= 1%
     assert found == {"checked": 200, "unreadable": 1, "examples": ["'4 (cats)' (a number with words)"]}
     assert "mine.jsonl: 1 of 200 gold answers unreadable by math-verify, e.g. '4 (cats)' (a number with words)" in caplog.text

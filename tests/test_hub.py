@@ -24,8 +24,9 @@ import yaml
 from huggingface_hub import DatasetCard, ModelCard, constants
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, generate, hub, pipeline, problems, sft, store
+from seqdistill import evaluate, generate, hub, pipeline, sft, store
 from seqdistill.config import ConfigError
+from seqdistill.sources import problems
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import StandInHub  # noqa: E402

@@ -9,12 +9,13 @@ import pytest
 from fault_server import FaultServer
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, generate, judge, store
-from seqdistill.answers import JudgeConfig
+from seqdistill import evaluate, generate, store
+from seqdistill.checking import judge
+from seqdistill.checking.answers import JudgeConfig
+from seqdistill.checking.verify import AnswerConfig
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig
 from seqdistill.generate import GenerateConfig
-from seqdistill.verify import AnswerConfig
 
 MALFORMED = "**VERDICT: CORRECT**"  # a verdict in bold is not the line asked for: never counted correct
 # question, gold, the teacher's reply (every sample the same), the judge's reply (None: it must never be asked)

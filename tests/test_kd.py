@@ -9,7 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from seqdistill import config as configlib
-from seqdistill import generate, kd, kd_loss, score, sft, store, topk
+from seqdistill import generate, score, sft, store
+from seqdistill.training import kd, kd_loss
+from seqdistill.engines import topk
 from seqdistill.config import ConfigError
 from seqdistill.generate import GenerateConfig
 from seqdistill.sft import SFTStageConfig

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from seqdistill import kd, kd_loss
-from seqdistill import kd_features as kf
+from seqdistill.training import kd, kd_loss
+from seqdistill.training import kd_features as kf
 
 # ---------------------------------------------------------------- skew KL
 
@@ -373,7 +373,7 @@ def test_bad_layers_and_lengths_are_refused_before_the_models_load(overrides, me
 
 
 def test_on_policy_batches_train_on_the_students_own_samples(pair, tmp_path, monkeypatch):
-    from seqdistill import kd_trainer
+    from seqdistill.training import kd_trainer
 
     seen = []
     sample = kd_trainer.KDTrainer.sample_completions

@@ -2,9 +2,9 @@
 
 import pytest
 
-from seqdistill import filters, language
-from seqdistill.filters import FilterConfig
-from seqdistill.verify import AnswerConfig
+from seqdistill.checking.verify import AnswerConfig
+from seqdistill.sources import filters, language
+from seqdistill.sources.filters import FilterConfig
 
 # GSM8K train's first problem, answered as R1-Zero did: English that switches to Chinese mid-reasoning
 DRIFT_TO_CHINESE = (

@@ -8,8 +8,8 @@ from transformers import AutoTokenizer
 
 from seqdistill import config as configlib
 from seqdistill.config import ConfigError
-from seqdistill.data import TrainingData, mixture_counts
 from seqdistill.sft import SFTStageConfig
+from seqdistill.training.data import TrainingData, mixture_counts
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from huggingface_hub import ModelCard
 
 from seqdistill import card, evaluate, hub, metrics, pipeline, report, sft, store
 from seqdistill import config as configlib
-from seqdistill.engine import SamplingConfig
+from seqdistill.engines.engine import SamplingConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import StandInHub  # noqa: E402

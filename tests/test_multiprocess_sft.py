@@ -26,7 +26,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from seqdistill import config as configlib
-from seqdistill import sft, store, topk
+from seqdistill import sft, store
+from seqdistill.engines import topk
 from seqdistill.sft import SFTStageConfig
 
 DDP = Path(__file__).resolve().parents[1] / "accelerate" / "ddp.yaml"
@@ -118,7 +119,7 @@ def check_one_writer(tmp_path, out: Path) -> None:
 def check_launch(proc: subprocess.CompletedProcess, loads: int = 1) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("# resolved config") == 1 and proc.stdout.count("train loss ") == 1, proc.stdout[-2000:]
-    assert proc.stderr.count("seqdistill.data: example lengths") == 1  # info logs from the main process only
+    assert proc.stderr.count("seqdistill.training.data: example lengths") == 1  # info logs from the main process only
     assert proc.stderr.count("Loading weights: 100%") == loads  # transformers' progress bars too
 
 

@@ -15,11 +15,11 @@ CHECK = """
 import sys, seqdistill
 from pathlib import Path
 assert Path(seqdistill.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), seqdistill.__file__
-from seqdistill import prompts
+from seqdistill.engines import prompts
 assert prompts.available() == sys.argv[2].split(","), prompts.available()
 print(prompts.render(prompts.load_template(prompts.PromptConfig().template), {"question": "1+1?", "answer": "2"}))
 print(prompts.template_path("chat/plain").read_text().count("add_generation_prompt"))
-from seqdistill import problems  # SVAMP ships with the package: the preset loads offline
+from seqdistill.sources import problems  # SVAMP ships with the package: the preset loads offline
 rows = problems.load(problems.ProblemsConfig(source="", preset="svamp"))
 print(len(rows), rows[0]["answer"])
 rows = problems.load(problems.ProblemsConfig(source="", preset="gsm8k-train"))  # GSM8K's train split ships too

@@ -199,7 +199,7 @@ def test_sft_checks_run_before_generate(tmp_path, monkeypatch):
     """sft's precision on this device and its LoRA targets are refused before the first stage, which writes nothing."""
     import torch
 
-    from seqdistill import engine
+    from seqdistill.engines import engine
 
     def tripwire(*args, **kwargs):
         raise AssertionError("generate started an engine for a run that must be refused")

@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, generate, pipeline, prompts, sft
+from seqdistill import evaluate, generate, pipeline, sft
 from seqdistill.config import ConfigError
+from seqdistill.engines import prompts
 
 STAGES = {"generate": generate.GenerateConfig, "sft": sft.SFTStageConfig, "eval": evaluate.EvalConfig}
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("pipelines").glob("*.yaml"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from seqdistill import precision, sft
-from seqdistill.engine import EngineConfig
+from seqdistill.engines.engine import EngineConfig
 
 AVX2 = {"fpu", "sse4_2", "avx", "avx2", "fma"}  # AMD Zen 2/3, Intel client chips
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl"}  # Skylake-SP: AVX-512 without bf16

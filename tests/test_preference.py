@@ -8,11 +8,13 @@ import pytest
 from transformers import AutoTokenizer
 
 from seqdistill import config as configlib
-from seqdistill import engine, filters, generate, store
+from seqdistill import generate, store
+from seqdistill.checking.verify import AnswerConfig
 from seqdistill.config import ConfigError
-from seqdistill.filters import PreferenceConfig
+from seqdistill.engines import engine
 from seqdistill.generate import GenerateConfig
-from seqdistill.verify import AnswerConfig
+from seqdistill.sources import filters
+from seqdistill.sources.filters import PreferenceConfig
 
 # problem id -> (gold, sampled traces as (text, finish_reason)), in sample order
 TRACES = {

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from seqdistill import arithmetic, problems
+from seqdistill.checking.verify import _parse
 from seqdistill.config import ConfigError
-from seqdistill.problems import ProblemsConfig
-from seqdistill.verify import _parse
+from seqdistill.sources import arithmetic, problems
+from seqdistill.sources.problems import ProblemsConfig
 
 
 def test_embedded_is_reproducible_and_exact():
@@ -68,7 +68,7 @@ def test_short_gsm8k_problems_and_a_held_out_slice():
     whole = problems.load(ProblemsConfig(source="", preset="gsm8k-train"))
     short = problems.load(ProblemsConfig(source="", preset="gsm8k-train", max_solution_steps=2))
     assert len(whole) == 7473 and len(short) == 1961
-    raw = [json.loads(line)["answer"] for line in open(Path(problems.__file__).parent / "data" / "gsm8k-train.jsonl")]
+    raw = [json.loads(line)["answer"] for line in open(Path(problems.__file__).parent.parent / "data" / "gsm8k-train.jsonl")]
     picked = {int(r["id"].rsplit("-", 1)[1]) for r in short}
     assert picked == {i for i, answer in enumerate(raw) if problems.solution_steps(answer) <= 2}
     assert {r["id"] for r in short} <= {r["id"] for r in whole}

@@ -5,7 +5,7 @@ import logging
 import pytest
 from transformers import AutoTokenizer
 
-from seqdistill import prompts
+from seqdistill.engines import prompts
 
 # The tests' R1-Distill-Qwen tokenizer comes from the model's GGUF file, which holds the chat template
 # as first released; the hub's current one (updated 2025-01) opens the assistant turn with "<think>\n".
@@ -20,7 +20,7 @@ def test_r1_prefill_not_doubled(r1_qwen_tokenizer, release, caplog):
     if release == "current":
         tokenizer.chat_template = tokenizer.chat_template[: -len(FIRST)] + CURRENT
     cfg = prompts.PromptConfig(prefill="<think>\n")
-    with caplog.at_level(logging.INFO, logger="seqdistill.prompts"):
+    with caplog.at_level(logging.INFO, logger="seqdistill.engines.prompts"):
         text = prompts.chat_prompt(tokenizer, prompts.messages("What is 1+1?", cfg), cfg.prefill)
     assert text.endswith("What is 1+1?<｜Assistant｜><think>\n") and text.count("<think>") == 1
     assert ("already ends the generation prompt with the prefill" in caplog.text) == (release == "current")
@@ -47,7 +47,7 @@ def r1_student(r1_qwen_tokenizer, release: str):
 def test_student_trains_on_one_think_opening(r1_qwen_tokenizer, release, prefill):
     import datasets
 
-    from seqdistill import data
+    from seqdistill.training import data
 
     tokenizer = r1_student(r1_qwen_tokenizer, release)
     trace = "<think>\nStep 1: 1+1=2.\n</think>\nThe answer is 2."
@@ -66,7 +66,8 @@ def test_kd_student_prompt_holds_one_think_opening(r1_qwen_tokenizer, release):
     import datasets
     import numpy as np
 
-    from seqdistill import data, topk
+    from seqdistill.engines import topk
+    from seqdistill.training import data
 
     tokenizer = r1_student(r1_qwen_tokenizer, release)
     sampled = np.array(tokenizer("Step 1: 1+1=2.\n</think>\nThe answer is 2.", add_special_tokens=False)["input_ids"])

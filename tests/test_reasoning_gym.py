@@ -10,13 +10,14 @@ import yaml
 from fault_server import FaultServer
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, filters, generate, problems, store
+from seqdistill import evaluate, generate, store
+from seqdistill.checking.verify import AnswerConfig
 from seqdistill.config import ConfigError
 from seqdistill.evaluate import EvalConfig
-from seqdistill.filters import FilterConfig
 from seqdistill.generate import GenerateConfig
-from seqdistill.problems import ProblemsConfig
-from seqdistill.verify import AnswerConfig
+from seqdistill.sources import filters, problems
+from seqdistill.sources.filters import FilterConfig
+from seqdistill.sources.problems import ProblemsConfig
 
 MIX = "[{name: chain_sum, weight: 3, config: {max_terms: 3}}, {name: word_sorting, weight: 1}]"
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, generate, precision, score, store, topk
+from seqdistill import evaluate, generate, precision, score, store
+from seqdistill.engines import topk
 from seqdistill.evaluate import EvalConfig
 from seqdistill.generate import GenerateConfig
 
@@ -160,7 +161,7 @@ def test_the_judge_through_a_real_server_never_counts_an_unreadable_reply_correc
     journal holds every reply, and a rerun asks nothing (the journal does not grow, the counts stay)."""
     import json
 
-    from seqdistill import judge
+    from seqdistill.checking import judge
 
     problems = tmp_path / "words.jsonl"
     problems.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in (

@@ -7,10 +7,11 @@ import pytest
 from datasets import Dataset
 
 from seqdistill import config as configlib
-from seqdistill import engine, generate, store
+from seqdistill import generate, store
 from seqdistill.config import ConfigError
-from seqdistill.filters import FilterConfig
+from seqdistill.engines import engine
 from seqdistill.generate import GenerateConfig
+from seqdistill.sources.filters import FilterConfig
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # a hub id: checked by its name only, never loaded here
 

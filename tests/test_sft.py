@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from seqdistill import config as configlib
 from seqdistill import sft
 from seqdistill.config import ConfigError
-from seqdistill.data import split_by_problem
 from seqdistill.sft import SFTStageConfig
+from seqdistill.training.data import split_by_problem
 
 
 def make_cfg(student, dataset, out, *overrides):
@@ -96,7 +96,7 @@ def test_resume_continues_from_saved_step(tiny_llama, traces, tmp_path):
 LOAD_IN_VLLM = """
 import sys
 from vllm import SamplingParams
-from seqdistill import engine
+from seqdistill.engines import engine
 if __name__ == "__main__":
     for path in sys.argv[1:]:
         llm = engine.load_vllm(path, engine.EngineConfig(kv_cache_memory_bytes=64 << 20, enforce_eager=True, max_model_len=256))

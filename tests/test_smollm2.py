@@ -6,8 +6,8 @@ import torch
 
 from seqdistill import config as configlib
 from seqdistill import generate, sft
+from seqdistill.checking.verify import is_equivalent
 from seqdistill.generate import GenerateConfig
-from seqdistill.verify import is_equivalent
 
 pytestmark = pytest.mark.slow
 

@@ -8,13 +8,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from seqdistill import config as configlib
-from seqdistill import evaluate, generate, prompts
+from seqdistill import evaluate, generate
 from seqdistill.config import ConfigError
-from seqdistill.data import TrainingData
+from seqdistill.engines import prompts
 from seqdistill.evaluate import EvalConfig
 from seqdistill.generate import GenerateConfig
 from seqdistill.score import ScoreConfig
 from seqdistill.sft import SFTStageConfig
+from seqdistill.training.data import TrainingData
 
 # SmolLM2's ChatML with Qwen3's switch: enable_thinking false pre-fills an empty think block
 THINKING = """{%- for message in messages %}<|im_start|>{{ message['role'] }}

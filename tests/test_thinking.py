@@ -7,10 +7,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from seqdistill import config as configlib
-from seqdistill import prompts
 from seqdistill.config import ConfigError
-from seqdistill.data import EMPTY_THINK, TrainingData
+from seqdistill.engines import prompts
 from seqdistill.sft import SFTStageConfig
+from seqdistill.training.data import EMPTY_THINK, TrainingData
 
 # SmolLM2's ChatML with Qwen3's switch: enable_thinking false opens the answer with an empty think block
 HYBRID = """{%- for message in messages %}<|im_start|>{{ message['role'] }}

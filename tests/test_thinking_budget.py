@@ -8,10 +8,11 @@ import json
 import pytest
 
 from seqdistill import config as configlib
-from seqdistill import engine, evaluate, store, thinking
+from seqdistill import evaluate, store
 from seqdistill.config import ConfigError
+from seqdistill.engines import engine, thinking
 from seqdistill.evaluate import EvalConfig
-from seqdistill.problems import PRESETS
+from seqdistill.sources.problems import PRESETS
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # a hub id: checked by its name only, never loaded here
 

@@ -1,4 +1,9 @@
-from seqdistill.verify import AnswerConfig, extract_answer, is_equivalent, strip_think
+from seqdistill.checking.verify import (
+    AnswerConfig,
+    extract_answer,
+    is_equivalent,
+    strip_think,
+)
 
 
 def test_extraction_methods():

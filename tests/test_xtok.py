@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from seqdistill import kd, kd_loss, topk, xtok
 from seqdistill.config import ConfigError
+from seqdistill.engines import topk
+from seqdistill.training import kd, kd_loss, xtok
 
 TEXTS = [
     "The answer is 12345.678, not 1,000,000.",
@@ -246,7 +247,7 @@ def test_hybrid_with_nothing_shared_is_uld_and_with_everything_shared_is_the_top
 def one_tokenizer_batch(smol, to_student=None):
     """A completion scored on SmolLM2's own tokenizer, collated as a cross-tokenizer row (the identity alignment, ids
     through `to_student`) and as today's row from kd_offset; random student logits; which logits predict it."""
-    from seqdistill.kd_trainer import KDCollator
+    from seqdistill.training.kd_trainer import KDCollator
 
     same = xtok.Aligner(smol, smol)
     head, eot = ids(smol, "<|im_start|>assistant\n"), smol.convert_tokens_to_ids("<|im_end|>")
@@ -271,7 +272,7 @@ def one_tokenizer_batch(smol, to_student=None):
 
 
 def test_forced_uld_on_one_tokenizer_lays_the_teacher_as_identity_and_matches_the_hand_loss(smol):
-    from seqdistill.kd_trainer import offline_term
+    from seqdistill.training.kd_trainer import offline_term
 
     aligned, _, logits, trained, predicting, _, stored = one_tokenizer_batch(smol)
     got = offline_term(logits, trained, aligned, kd.KDConfig(mode="offline", cross_tokenizer="uld"), cross="uld")
@@ -292,7 +293,7 @@ def test_forced_uld_on_one_tokenizer_lays_the_teacher_as_identity_and_matches_th
 def test_forced_hybrid_on_one_tokenizer_is_todays_topk_kl_plus_the_rest_bucket(smol, divergence):
     """One tokenizer: every top-k token has its twin (itself), so the KL part is today's k + 1 bucket divergence on
     the same numbers, and the ULD part has only the two rest buckets left to compare."""
-    from seqdistill.kd_trainer import offline_term
+    from seqdistill.training.kd_trainer import offline_term
 
     to_student = xtok.Aligner(smol, smol).to_student
     aligned, shared, logits, trained, predicting, t_ids, stored = one_tokenizer_batch(smol, to_student)
@@ -379,8 +380,8 @@ def scored_traces(traces_path, teacher_path, out):
 def load_rows(student, dataset, *overrides):
     from seqdistill import config as configlib
     from seqdistill import models
-    from seqdistill.data import TrainingData
     from seqdistill.sft import SFTStageConfig
+    from seqdistill.training.data import TrainingData
 
     cfg = configlib.load(SFTStageConfig, None, [f"student={student}", f"dataset={dataset}", "kd.mode=offline",
                                                 "max_length=512", *overrides])
@@ -388,7 +389,7 @@ def load_rows(student, dataset, *overrides):
 
 
 def test_offline_rows_across_tokenizers(traces, tiny_qwen2, tiny_llama, tmp_path):
-    """Needs seqdistill/data.py to build rows through xtok.Aligner (check_kd returns it, to_kd_rows uses it)."""
+    """Needs seqdistill/training/data.py to build rows through xtok.Aligner (check_kd returns it, to_kd_rows uses it)."""
     qwen_scored = scored_traces(traces, tiny_qwen2, tmp_path / "qwen.parquet")
     smol = AutoTokenizer.from_pretrained(tiny_llama)
     rows = load_rows(tiny_llama, qwen_scored)  # auto: the tokenizers differ

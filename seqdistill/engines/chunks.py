@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from seqdistill.api import Budget, OpenAIEngine
+from seqdistill.engines.api import Budget, OpenAIEngine
 from seqdistill.config import first_line
-from seqdistill.ranks import DataParallel
-from seqdistill.sampling import EngineConfig, Output, Prompt, Request, prompts_digest
+from seqdistill.engines.ranks import DataParallel
+from seqdistill.engines.sampling import EngineConfig, Output, Prompt, Request, prompts_digest
 from seqdistill import store
 
 log = logging.getLogger(__name__)

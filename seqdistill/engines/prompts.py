@@ -19,7 +19,7 @@ from seqdistill.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"  # built-in templates, shipped in the wheel
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"  # built-in templates, shipped in the wheel
 USER_DIR = Path("prompts")  # a user's own templates, relative to the working directory
 THINK_OPEN = "<think>\n"  # how R1-style traces open their reasoning
 _SAID: set[tuple[str, str]] = set()  # (model, prefill) pairs already logged as present in the chat template

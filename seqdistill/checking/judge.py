@@ -9,7 +9,7 @@ against a gold answer math-verify can't read (verify.gold_undecidable), or a fai
 named in `answer.judge.tasks`. Never a code sample, never a decided verdict: it can only turn an undecided sample
 correct. The prompt (templates/judge/v1.jinja, PROMPT_VERSION) shows the question, the gold answer and the end of the
 response, and asks for a last line `VERDICT: CORRECT` or `VERDICT: INCORRECT`, at temperature 0, through the openai
-backend (seqdistill.api: retries, concurrency, replicas). A reply that ends otherwise is asked again, up to
+backend (seqdistill.engines.api: retries, concurrency, replicas). A reply that ends otherwise is asked again, up to
 engine.max_retries times, then left undecided: the sample stays dropped with its reason, never counted correct.
 Every reply is journaled (JOURNAL, in the stage's output) as it arrives, keyed by (question, gold, response tail) and
 the judge's settings, so a killed run resumes and a rerun asks nothing twice.
@@ -24,13 +24,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from seqdistill import api, prompts
 from seqdistill import config as configlib
-from seqdistill.answers import JudgeConfig, is_reasoning_gym, strip_think
+from seqdistill.checking.answers import JudgeConfig, is_reasoning_gym, strip_think
+from seqdistill.checking.verify import AnswerConfig, gold_undecidable
 from seqdistill.config import ConfigError
-from seqdistill.sampling import OPERATIONAL as ENGINE_OPERATIONAL
-from seqdistill.sampling import EngineConfig, Prompt, Request, SamplingConfig
-from seqdistill.verify import AnswerConfig, gold_undecidable
+from seqdistill.engines import api, prompts
+from seqdistill.engines.sampling import OPERATIONAL as ENGINE_OPERATIONAL
+from seqdistill.engines.sampling import EngineConfig, Prompt, Request, SamplingConfig
 
 log = logging.getLogger(__name__)
 PROMPT_VERSION = "judge-v1"  # a new prompt gets a new version (and file): cached verdicts are keyed by it

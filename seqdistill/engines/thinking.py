@@ -18,8 +18,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from seqdistill import engine, store
-from seqdistill.engine import Completion, Output, Prompt, Request
+from seqdistill import store
+from seqdistill.engines import engine
+from seqdistill.engines.engine import Completion, Output, Prompt, Request
 
 WAIT = "Wait"  # s1's continuation word
 MAX_WAITS = 4

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from seqdistill.config import ConfigError
-from seqdistill.sampling import (
+from seqdistill.engines.sampling import (
     Completion,
     EngineConfig,
     Output,
@@ -17,7 +17,7 @@ from seqdistill.sampling import (
     chunk_seed,
 )
 from seqdistill import precision
-from seqdistill import topk
+from seqdistill.engines import topk
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def load_vllm(path: str, cfg: EngineConfig, **kwargs):
         model=path, dtype=precision.cpu_dtype(cfg.dtype) if cpu else cfg.dtype, max_model_len=cfg.max_model_len,
         tensor_parallel_size=cfg.tensor_parallel_size,  # data_parallel_size: one such engine per rank process
         enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager, seed=cfg.seed,
-        worker_extension_cls="seqdistill.vllm_engine.SeedExtension",
+        worker_extension_cls="seqdistill.engines.vllm_engine.SeedExtension",
     )
     if cfg.gpu_memory_utilization is not None:
         args["gpu_memory_utilization"] = cfg.gpu_memory_utilization

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import contextlib
 
-from seqdistill.api import OpenAIEngine
-from seqdistill.batch import BatchEngine
+from seqdistill.engines.api import OpenAIEngine
+from seqdistill.engines.batch import BatchEngine
 from seqdistill.config import ConfigError
 
 # sampling's parts, a module each (settings and types, vLLM, ranks, the chunk loop); their names stay importable here
-from seqdistill.chunks import chunk_done, chunk_outputs, chunk_summary, sample_in_chunks  # noqa: F401, E402
-from seqdistill.ranks import DataParallel, RankDevices, check_devices, rank_devices, serve_rank  # noqa: F401, E402
-from seqdistill.sampling import (  # noqa: F401, E402
+from seqdistill.engines.chunks import chunk_done, chunk_outputs, chunk_summary, sample_in_chunks  # noqa: F401, E402
+from seqdistill.engines.ranks import DataParallel, RankDevices, check_devices, rank_devices, serve_rank  # noqa: F401, E402
+from seqdistill.engines.sampling import (  # noqa: F401, E402
     BACKENDS, OPERATIONAL, VLLM_DTYPES, VLLM_ONLY, Completion, EngineConfig, Output, Prompt, Request, SamplingConfig,
     check_backend, chunk_seed, prompts_digest, unknown_extra,
 )
-from seqdistill.vllm_engine import CPU_KV_CACHE_BYTES, SeedExtension, VLLMEngine, load_vllm, release_vllm  # noqa: F401, E402
-from seqdistill import models, prompts
+from seqdistill.engines.vllm_engine import CPU_KV_CACHE_BYTES, SeedExtension, VLLMEngine, load_vllm, release_vllm  # noqa: F401, E402
+from seqdistill import models
+from seqdistill.engines import prompts
 from seqdistill.models import context_length
 
 

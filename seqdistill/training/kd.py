@@ -2,23 +2,23 @@
 
 Offline (the default): `generate` with `teacher_logprobs: true` records, in the same vLLM pass that
 samples each trace, the teacher's top-k log-probs for every generated token (`seqdistill score` does
-the same for traces from elsewhere, with vLLM prompt log-probs), stored compactly by seqdistill.topk.
+the same for traces from elsewhere, with vLLM prompt log-probs), stored compactly by seqdistill.engines.topk.
 `sft` with `kd.mode: offline` then trains on them; `kd.mode: online` loads the teacher beside the
-student and uses its full distribution at every step. The loss is in seqdistill.kd_loss.
+student and uses its full distribution at every step. The loss is in seqdistill.training.kd_loss.
 
-Beyond logits (online teacher only; losses in seqdistill.kd_features), each added as weight * term:
+Beyond logits (online teacher only; losses in seqdistill.training.kd_features), each added as weight * term:
 hidden states (kd.hidden_states), self-attention distributions (kd.attention) and relations between
 a sequence's tokens (kd.relations). Layers are numbered as `output_hidden_states` counts them:
 0 the embeddings (hidden states only), 1..L the outputs of transformer blocks 1..L. With kd.on_policy
 the student samples the completions of a share of the batches itself (GKD) and learns from the
-teacher's distributions on them (seqdistill.kd_trainer).
+teacher's distributions on them (seqdistill.training.kd_trainer).
 
 Across tokenizers (kd.cross_tokenizer): offline, the teacher's stored ids are decoded with the teacher's
 tokenizer (the dataset's `teacher` column names it) and the student tokenizes that text; online, each
 conversation is rendered by both chat templates and its completion tokenized by both tokenizers, and the
 teacher's top kd.topk at each position stand in for the stored top-k. The positions are aligned on common
-byte boundaries (seqdistill.xtok) and the loss on them replaces the divergence: hybrid (the default;
-seqdistill.kd_loss.hybrid_topk, GOLD's) compares the teacher's top-k tokens that the student's vocabulary also
+byte boundaries (seqdistill.training.xtok) and the loss on them replaces the divergence: hybrid (the default;
+seqdistill.training.kd_loss.hybrid_topk, GOLD's) compares the teacher's top-k tokens that the student's vocabulary also
 has (same bytes) one to one by kd.divergence and the rest by ULD; uld (kd_loss.uld_topk) compares only the
 sorted probabilities. Stored top-k loses the teacher's mass outside its
 top-k: it is one bucket, shared tokens in it are not compared one to one, and both terms are lower bounds of
@@ -28,7 +28,7 @@ their full-vocabulary values (kd_loss's docstring).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from seqdistill import xtok
+from seqdistill.training import xtok
 from seqdistill.config import ConfigError
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")

@@ -30,8 +30,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from seqdistill import sandbox
-from seqdistill.answers import is_code, strip_think
+from seqdistill.checking import sandbox
+from seqdistill.checking.answers import is_code, strip_think
 from seqdistill.config import ConfigError
 
 VERDICTS = ("passed", "wrong_output", "runtime_error", "timeout", "memory", "no_code", "syntax_error")
@@ -409,7 +409,7 @@ def verify_program(text: str, tests: dict | str, cfg: CodeConfig, think_tag: str
         return Verdict("no_code", "no fenced python block after the reasoning")
     tests = json.loads(tests) if isinstance(tests, str) else tests
     if not isinstance(tests, dict) or tests.get("kind") not in ("stdin", "call", "program"):
-        raise ConfigError("tests must be a dict with kind stdin, call or program (from seqdistill.code.normalize), "
+        raise ConfigError("tests must be a dict with kind stdin, call or program (from seqdistill.checking.code.normalize), "
                           f"got {str(tests)[:100]}")
     return run_tests(code, tests, cfg, sandbox.isolation(cfg.isolation, cfg.allow_unisolated))
 

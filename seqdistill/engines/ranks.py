@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 
 from seqdistill.config import ConfigError
-from seqdistill.sampling import EngineConfig, Request
-from seqdistill.vllm_engine import VLLMEngine, load_vllm, release_vllm
+from seqdistill.engines.sampling import EngineConfig, Request
+from seqdistill.engines.vllm_engine import VLLMEngine, load_vllm, release_vllm
 
 log = logging.getLogger(__name__)
 

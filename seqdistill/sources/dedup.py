@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqdistill.filters import jaccard, ngrams, words
+from seqdistill.sources.filters import jaccard, ngrams, words
 
 NUM_PERM = 128  # hash functions per signature
 PRIME = (1 << 31) - 1  # universal hashing (a * x + b) mod PRIME: products fit in uint64

@@ -2,8 +2,8 @@
 
 `generate` uses it to keep correct traces and `eval` to score models, so both read answers the
 same way. `judge` picks the verifier per problem: code rows (with `tests`) run their tests in the
-sandbox (`seqdistill.code`), reasoning-gym rows (with `rg_task`) are scored by their task's own
-`score_answer` (`seqdistill.rgym`; correct at a score >= `answer.rg_threshold`), every other row is
+sandbox (`seqdistill.checking.code`), reasoning-gym rows (with `rg_task`) are scored by their task's own
+`score_answer` (`seqdistill.checking.rgym`; correct at a score >= `answer.rg_threshold`), every other row is
 compared with its gold answer by math-verify.
 
 A reasoning-gym answer may be any text (sorted words, a move list), so under `extraction: auto` it is
@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from seqdistill import code, rgym
-from seqdistill.answers import (  # noqa: F401  (answer extraction's home is answers; these names stay importable here)
+from seqdistill.checking import code, rgym
+from seqdistill.checking.answers import (  # noqa: F401  (answer extraction's home is answers; these names stay importable here)
     LATEX_COMMAND, NUMBER, AnswerConfig, extract_answer, extract_free_answer, is_code, is_reasoning_gym,
     last_boxed, last_number, last_tag, leading_number, strip_think,
 )
@@ -105,7 +105,7 @@ def check_golds(rows: list[dict], cfg: AnswerConfig, setting: str, source: str) 
     if golds:
         log.info("%s: %d of %d gold answers unreadable by math-verify%s", source, len(bad), len(golds),
                  f", e.g. {'; '.join(examples)}" if bad else "")
-    if bad and cfg.judge.model is not None:  # the judge reads the samples of those problems (seqdistill.judge)
+    if bad and cfg.judge.model is not None:  # the judge reads the samples of those problems (seqdistill.checking.judge)
         log.info("%s: answer.judge %s decides the samples of the %d problems with an unreadable gold", source,
                  cfg.judge.model, len(bad))
     elif bad and len(bad) > cfg.max_unreadable_gold * len(golds):
@@ -134,7 +134,7 @@ def _gold_fix(bad: list[tuple[str, str]], setting: str) -> str:
 class Judgement:
     answer: str | None  # the extracted answer; for code problems the program
     correct: bool
-    verdict: str  # code: seqdistill.code.VERDICTS; math: passed | wrong_answer | no_answer
+    verdict: str  # code: seqdistill.checking.code.VERDICTS; math: passed | wrong_answer | no_answer
     detail: str = ""  # code: the first failing case or the error
 
 

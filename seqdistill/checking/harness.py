@@ -1,6 +1,6 @@
 """Runs one untrusted program inside the sandbox (stdlib only; not imported by seqdistill).
 
-`seqdistill.sandbox` copies this file into a fresh directory and starts `python -I harness.py JOB`
+`seqdistill.checking.sandbox` copies this file into a fresh directory and starts `python -I harness.py JOB`
 as the first process of new network/pid/mount namespaces (under bubblewrap, in a private root that shows
 of the host's files only the system, the interpreter and that directory). The harness reads and deletes
 the job, makes the interpreter reachable for the sandbox user (`unshare` as root only), forks a child

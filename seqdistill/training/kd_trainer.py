@@ -1,8 +1,8 @@
-"""TRL's SFTTrainer with the knowledge-distillation loss of seqdistill.kd_loss; nothing else changes.
+"""TRL's SFTTrainer with the knowledge-distillation loss of seqdistill.training.kd_loss; nothing else changes.
 
 Imported only when `sft` runs with `kd.mode` offline or online (it imports torch and TRL).
-loss = alpha * CE + (1 - alpha) * T^2 * D (per token) + the weighted feature terms of seqdistill.kd_features;
-across tokenizers (rows with kd_positions, seqdistill.xtok) alpha * CE + (1 - alpha) * (GOLD's hybrid or ULD) on the
+loss = alpha * CE + (1 - alpha) * T^2 * D (per token) + the weighted feature terms of seqdistill.training.kd_features;
+across tokenizers (rows with kd_positions, seqdistill.training.xtok) alpha * CE + (1 - alpha) * (GOLD's hybrid or ULD) on the
 aligned tokens, against stored top-k or, online, the teacher's top kd.topk on its own tokens of the conversation;
 hidden-state projections (when hidden sizes differ) are trained in the same optimizer and saved as
 kd_projections.safetensors beside the student (and in each checkpoint, so --resume restores them).
@@ -18,7 +18,8 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from seqdistill import kd, kd_features, kd_loss, topk
+from seqdistill.training import kd, kd_features, kd_loss
+from seqdistill.engines import topk
 from seqdistill import models
 from seqdistill.config import ConfigError
 
@@ -87,14 +88,14 @@ class KDCollator:
 
 
 class KDTrainer(SFTTrainer):
-    """loss = alpha * CE + (1 - alpha) * T^2 * divergence, per trained token (see seqdistill.kd_loss), + feature terms."""
+    """loss = alpha * CE + (1 - alpha) * T^2 * divergence, per trained token (see seqdistill.training.kd_loss), + feature terms."""
 
     def __init__(self, *args, kd_config: kd.KDConfig, teacher_model=None, aligner=None, **kwargs):
         self.kd_config = kd_config
         super().__init__(*args, **kwargs)
         self.to_student = None if aligner is None else torch.as_tensor(aligner.to_student, dtype=torch.long)
         self.data_collator = KDCollator(self.data_collator, self.to_student)
-        self.cross = None if aligner is None else kd_config.cross_loss()  # rows built by seqdistill.xtok: uld | hybrid
+        self.cross = None if aligner is None else kd_config.cross_loss()  # rows built by seqdistill.training.xtok: uld | hybrid
         self.teacher_model = teacher_model
         if teacher_model is not None:
             self.teacher_model = self.place_teacher(teacher_model.eval().requires_grad_(False))

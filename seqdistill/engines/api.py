@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from seqdistill.config import ConfigError
-from seqdistill.sampling import Completion, EngineConfig, Output, Prompt, Request, chunk_seed, prompts_digest
-from seqdistill.topk import LOGPROB_FLOOR
+from seqdistill.engines.sampling import Completion, EngineConfig, Output, Prompt, Request, chunk_seed, prompts_digest
+from seqdistill.engines.topk import LOGPROB_FLOOR
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise

@@ -7,15 +7,15 @@ Order (one reason per sample, the first that applies):
   the longest or shortest with `prefer`).
 Code problems (rows with `tests`) have `no_code` for `no_answer` and, for `wrong_answer`, the verdict
 of their tests in the sandbox: wrong_output, runtime_error, timeout, memory or syntax_error.
-reasoning-gym rows (with `rg_task`) are judged by their task's own checker (seqdistill.verify).
+reasoning-gym rows (with `rg_task`) are judged by their task's own checker (seqdistill.checking.verify).
 A problem's pass rate is its correct samples over all its samples (open-r1 keeps 0.1 to 0.9).
-Before sampling, whole problems are removed: `near_duplicate_problem` (seqdistill.dedup, across every source of
+Before sampling, whole problems are removed: `near_duplicate_problem` (seqdistill.sources.dedup, across every source of
 `problems.mix`) and `contaminated` (`decontaminate`); `problem_funnel` counts them.
 The funnel counts the samples that survive each stage. The per-problem stages (`select`: band, duplicates,
 limit) need only each sample's verdict, so `generate` applies them again to stored samples: a rerun that
 changes only `pass_rate`, `near_duplicate`, `max_per_problem` or `prefer` samples nothing again.
 Preference pairs (`preference_pairs`) set a kept trace against a wrong or truncated one of the same problem.
-With answer.judge on, generate has an LLM read the samples no rule decided (seqdistill.judge) before `select`: one it
+With answer.judge on, generate has an LLM read the samples no rule decided (seqdistill.checking.judge) before `select`: one it
 finds correct is correct from then on; a sample without an answer is read only when it passes `check_text`.
 """
 
@@ -26,12 +26,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from seqdistill.config import ConfigError
-from seqdistill.language import LANGUAGES, foreign_share
-from seqdistill.verify import AnswerConfig, extract_for, is_code, is_equivalent, is_reasoning_gym, judge_many, verifier_name
-from seqdistill.problems import PRESETS
-from seqdistill.problems import ProblemsConfig, load
+from seqdistill.sources.language import LANGUAGES, foreign_share
+from seqdistill.checking.verify import AnswerConfig, extract_for, is_code, is_equivalent, is_reasoning_gym, judge_many, verifier_name
+from seqdistill.sources.problems import PRESETS
+from seqdistill.sources.problems import ProblemsConfig, load
 
-CODE_FAILURES = ["wrong_output", "runtime_error", "timeout", "memory", "syntax_error"]  # seqdistill.code verdicts
+CODE_FAILURES = ["wrong_output", "runtime_error", "timeout", "memory", "syntax_error"]  # seqdistill.checking.code verdicts
 # funnel stage -> the drop reasons that end a sample at that stage
 STAGES = {
     "finished": ["truncated"],
@@ -165,7 +165,7 @@ def check_format(sample: dict, cfg: FilterConfig, answer_cfg: AnswerConfig, thin
 
 def check_text(sample: dict, cfg: FilterConfig) -> str | None:
     """The format stages after the answer (too_short, too_long, repetitive, language_mixed): the drop reason or None.
-    Also what a sample without an answer must pass before the LLM judge reads it (seqdistill.judge)."""
+    Also what a sample without an answer must pass before the LLM judge reads it (seqdistill.checking.judge)."""
     text = sample["completion"]
     if sample["completion_tokens"] < cfg.min_tokens:
         return "too_short"
@@ -195,7 +195,7 @@ def apply(samples: list[dict], gold: str, cfg: FilterConfig, answer_cfg: AnswerC
     """Tag each sample of one problem (in sample order) with answer, correct, keep, drop_reason.
 
     `problem` (the problem row) picks the verifier: a code row (with `tests`) runs its tests in the
-    sandbox under `code_cfg` (seqdistill.code.CodeConfig; None: its defaults) and each sample also
+    sandbox under `code_cfg` (seqdistill.checking.code.CodeConfig; None: its defaults) and each sample also
     gets `verdict_detail` (the first failing case or the error); a reasoning-gym row is scored by its
     task's checker (`verdict_detail`: the score); any other row is checked against `gold`. Each sample
     gets `verifier` (verify.verifier_name).

@@ -8,9 +8,9 @@ over k + 1 buckets: the teacher's top-k tokens and one "rest" bucket holding all
 teacher 1 - sum of its top-k probabilities, for the student the exact mass it puts outside those k
 tokens). This is exact when the teacher's mass is all in its top-k, and otherwise a lower bound of
 D over the full vocabulary (coarse-graining cannot raise a divergence). With T != 1 the rest bucket
-is tempered as if it were one token. The trainer that adds it to SFT is seqdistill.kd_trainer.
+is tempered as if it were one token. The trainer that adds it to SFT is seqdistill.training.kd_trainer.
 
-Across tokenizers (seqdistill.xtok aligns the positions) the two vocabularies share no index, so the
+Across tokenizers (seqdistill.training.xtok aligns the positions) the two vocabularies share no index, so the
 loss is Universal Logit Distillation (Boizard et al. 2024): sort both probability vectors descending,
 pad the shorter with zeros, sum |p_s - p_t| (the closed form ULD takes for the Wasserstein distance). It
 compares the shapes of the distributions, not which token gets what mass, so it is a different loss
@@ -20,7 +20,7 @@ It enters as (1 - alpha) * ULD, with no T^2 factor (that factor restores the gra
 tempered KL, which an L1 of probabilities does not share).
 
 GOLD's hybrid (TRL's GOLDTrainer with uld_use_hybrid_loss) splits the two vocabularies: tokens that decode to
-the same bytes on both sides (seqdistill.xtok.id_map) are compared one to one, the rest by shape. Over the
+the same bytes on both sides (seqdistill.training.xtok.id_map) are compared one to one, the rest by shape. Over the
 teacher's stored top-k, per aligned token:  hybrid = T^2 * D(matched buckets) + ULD(unmatched).
   matched buckets: the teacher's top-k tokens that have a student twin, each against that twin's student
     probability, plus one bucket each side for all other mass (D is kd.divergence; with one tokenizer every

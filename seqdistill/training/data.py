@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from seqdistill import card, prompts, store
+from seqdistill import card, store
+from seqdistill.engines import prompts
 from seqdistill.config import ConfigError, first_line
-from seqdistill.problems import LOCAL_FORMATS, read_local, root_cause
-from seqdistill import kd, models, topk, xtok
+from seqdistill.sources.problems import LOCAL_FORMATS, read_local, root_cause
+from seqdistill.training import kd, xtok
+from seqdistill import models
+from seqdistill.engines import topk
 
 log = logging.getLogger(__name__)
 FALLBACK_TEMPLATE = "chat/plain"  # seqdistill/templates/chat/plain.jinja: for students with no chat template
@@ -41,7 +44,7 @@ class TrainingData:
     source_stats: dict | None = None
     teacher: str | None = None
     mixture: list[dict] | None = None  # per source of `datasets`: path, split, rows, used, weight or fraction, share
-    aligner: object | None = None  # seqdistill.xtok.Aligner when logit KD runs across tokenizers
+    aligner: object | None = None  # seqdistill.training.xtok.Aligner when logit KD runs across tokenizers
 
     @property
     def n_train(self) -> int:
@@ -357,7 +360,7 @@ def with_thinking(pairs, tokenizer, mode: str, seed: int, source: str):
 def check_kd(cfg, table, tokenizer, teacher: str | None):
     """Logit KD needs teacher log-probs (offline) or a teacher (online), and the teacher's tokenizer.
 
-    Returns a seqdistill.xtok.Aligner when KD runs across tokenizers (kd.cross_tokenizer), else None."""
+    Returns a seqdistill.training.xtok.Aligner when KD runs across tokenizers (kd.cross_tokenizer), else None."""
 
     if cfg.kd.mode == "offline":
         if "teacher_topk" not in table.column_names or not all(table["teacher_topk"]):
@@ -396,7 +399,7 @@ def check_kd(cfg, table, tokenizer, teacher: str | None):
             raise ConfigError(problems)
         loss = {"hybrid": "GOLD's hybrid (kd.divergence on the top-k tokens both vocabularies share, ULD on the rest)",
                 "uld": "ULD"}[cfg.kd.cross_loss()]
-        log.info("kd.cross_tokenizer %s: %s on the tokens of student %s aligned with teacher %s's (seqdistill.xtok); "
+        log.info("kd.cross_tokenizer %s: %s on the tokens of student %s aligned with teacher %s's (seqdistill.training.xtok); "
                  "%d of the teacher's %d token ids have a student token of the same bytes", cfg.kd.cross_tokenizer, loss,
                  cfg.student, name, int((aligner.to_student >= 0).sum()), len(aligner.to_student))
         return aligner
@@ -416,7 +419,7 @@ def to_kd_rows(table, tokenizer, eot: str, source: str, template_kwargs: dict | 
     input_ids = student prompt + prefill (unless the prompt ends with it) + teacher ids (+ end-of-turn when
     the teacher stopped otherwise);
     kd_offset = where the teacher's ids start, so the collator lays the log-probs on exactly those tokens.
-    Across tokenizers (aligner, seqdistill.xtok) the completion is the teacher's text in the student's tokens
+    Across tokenizers (aligner, seqdistill.training.xtok) the completion is the teacher's text in the student's tokens
     + end-of-turn, and kd_positions gives each teacher token's student position (-1: not aligned).
     """
     import datasets
@@ -449,7 +452,7 @@ def to_online_rows(table, tokenizer, eot: str, source: str, template_kwargs: dic
     """Online KD across tokenizers: each conversation in the student's tokens (input_ids, as TRL takes them) and in
     the teacher's (teacher_input_ids: its own chat template, its tokens of the completion, its end of turn);
     teacher_offset = where its completion starts, kd_positions = per teacher completion token the student position
-    it is aligned with (-1: none; seqdistill.xtok), as offline rows have them for the stored ids."""
+    it is aligned with (-1: none; seqdistill.training.xtok), as offline rows have them for the stored ids."""
     import datasets
 
     if "messages" not in table.column_names:

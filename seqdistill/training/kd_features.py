@@ -1,6 +1,6 @@
 """Feature and relation distillation losses (online teacher): hidden states, attention, token relations.
 
-Imported only by seqdistill.kd_trainer (it imports torch). Every function takes the two models' outputs
+Imported only by seqdistill.training.kd_trainer (it imports torch). Every function takes the two models' outputs
 for one batch and `rows`, the (B, T) mask of assistant tokens (labels != -100), and returns one scalar:
 a mean over those tokens (and layers, heads or sequences), so a term's size does not grow with the batch.
 

@@ -18,8 +18,8 @@ import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from seqdistill import arithmetic
 from seqdistill.config import ConfigError, first_line
+from seqdistill.sources import arithmetic
 
 REASONING_GYM = "reasoning-gym"  # the problems.source that draws from it
 CANDIDATES = 20  # candidates drawn per wanted problem (duplicates and the other split's questions are skipped)

@@ -5,11 +5,11 @@ the source's own fields for prompt templates. Field mapping is configurable; pre
 mapping (and hub dataset) of common benchmarks.
 
 Code problems (`tests` set to a schema, or a code preset: humaneval, mbpp, livecodebench) carry their
-tests instead of a gold answer: `tests` is a JSON string of the tests in `seqdistill.code`'s internal
+tests instead of a gold answer: `tests` is a JSON string of the tests in `seqdistill.checking.code`'s internal
 form (stdin cases, call-based cases, or a test program), and `answer` is the function to write
 (HumanEval's entry_point) or "". A row with a non-empty `tests` is verified by running its tests.
 
-reasoning-gym problems (`source: reasoning-gym`, `tasks`) are drawn by seqdistill.rgym.
+reasoning-gym problems (`source: reasoning-gym`, `tasks`) are drawn by seqdistill.checking.rgym.
 
 `mix` adds more sources after the first, each with its own mapping; their rows follow in order, ids prefixed
 `mixK-` (generate's `filters.near_duplicate_problems` then removes problems that repeat across them).
@@ -23,12 +23,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqdistill import arithmetic, rgym
-from seqdistill.answers import extract_gold
+from seqdistill.sources import arithmetic
+from seqdistill.checking import rgym
+from seqdistill.checking.answers import extract_gold
 from seqdistill.config import ConfigError, first_line
-from seqdistill.rgym import REASONING_GYM, RGTask
-from seqdistill import code
-from seqdistill.code import SCHEMAS
+from seqdistill.checking.rgym import REASONING_GYM, RGTask
+from seqdistill.checking import code
+from seqdistill.checking.code import SCHEMAS
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ANSWER_FORMATS = ("plain", "gsm8k", "boxed", "leading_number")  # how a gold answer is cut out of its field
@@ -45,7 +46,7 @@ class Preset:
     samples: int = 4  # default samples per problem when evaluating (k)
     choices_fields: list[str] | None = None  # multiple choice: the wrong options (the answer field is right)
     id_field: str | None = None
-    tests: str | None = None  # code problems: the schema of their tests (see seqdistill.code.SCHEMAS)
+    tests: str | None = None  # code problems: the schema of their tests (see seqdistill.checking.code.SCHEMAS)
     package_file: str | None = None  # offline copy shipped in a PyPI package: import_name/path/in/package
 
 

@@ -1,6 +1,6 @@
 """Answers read from text, and nothing else: reasoning blocks stripped, the answer cut out (last \\boxed{}, last
 number, a marker, reasoning-gym's <answer> tags), gold answers cleaned; the answer settings (the LLM judge's among
-them, which seqdistill.judge reads). The bottom of answer checking: it imports
+them, which seqdistill.checking.judge reads). The bottom of answer checking: it imports
 nothing from seqdistill, so `problems`, `code` and `verify` all build on it and never on each other in a circle.
 """
 
@@ -16,7 +16,7 @@ LEADING_NUMBER = re.compile(r"\s*\\?\$?\s*(" + NUMBER.pattern + ")")  # `9 (appl
 
 @dataclass
 class JudgeConfig:
-    """An LLM asked where no rule decides (seqdistill.judge): off until `model` is set."""
+    """An LLM asked where no rule decides (seqdistill.checking.judge): off until `model` is set."""
 
     # the judge's model as its OpenAI-compatible server names it; null: no judge (undecided samples stay dropped)
     model: str | None = None
@@ -156,7 +156,7 @@ def extract_gold(value, answer_format: str) -> str:
 
 
 def is_code(problem: dict | None) -> bool:
-    """Code rows carry their tests (see seqdistill.problems); every other row has a gold answer."""
+    """Code rows carry their tests (see seqdistill.sources.problems); every other row has a gold answer."""
     return bool(problem and problem.get("tests"))
 
 

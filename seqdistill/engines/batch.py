@@ -22,9 +22,9 @@ import random
 from pathlib import Path
 
 from seqdistill import store
-from seqdistill.api import OpenAIEngine, Retry, open_journal, retry_after
 from seqdistill.config import ConfigError
-from seqdistill.sampling import Prompt, Request
+from seqdistill.engines.api import OpenAIEngine, Retry, open_journal, retry_after
+from seqdistill.engines.sampling import Prompt, Request
 
 log = logging.getLogger(__name__)
 ENDED = ("completed", "failed", "expired", "cancelled")

@@ -1,0 +1,1 @@
+"""The answer-checking layer, bottom up: answers, code on the sandbox, reasoning-gym, verify, judge."""

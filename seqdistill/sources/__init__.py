@@ -1,0 +1,1 @@
+"""The problem layer: where problems come from, and which samples stay (filters, dedup)."""
