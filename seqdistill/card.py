@@ -298,11 +298,17 @@ def memory_line(metrics: dict) -> str:
     return f"peak RSS {metrics['peak_rss_mb']} MB{gpu}"
 
 
-def kd_line(cfg) -> str:
+def kd_line(cfg, across: bool = False) -> str:
+    """The KD loss in words; `across`: the teacher's tokenizer differs (kd.cross_tokenizer's loss on aligned tokens)."""
     k = cfg.kd
     if k.mode == "none":
         return ""
     teacher = f" from `{k.teacher}`" if k.mode == "online" else " from the teacher's stored top-k log-probs"
+    if across:
+        term = ("ULD (sorted probabilities, L1)" if k.cross_loss() == "uld" else
+                f"(T^2 * {k.divergence} on the top-k tokens both vocabularies share + ULD on the rest)")
+        return (f"\nLogit distillation across tokenizers ({k.mode}{teacher}, tokens aligned on common byte boundaries): "
+                f"loss = {k.alpha} * CE + {1 - k.alpha:g} * {term}, T = {k.temperature}.")
     return (f"\nLogit distillation ({k.mode}{teacher}): loss = {k.alpha} * CE + {1 - k.alpha:g} * T^2 * "
             f"{k.divergence}{kd.describe(k)}, T = {k.temperature}.")
 
@@ -356,7 +362,7 @@ def sft_model_card(cfg, data, metrics: dict, merged: bool = False) -> str:
 Fine-tuned by `seqdistill sft` ({cfg.method}{f', r={cfg.lora.r}, alpha={cfg.lora.alpha}' if cfg.method != 'full' else ''})
 on {training_data(cfg, data)} ({data.n_train} examples), loss on
 {'the assistant turn only' if cfg.assistant_only_loss else 'the whole sequence'}, each example ending with the
-end-of-turn token `{data.end_of_turn}`.{kd_line(cfg)} This directory holds {what}.{origin}{student_changes(cfg)}
+end-of-turn token `{data.end_of_turn}`.{kd_line(cfg, data.aligner is not None)} This directory holds {what}.{origin}{student_changes(cfg)}
 
 ## Teacher dataset funnel
 

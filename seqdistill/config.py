@@ -266,12 +266,25 @@ def run_info() -> dict:
     }
 
 
-HOST = hashlib.sha1(platform.node().encode()).hexdigest()[:8]  # this machine, as temporary file names spell it
+def pid_space() -> str:
+    """Where this process's ids mean something, as temporary file names spell it (8 hex digits): the machine's
+    name, its boot and its PID namespace, so two containers with one host name never read each other's writers
+    as dead (a file system without /proc: the name alone)."""
+    parts = [platform.node()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(), lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(read())
+        except OSError:
+            pass
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
+
+
+HOST = pid_space()
 
 
 def temp_path(path: Path) -> Path:
-    """Where an atomic write of `path` writes first (then renames): hidden, named after its process and machine,
-    so that the next run on this machine removes a killed write's file at once (store.remove_stale_temps)."""
+    """Where an atomic write of `path` writes first (then renames): hidden, named after its process and where that
+    process id is valid (HOST), so the next run there removes a killed write's file at once (store.remove_stale_temps)."""
     return path.with_name(f".{path.name}.tmp{os.getpid()}-{HOST}")
 
 

@@ -523,6 +523,9 @@ def check_trl_extras(cfg: SFTStageConfig) -> list[str]:
         elif key not in fields:
             near = difflib.get_close_matches(str(key), fields, n=1)
             errors.append(f"trl.{key} is not a trl.SFTConfig setting" + (f" (did you mean trl.{near[0]}?)" if near else ""))
+    if cfg.kd.mode != "none" and cfg.trl.get("truncation_mode", "keep_start") != "keep_start":
+        errors.append(f"trl.truncation_mode {cfg.trl['truncation_mode']} cuts rows from the start, which moves every token "
+                      "the teacher's distributions are laid on: leave it at keep_start with kd, or raise max_length")
     return errors
 
 

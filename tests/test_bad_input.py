@@ -311,6 +311,8 @@ CASES = [
     Case("sft-eval-fraction", lambda c: sft(c, "eval_fraction=1"), "eval_fraction must be in [0, 1)"),
     Case("sft-trl-unknown", lambda c: sft(c, "trl={warmup_ratio: 0.1}"), "trl.warmup_ratio is not a trl.SFTConfig setting"),
     Case("sft-trl-owned", lambda c: sft(c, "trl={bf16: true}"), "trl.bf16 is set by seqdistill"),
+    Case("sft-trl-kd-keep-end", lambda c: sft(c, "kd.mode=offline", "trl={truncation_mode: keep_end}"),
+         "trl.truncation_mode keep_end cuts rows from the start"),
     Case("sft-student-no-weights", lambda c: sft(c, f"student={c.without_weights()}"), "has no weights"),
     Case("sft-student-gguf-corrupt", lambda c: sft(c, f"student={c.file('broken.gguf', b'junk' * 8)}"), "is not a GGUF file"),
     Case("sft-kd-mode", lambda c: sft(c, "kd.mode=offlne"), "mode must be one of"),

@@ -38,10 +38,10 @@ def test_dataset_card_metadata(tmp_path):
     assert "| kept | 4 | 25.0% |" in parsed.text
 
 
-def model_card(tmp_path, merged=False, **settings):
+def model_card(tmp_path, merged=False, aligner=None, **settings):
     cfg = sft.SFTStageConfig(output_dir=str(tmp_path / "sft"), **settings)
     data = SimpleNamespace(source_stats={"funnel": FUNNEL}, teacher="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-                           n_train=4, end_of_turn="<|im_end|>", lengths={"max": 20}, mixture=None)
+                           n_train=4, end_of_turn="<|im_end|>", lengths={"max": 20}, mixture=None, aligner=aligner)
     return ModelCard(card.sft_model_card(cfg, data, METRICS, merged=merged))
 
 
@@ -89,3 +89,15 @@ def test_datasets_never_serves_an_earlier_run_of_the_same_name(tmp_path):
             datasets.Dataset.from_dict({"x": values}).to_parquet(out / "data" / f"{split}.parquet")
         (out / "README.md").write_text(card.dataset_card(GenerateConfig(output_dir=str(out)), STATS))
         assert datasets.load_dataset(str(out), split="train")["x"] == rows
+
+
+def test_model_card_names_the_kd_loss_across_tokenizers(tmp_path):
+    """Across tokenizers the card states the loss that ran (GOLD's hybrid or ULD), not the same-tokenizer divergence."""
+    from seqdistill.training.kd import KDConfig
+
+    same = model_card(tmp_path, kd=KDConfig(mode="offline")).text
+    assert "loss = 0.5 * CE + 0.5 * T^2 * forward_kl" in same and "across tokenizers" not in same
+    hybrid = model_card(tmp_path, aligner=object(), kd=KDConfig(mode="offline")).text
+    assert "across tokenizers" in hybrid and "T^2 * forward_kl on the top-k tokens both vocabularies share + ULD on the rest" in hybrid
+    uld = model_card(tmp_path, aligner=object(), kd=KDConfig(mode="offline", cross_tokenizer="uld")).text
+    assert "loss = 0.5 * CE + 0.5 * ULD (sorted probabilities, L1)" in uld

@@ -238,7 +238,7 @@ def test_hybrid_with_nothing_shared_is_uld_and_with_everything_shared_is_the_top
                           atol=1e-5)
     for kind in ("forward_kl", "jsd"):
         log_s = torch.log_softmax(student / 1.5, -1)
-        t, s = kd_loss.matched_buckets(log_s, teacher.indices, teacher.values, 1.5)
+        t, s = kd_loss.matched_buckets(kd_loss.twins(log_s, teacher.indices), teacher.values, 1.5)
         t0, s0 = kd_loss.topk_buckets(student, teacher.indices, teacher.values, 1.5)
         assert torch.allclose(t, t0, atol=1e-6) and torch.allclose(s, s0, atol=1e-6)
         assert torch.allclose(kd_loss.divergence(t, s, kind), kd_loss.divergence(t0, s0, kind), atol=1e-6)
@@ -454,6 +454,23 @@ def test_online_rows_across_tokenizers(traces, tiny_qwen2, tiny_llama):
             if p >= 0:
                 assert qwen.decode(teacher[:i]) == smol.decode(row["input_ids"][head:p])
         assert sum(p >= 0 for p in positions) / len(positions) > 0.7
+
+
+def test_the_teacher_reads_only_as_far_as_the_cut_student_row(traces, tiny_qwen2, tiny_llama):
+    """A student row cut at max_length cuts its teacher's tokens after the last one the loss reads; each kept
+    student position points at a teacher position inside them, and the uncut row keeps all of them."""
+    from seqdistill.training.kd_trainer import teacher_tokens
+
+    row = dict(load_rows(tiny_llama, str(traces), "kd.mode=online", f"kd.teacher={tiny_qwen2}")[0])
+    full = teacher_tokens([row], len(row["input_ids"]))
+    assert full["teacher_input_ids"].shape[1] == len(row["teacher_input_ids"]) - 1  # its last token predicts nothing
+    head = len(row["input_ids"]) - sum(row["completion_mask"])
+    cut = head + sum(row["completion_mask"]) // 2  # halfway into the completion
+    short = teacher_tokens([row], cut)
+    width = short["teacher_input_ids"].shape[1]
+    reads = short["teacher_source"][short["teacher_source"] >= 0]
+    assert width < len(row["teacher_input_ids"]) - 1 and int(reads.max()) == width - 1
+    assert short["teacher_input_ids"][0].tolist() == row["teacher_input_ids"][:width] and bool(short["teacher_attention_mask"].all())
 
 
 def test_a_template_that_opens_the_think_block_itself(aligner, qwen, smol):

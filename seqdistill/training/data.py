@@ -457,9 +457,12 @@ def to_online_rows(table, tokenizer, eot: str, source: str, template_kwargs: dic
 
     if "messages" not in table.column_names:
         raise ConfigError(f"dataset {source}: kd.mode online across tokenizers needs a `messages` column")
+    teacher = aligner.teacher
+    if not teacher.chat_template:
+        raise ConfigError(f"dataset {source}: kd.mode online across tokenizers renders each conversation with the teacher's "
+                          "chat template, and kd.teacher's tokenizer has none: pick a chat (instruct) teacher")
     ids = lambda tok, text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     eot_id = tokenizer.convert_tokens_to_ids(eot)
-    teacher = aligner.teacher
     teacher_eot = teacher.convert_tokens_to_ids(end_of_turn(teacher))
     prefills = table["prefill"] if "prefill" in table.column_names else [""] * len(table)
     problem_ids = table["problem_id"] if "problem_id" in table.column_names else [None] * len(table)

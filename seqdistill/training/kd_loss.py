@@ -112,7 +112,7 @@ def uld_topk(student_logits, teacher_logprobs, temperature: float):
 
     student = torch.log_softmax(student_logits.float() / temperature, -1)
     unmatched = torch.full(teacher_logprobs.shape, -1, dtype=torch.long, device=student.device)
-    return unmatched_uld(student, unmatched, teacher_logprobs, temperature)
+    return unmatched_uld(twins(student, unmatched), teacher_logprobs, temperature)
 
 
 def hybrid_topk(student_logits, student_ids, teacher_logprobs, temperature: float, kind: str = "forward_kl",
@@ -123,9 +123,10 @@ def hybrid_topk(student_logits, student_ids, teacher_logprobs, temperature: floa
     import torch
 
     student = torch.log_softmax(student_logits.float() / temperature, -1)
-    t, s = matched_buckets(student, student_ids, teacher_logprobs, temperature)
+    twin = twins(student, student_ids)  # once: it copies the (N, V) log-probs
+    t, s = matched_buckets(twin, teacher_logprobs, temperature)
     matched = divergence(t, s, kind, beta, skew_alpha)
-    return temperature**2 * matched + unmatched_uld(student, student_ids, teacher_logprobs, temperature)
+    return temperature**2 * matched + unmatched_uld(twin, teacher_logprobs, temperature)
 
 
 def twins(student, student_ids):
@@ -139,15 +140,15 @@ def twins(student, student_ids):
     return matched, padded, torch.where(matched, student_ids, width)
 
 
-def matched_buckets(student, student_ids, teacher_logprobs, temperature: float):
+def matched_buckets(twin, teacher_logprobs, temperature: float):
     """(N, k+1) log-probs of teacher and student: each matched top-k token, then one bucket for all other mass.
 
-    `student` holds the student's tempered log-probs. Unmatched columns hold the same tiny value on both sides,
+    `twin`: twins() of the student's tempered log-probs. Unmatched columns hold the same tiny value on both sides,
     so they add nothing to any divergence and carry no gradient."""
     import torch
 
     tiny = np.log(1e-20)
-    matched, padded, index = twins(student, student_ids)
+    matched, padded, index = twin
     teacher = teacher_with_rest(teacher_logprobs.detach(), temperature)
     t_top = torch.where(matched, teacher[:, :-1], tiny)
     t_rest = torch.cat([teacher[:, -1:], teacher[:, :-1].masked_fill(matched, float("-inf"))], -1).logsumexp(-1, keepdim=True)
@@ -156,13 +157,13 @@ def matched_buckets(student, student_ids, teacher_logprobs, temperature: float):
     return torch.cat([t_top, t_rest], -1), torch.cat([s_top, s_rest], -1)
 
 
-def unmatched_uld(student, student_ids, teacher_logprobs, temperature: float):
+def unmatched_uld(twin, teacher_logprobs, temperature: float):
     """Per-row ULD over what the matched buckets leave in their rest bucket (module docstring): the teacher's u
     unmatched top-k sorted + its mass outside the top-k, against the student's u largest probabilities off the
-    matched tokens + the rest of its mass off them. `student` holds the student's tempered log-probs."""
+    matched tokens + the rest of its mass off them. `twin`: twins() of the student's tempered log-probs."""
     import torch
 
-    matched, padded, index = twins(student, student_ids)
+    matched, padded, index = twin
     teacher = teacher_with_rest(teacher_logprobs.detach(), temperature).exp()
     t_top = teacher[:, :-1].masked_fill(matched, 0).sort(-1, descending=True).values
     others = padded.exp().scatter(-1, index, 0.0)  # the student's probabilities off the matched tokens

@@ -313,18 +313,22 @@ def student_ids(to_student, teacher_ids):
 
 
 def teacher_tokens(examples, length: int) -> dict:
-    """Online across tokenizers: the teacher's tokens of each conversation (right-padded) and, per student position,
+    """Online across tokenizers: the teacher's tokens of each conversation (right-padded), up to the last one whose
+    logits the loss reads (a student row cut at max_length cuts its teacher's too), and, per student position,
     the teacher position whose logits predict the teacher token aligned with it (-1: none)."""
-    width = max(len(ex["teacher_input_ids"]) for ex in examples)
-    ids = torch.zeros(len(examples), width, dtype=torch.long)
-    mask = torch.zeros(len(examples), width, dtype=torch.long)
     source = torch.full((len(examples), length), -1, dtype=torch.long)
+    needed = []
     for b, ex in enumerate(examples):
-        n = len(ex["teacher_input_ids"])
-        ids[b, :n], mask[b, :n] = torch.as_tensor(ex["teacher_input_ids"]), 1
         positions = torch.as_tensor(ex["kd_positions"], dtype=torch.long)
         on = (positions >= 0) & (positions < length)  # aligned, and not cut off at max_length
-        source[b, positions[on]] = (ex["teacher_offset"] - 1 + torch.arange(len(positions)))[on]
+        reads = (ex["teacher_offset"] - 1 + torch.arange(len(positions)))[on]
+        source[b, positions[on]] = reads
+        needed.append(int(reads.max()) + 1 if len(reads) else 1)
+    width = max(needed)
+    ids = torch.zeros(len(examples), width, dtype=torch.long)
+    mask = torch.zeros(len(examples), width, dtype=torch.long)
+    for b, (ex, n) in enumerate(zip(examples, needed)):
+        ids[b, :n], mask[b, :n] = torch.as_tensor(ex["teacher_input_ids"][:n]), 1
     return {"teacher_input_ids": ids, "teacher_attention_mask": mask, "teacher_source": source}
 
 
