@@ -120,6 +120,16 @@ def main() -> None:
     paired = {bench: {f"{m} - {b}": metrics.paired(verdicts(dirs[b], b, bench), verdicts(dirs[m], m, bench))
                       for m, b in (("student-after", before), ("student-after-kd", before), ("student-after-kd", "student-after"))}
               for bench in benches}
+    cache_file = run / "divergences.json"  # per (student, teacher responses, count): the same students recur across KD runs
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+
+    def divergences(student: str) -> dict:
+        key = f"{os.path.relpath(student)}|{os.path.relpath(teacher_samples)}|{args.kl_samples}"
+        if key not in cache:
+            cache[key] = divergence_on_teacher_responses(teacher, student, teacher_samples, args.kl_samples, cfg.eval.prompt)
+            cache_file.write_text(json.dumps(cache, indent=2))
+        return cache[key]
+
     students = {"sft": (base_results["student-after"], str(run / "sft" / "merged"), sft_metrics),
                 "sft+kd": (kd_results["student-after-kd"], str(work / "sft" / "merged"), kd_metrics)}
     result = {
@@ -127,12 +137,12 @@ def main() -> None:
         "storage": scored["teacher_logprobs"], "teacher": cfg.generate.model, "student": cfg.sft.student,
         "divergence_samples": os.path.relpath(teacher_samples),
         "students": {name: {"pass@1": {b: r[b]["pass@1"] for b in benches}, "pass@1_stderr": {b: r[b]["pass@1_stderr"] for b in benches},
-                            **divergence_on_teacher_responses(teacher, path, teacher_samples, args.kl_samples, cfg.eval.prompt),
+                            **divergences(path),
                             "train_tokens_per_second": m["train_tokens_per_second"], "train_seconds": m["train_seconds"],
                             "peak_rss_mb": m.get("peak_rss_mb")}
                      for name, (r, path, m) in students.items()},
         "untouched": {"pass@1": {b: base_results[before][b]["pass@1"] for b in benches},
-                      **divergence_on_teacher_responses(teacher, models.resolve(cfg.sft.student), teacher_samples, args.kl_samples, cfg.eval.prompt)},
+                      **divergences(models.resolve(cfg.sft.student))},
         "paired": paired,
     }
     lines = [f"# Plain SFT vs SFT + offline logit KD ({', '.join(benches)}, run {result['run']})", "",
