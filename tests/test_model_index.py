@@ -44,7 +44,7 @@ def write_sft(out: Path, merge: bool) -> sft.SFTStageConfig:
     """An sft output directory as sft.run leaves it: metrics.json and the cards (no weights: the cards don't read them)."""
     cfg = sft.SFTStageConfig(output_dir=str(out), merge=merge, push_to_hub="me/student")
     data = SimpleNamespace(source_stats={"funnel": FUNNEL}, teacher="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-                           n_train=4, end_of_turn="<|im_end|>", lengths={"max": 20}, mixture=None)
+                           n_train=4, end_of_turn="<|im_end|>", lengths={"max": 20}, mixture=None, aligner=None)
     (out / "model").mkdir(parents=True, exist_ok=True)
     if merge:
         (out / "merged").mkdir(exist_ok=True)
