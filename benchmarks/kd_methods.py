@@ -25,7 +25,7 @@ Each term is added to logit KD alone (not on top of each other), so a row minus 
 term's effect. Each student, and the student before training (`untrained`), is then evaluated with the
 run's eval settings on the recipe's first benchmark (its own eval directory each, so a rerun skips what is done); the teacher's row is the
 run's own eval. Reported: held-out pass@1 ± s.e., KL(teacher || student) per token on the teacher's own
-held-out responses (full vocabulary, `kd_vs_sft.kl_on_teacher_responses`), training tokens/s, training
+held-out responses (full vocabulary, `kd_vs_sft.divergence_on_teacher_responses`), training tokens/s, training
 seconds and peak RSS. Writes OUT.json (every figure, settings, machine, versions, date) and OUT.md.
 
 Resumable, so the table can be built in parts that each stay under 10 minutes on 2 cores: `--only sft`,
@@ -51,7 +51,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kd_vs_sft import kl_on_teacher_responses
+from kd_vs_sft import divergence_on_teacher_responses
 from run import machine, peak_rss_mb
 
 TRAINED = ("sft", "logit_kd", "hidden_states", "attention", "relations", "on_policy")
@@ -143,7 +143,7 @@ def kl(name: str, teacher: str, model: str, samples: Path, limit: int, prompt_cf
     cache = work / "kl" / f"{name}.json"
     if cache.is_file() and json.loads(cache.read_text())["samples"] == limit:
         return json.loads(cache.read_text())["kl_to_teacher"]
-    value = kl_on_teacher_responses(teacher, model, samples, limit, prompt_cfg)
+    value = divergence_on_teacher_responses(teacher, model, samples, limit, prompt_cfg)["kl_to_teacher"]
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"samples": limit, "kl_to_teacher": value}))
     return value

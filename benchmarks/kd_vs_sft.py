@@ -20,7 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import machine  # noqa: E402  (benchmarks/run.py: CPU, its flags, cores, RAM, GPU)
 
 
 def divergence_on_teacher_responses(teacher_path: str, student_path: str, samples: Path, limit: int, prompt_cfg) -> dict:
@@ -134,6 +139,7 @@ def main() -> None:
                 "sft+kd": (kd_results["student-after-kd"], str(work / "sft" / "merged"), kd_metrics)}
     result = {
         "run": os.path.relpath(run), "benchmarks": benches, "kd": configlib.to_dict(kd_sft.kd),
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "storage": scored["teacher_logprobs"], "teacher": cfg.generate.model, "student": cfg.sft.student,
         "divergence_samples": os.path.relpath(teacher_samples),
         "students": {name: {"pass@1": {b: r[b]["pass@1"] for b in benches}, "pass@1_stderr": {b: r[b]["pass@1_stderr"] for b in benches},
@@ -146,7 +152,8 @@ def main() -> None:
         "paired": paired,
     }
     lines = [f"# Plain SFT vs SFT + offline logit KD ({', '.join(benches)}, run {result['run']})", "",
-             f"Teacher {result['teacher']}, student {result['student']}. KD: {json.dumps(result['kd'])}; storage "
+             f"{result['date']}, {result['machine']['cpu']} ({result['machine']['cores']} cores, CPU flags "
+             f"{result['machine']['cpu_flags']}). Teacher {result['teacher']}, student {result['student']}. KD: {json.dumps(result['kd'])}; storage "
              f"{result['storage']['bytes_per_token']} bytes/token (k={result['storage']['k']}, log-prob error <= "
              f"{result['storage']['max_logprob_error_nats']} nats)", "",
              "| student | " + " | ".join(f"{b} pass@1" for b in benches) + " | KL(teacher || student), nats/token | "
