@@ -218,7 +218,9 @@ class KDTrainer(SFTTrainer):
         source = teacher["teacher_source"][:, 1:]  # position t predicts token t + 1
         scored = (source >= 0) & trained
         top = torch.log_softmax(t_logits[scored.nonzero(as_tuple=True)[0], source[scored]].float(), -1).topk(cfg.topk, -1)
-        ids = student_ids(self.to_student.to(top.indices.device), top.indices)
+        if self.to_student.device != top.indices.device:  # once: the collator keeps its own copy on the CPU
+            self.to_student = self.to_student.to(top.indices.device)
+        ids = student_ids(self.to_student, top.indices)
         return topk_term(logits[scored], ids, top.values, cfg, self.cross)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
