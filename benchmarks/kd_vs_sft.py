@@ -43,9 +43,8 @@ def divergence_on_teacher_responses(teacher_path: str, student_path: str, sample
 
     teacher_tok, student_tok = AutoTokenizer.from_pretrained(teacher_path), AutoTokenizer.from_pretrained(student_path)
     aligner = xtok.Aligner(student_tok, teacher_tok)
-    by_bytes = {b: i for i, b in enumerate(aligner.student_pieces) if b}
-    shared = [(t, by_bytes[b]) for t, b in enumerate(aligner.teacher_pieces) if b in by_bytes]
-    t_shared, s_shared = (torch.tensor(ids) for ids in zip(*shared))
+    t_shared = torch.as_tensor((aligner.to_student >= 0).nonzero()[0])  # the shared vocabulary: xtok.id_map
+    s_shared = torch.as_tensor(aligner.to_student[t_shared.numpy()])
     template = prompts.load_template(prompt_cfg.template)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
     student = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32)
